@@ -7,11 +7,16 @@ generation per example, and never an answer outside the label set that would nee
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
-from finetune_loop.core.curate import Example
+from finetune_loop.core.curate import Example, read_examples
+from finetune_loop.core.gate import GateVerdict, decide_release
+from finetune_loop.core.registry import Tracker
 from finetune_loop.core.models import render_completion, render_prompt
 from finetune_loop.core.specs import TaskSpec
 
@@ -111,3 +116,57 @@ def comparison_table(labels: Sequence[str], support: Counter, columns: dict[str,
     overall = " | ".join(f"**{columns[n].accuracy:.3f}**" for n in names)
     lines.append(f"| **all** | {sum(support.values())} | {overall} |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    base: Scores
+    candidate: Scores
+    support: Counter
+    verdict: GateVerdict
+    table_markdown: str
+    mlflow_run_id: str
+    seconds: float
+
+
+def evaluate_candidate(
+    spec: TaskSpec,
+    base_dir: Path,
+    adapter_dir: Path,
+    holdout_path: Path,
+    tracker: Tracker,
+    run_tags: dict[str, str] | None = None,
+) -> EvalResult:
+    """Base and candidate on the same frozen holdout, in one process, then the release verdict."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    holdout = read_examples(holdout_path)
+    texts = [e.text for e in holdout]
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base = score(holdout, predict_labels(model, tokenizer, spec, texts), spec.labels)
+    # The adapter wraps the already-loaded base: one load serves both models.
+    candidate_model = PeftModel.from_pretrained(model, adapter_dir)
+    candidate = score(holdout, predict_labels(candidate_model, tokenizer, spec, texts), spec.labels)
+    verdict = decide_release(spec.gate, candidate_accuracy=candidate.accuracy, base_accuracy=base.accuracy)
+    support = Counter(e.label for e in holdout)
+    table = comparison_table(spec.labels, support, {"base": base, "candidate": candidate})
+    seconds = time.perf_counter() - started
+
+    with tracker.run(f"eval-{spec.name}", tags={"stage": "eval", **(run_tags or {})}) as run_id:
+        tracker.log_params(run_id, {"holdout_rows": len(holdout), "holdout_path": holdout_path, "gate": spec.gate})
+        tracker.log_metrics(
+            run_id,
+            {"base_accuracy": base.accuracy, "candidate_accuracy": candidate.accuracy, "gate_passed": float(verdict.passed), "eval_seconds": seconds},
+        )
+        tracker.set_tags(run_id, {"gate_verdict": verdict.summary()})
+        tracker.log_text(run_id, table, "eval_table.md")
+        rows = [
+            {"id": e.id, "label": e.label, "base": b, "candidate": c}
+            for e, b, c in zip(holdout, base.predictions, candidate.predictions)
+        ]
+        tracker.log_text(run_id, "\n".join(json.dumps(r) for r in rows), "predictions.jsonl")
+    return EvalResult(base, candidate, support, verdict, table, run_id, seconds)

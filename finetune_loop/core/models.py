@@ -7,6 +7,7 @@ served on.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -85,8 +86,12 @@ def _materialize_from_gguf(gguf_path: Path, target: Path, digest: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # save_pretrained refuses a model loaded from GGUF, so its (dequantized) weights move into a
-    # plain model built from the same config.
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    # plain model built from the same config, minus the GGUF quantization note that would make the
+    # trainer refuse the saved copy as "quantized".
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     reader = gguf.GGUFReader(gguf_path)
     pre_field = reader.fields.get("tokenizer.ggml.pre")
@@ -122,11 +127,16 @@ def render_prompt(tokenizer, spec: TaskSpec, text: str) -> str:
 
 
 def render_completion(tokenizer, spec: TaskSpec, text: str, label: str) -> str:
-    """The answer exactly as the chat template closes it (label plus end-of-turn marker)."""
+    """The answer as the chat template closes it, cut after the end-of-turn (EOS) marker: generation
+    stops there, so whatever the template adds between turns is never trained or served."""
     prompt = render_prompt(tokenizer, spec, text)
     full = tokenizer.apply_chat_template(
         chat_messages(spec, text) + [{"role": "assistant", "content": label}], tokenize=False
     )
     if not full.startswith(prompt):
         raise BaseModelError("the tokenizer's chat template renders the prompt differently with and without the answer")
-    return full[len(prompt):]
+    completion = full[len(prompt):]
+    stop = tokenizer.eos_token
+    if not stop or stop not in completion:
+        raise BaseModelError(f"the chat template does not close the assistant turn with the EOS token {stop!r}")
+    return completion[: completion.index(stop) + len(stop)]

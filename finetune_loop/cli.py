@@ -1,0 +1,118 @@
+"""`finetune-loop`: run the whole loop for a task file through Dagster, on the embedded default.
+
+    finetune-loop run --task finetune_loop/tasks/support_triage.yaml
+    finetune-loop run --task my_task.yaml --home /data/finetune_loop
+
+Exit status: 0 when the candidate passed the gate and shipped, 2 when the gate refused it, 1 when
+a step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_GATE_REFUSED = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="finetune-loop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="materialize every asset of the task once, in one Dagster run")
+    run.add_argument("--task", required=True, type=Path, help="task YAML file (see finetune_loop/tasks/)")
+    run.add_argument("--home", type=Path, help="state directory (default: FINETUNE_LOOP_HOME or .finetune_loop/)")
+    args = parser.parse_args(argv)
+    return run_loop(args.task, args.home)
+
+
+def run_loop(task_path: Path, home_dir: Path | None = None) -> int:
+    from finetune_loop.core.home import HOME_ENV_VAR, LoopHome
+    from finetune_loop.core.specs import TaskSpecError, load_task_spec
+
+    try:
+        spec = load_task_spec(task_path)
+    except TaskSpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if home_dir is not None:
+        os.environ[HOME_ENV_VAR] = str(home_dir.resolve())
+    home = LoopHome.from_env()
+    # The run is recorded in the same instance `make ui` shows.
+    os.environ.setdefault("DAGSTER_HOME", str(home.dagster_home))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+
+    import dagster as dg
+
+    from finetune_loop.definitions import build_definitions
+
+    defs = build_definitions(str(spec.spec_path), str(home.root))
+    instance = dg.DagsterInstance.get()
+    started = time.perf_counter()
+    print(f"finetune-loop: task {spec.name} ({spec.spec_path}), state in {home.root}", flush=True)
+    dg.observe(
+        [defs.resolve_assets_def("labeled_examples"), defs.resolve_assets_def("production_log")],
+        instance=instance,
+        resources={"loop": defs.resources["loop"]},
+    )
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, raise_on_error=False)
+    minutes = (time.perf_counter() - started) / 60
+    materialized = {
+        event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
+    print(_summary(spec, home, result.run_id, materialized, minutes))
+    if "eval_report" in materialized and not materialized["eval_report"]["gate_passed"].value:
+        return EXIT_GATE_REFUSED
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _summary(spec, home, run_id: str, materialized: dict, minutes: float) -> str:
+    def value(asset: str, key: str, fmt: str = "{}") -> str:
+        entry = materialized.get(asset, {}).get(key)
+        return fmt.format(entry.value) if entry is not None else "n/a"
+
+    lines = [f"", f"=== finetune-loop summary: {spec.name} (Dagster run {run_id}, {minutes:.1f} min) ==="]
+    if "curated_dataset" in materialized:
+        lines.append(
+            f"data        {value('curated_dataset', 'rows_read')} rows read, {value('curated_dataset', 'train_rows')} train, "
+            f"{value('curated_dataset', 'quarantined_rows')} quarantined, {value('curated_dataset', 'duplicates_removed')} duplicates removed "
+            f"(version {value('curated_dataset', 'data_version')})"
+        )
+    if "eval_report" in materialized:
+        lines.append(
+            f"accuracy    base {value('eval_report', 'base_accuracy', '{:.3f}')} -> tuned {value('eval_report', 'candidate_accuracy', '{:.3f}')} "
+            f"on {value('eval_report', 'holdout_rows')} frozen holdout rows"
+        )
+        lines.append(f"gate        {value('eval_report', 'gate')}")
+    else:
+        lines.append("accuracy    not evaluated (a step before eval_report failed; see the Dagster run)")
+    if "champion_model" in materialized:
+        lines.append(
+            f"champion    {value('champion_model', 'model_name')} v{value('champion_model', 'version')} "
+            f"(previous: {value('champion_model', 'previous_version')})"
+        )
+    else:
+        lines.append("champion    unchanged: not promoted in this run")
+    if "gguf_export" in materialized:
+        lines.append(
+            f"gguf        {value('gguf_export', 'gguf_path')} ({value('gguf_export', 'quant_type')}, {value('gguf_export', 'file_size_mb')} MB); "
+            f"llama.cpp accuracy {value('gguf_export', 'accuracy_gguf', '{:.3f}')} (delta {value('gguf_export', 'accuracy_delta', '{:+.3f}')})"
+        )
+    else:
+        lines.append("gguf        not exported in this run")
+    if "drift_report" in materialized:
+        detected = materialized["drift_report"]["drift_detected"].value
+        lines.append(
+            f"drift       {'DRIFT' if detected else 'no drift'} (drifted column share {value('drift_report', 'drift_share', '{:.2f}')}); "
+            f"report {value('drift_report', 'report_path')}"
+        )
+    lines.append(f"mlflow      {home.mlflow_tracking_uri} (experiment {spec.name}); open with `make mlflow-ui`")
+    lines.append(f"dagster     {os.environ['DAGSTER_HOME']}; open with `make ui`")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

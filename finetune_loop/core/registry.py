@@ -1,0 +1,113 @@
+"""MLflow tracking and model registry, through an explicit client (no global active run), so two
+stages in one process never log into each other's runs."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+CHALLENGER_ALIAS = "challenger"
+CHAMPION_ALIAS = "champion"
+PREVIOUS_CHAMPION_ALIAS = "previous-champion"
+# MLflow rejects longer param values.
+_MAX_PARAM_LENGTH = 6000
+
+# The SQLite store logs its schema migrations at INFO on every new process; users don't need them.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    name: str
+    version: str
+    run_id: str
+    source: str
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, artifact_root: Path, experiment_name: str):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            # An explicit artifact location: the default is ./mlruns relative to whatever directory
+            # the process happens to run in.
+            artifact_root.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(
+                experiment_name, artifact_location=(artifact_root / experiment_name).resolve().as_uri()
+            )
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    @contextmanager
+    def run(self, run_name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+        """An MLflow run that ends FINISHED, or FAILED when the block raises."""
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
+        run_id = run.info.run_id
+        try:
+            yield run_id
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def log_params(self, run_id: str, params: dict[str, object]) -> None:
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0, timestamp_ms: int = 0) -> None:
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_file), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def artifact_uri(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.artifact_uri
+
+    def register_version(self, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> ModelVersionRef:
+        try:
+            self.client.create_registered_model(model_name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{self.artifact_uri(run_id)}/{artifact_path}"
+        version = self.client.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
+        return ModelVersionRef(model_name, str(version.version), run_id, source)
+
+    def version_by_alias(self, model_name: str, alias: str) -> ModelVersionRef | None:
+        try:
+            version = self.client.get_model_version_by_alias(model_name, alias)
+        except MlflowException:
+            return None
+        return ModelVersionRef(model_name, str(version.version), version.run_id, version.source)
+
+    def tag_version(self, model_name: str, version: str, tags: dict[str, object]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(model_name, version, key, str(value))
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(model_name, alias, version)
+
+    def promote_to_champion(self, model_name: str, version: str) -> ModelVersionRef | None:
+        """Move `champion` to `version`; the one it leaves keeps alias `previous-champion` for rollback."""
+        previous = self.version_by_alias(model_name, CHAMPION_ALIAS)
+        if previous is not None and previous.version != version:
+            self.set_alias(model_name, PREVIOUS_CHAMPION_ALIAS, previous.version)
+        self.set_alias(model_name, CHAMPION_ALIAS, version)
+        return previous

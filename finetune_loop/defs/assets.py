@@ -1,0 +1,266 @@
+"""The lineage graph. Each asset is thin: read the task, call one core function, report metadata."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import dagster as dg
+
+from finetune_loop.core import curate, drift, evaluate, export, models, train
+from finetune_loop.core.registry import ModelVersionRef, Tracker
+from finetune_loop.defs.resources import LoopResource
+
+MLFLOW_UI_ENV_VAR = "FINETUNE_LOOP_MLFLOW_UI"
+
+
+def _run_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
+    return {"dagster_run_id": context.run.run_id, "dagster_asset_key": context.asset_key.to_user_string()}
+
+
+def _mlflow_link(tracker: Tracker, run_id: str) -> dg.MetadataValue:
+    ui = os.environ.get(MLFLOW_UI_ENV_VAR, "http://127.0.0.1:5000")
+    return dg.MetadataValue.url(f"{ui}/#/experiments/{tracker.experiment_id}/runs/{run_id}")
+
+
+def _file_version(path) -> dg.DataVersion:
+    return dg.DataVersion(curate.sha256_file(path)[:16])
+
+
+@dg.observable_source_asset(description="Labelled examples named by the task's data.labeled_examples.")
+def labeled_examples(loop: LoopResource) -> dg.ObserveResult:
+    spec = loop.spec()
+    return dg.ObserveResult(
+        data_version=_file_version(spec.labeled_examples_path),
+        metadata={"path": dg.MetadataValue.path(str(spec.labeled_examples_path))},
+    )
+
+
+@dg.observable_source_asset(description="Production requests (JSONL) named by the task's data.production_log.")
+def production_log(loop: LoopResource) -> dg.ObserveResult:
+    spec = loop.spec()
+    return dg.ObserveResult(
+        data_version=_file_version(spec.production_log_path),
+        metadata={"path": dg.MetadataValue.path(str(spec.production_log_path))},
+    )
+
+
+@dg.asset(deps=[labeled_examples], description="Frozen holdout: created once by a seeded split, hash-checked ever after.")
+def holdout_suite(context: dg.AssetExecutionContext, loop: LoopResource) -> curate.HoldoutSuite:
+    spec = loop.spec()
+    suite = curate.freeze_holdout(spec, loop.loop_home().task_dir(spec.name, "suites"))
+    context.add_output_metadata(
+        {
+            "sha256": suite.sha256,
+            "size": suite.size,
+            "created_this_run": suite.created,
+            "path": dg.MetadataValue.path(str(suite.path)),
+            "per_label": dg.MetadataValue.json(suite.per_label),
+        }
+    )
+    return suite
+
+
+@dg.asset(deps=[labeled_examples], description="Validated, de-duplicated train/validation split; bad rows quarantined with a reason.")
+def curated_dataset(context: dg.AssetExecutionContext, loop: LoopResource, holdout_suite: curate.HoldoutSuite) -> curate.CuratedDataset:
+    spec = loop.spec()
+    dataset = curate.curate_dataset(spec, holdout_suite, loop.loop_home().task_dir(spec.name, "datasets"))
+    report = dataset.report
+    context.add_output_metadata(
+        {
+            "data_version": dataset.data_version,
+            "rows_read": report.rows_read,
+            "train_rows": report.train_rows,
+            "validation_rows": report.validation_rows,
+            "duplicates_removed": report.duplicates_removed,
+            "overlapping_holdout_removed": report.overlapping_holdout_removed,
+            "quarantined_rows": sum(report.quarantined.values()),
+            "quarantine_reasons": dg.MetadataValue.json(report.quarantined),
+            "per_label_train": dg.MetadataValue.json(report.per_label_train),
+            "quarantine_path": dg.MetadataValue.path(str(dataset.quarantine_path)),
+            "directory": dg.MetadataValue.path(str(dataset.directory)),
+        }
+    )
+    return dataset
+
+
+@dg.asset(
+    description="LoRA adapter trained with TRL SFTTrainer, logged to MLflow and registered with alias `challenger`.",
+    tags={"finetune_loop/stage": "train"},
+)
+def lora_adapter(
+    context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curate.CuratedDataset, holdout_suite: curate.HoldoutSuite
+) -> train.TrainedAdapter:
+    spec = loop.spec()
+    home = loop.loop_home()
+    tracker = loop.tracker(spec)
+    base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
+    out_dir = home.task_dir(spec.name, "adapters") / context.run.run_id
+    adapter = train.train_adapter(spec, base, curated_dataset, holdout_suite.sha256, out_dir, tracker, _run_tags(context))
+    context.add_output_metadata(
+        {
+            "mlflow_run_id": adapter.mlflow_run_id,
+            "mlflow_run": _mlflow_link(tracker, adapter.mlflow_run_id),
+            "model_name": adapter.model_version.name,
+            "model_version": adapter.model_version.version,
+            "data_version": curated_dataset.data_version,
+            "base_model_sha256": base.source_sha256,
+            "train_rows_used": adapter.train_rows_used,
+            "steps": adapter.steps,
+            "final_train_loss": adapter.final_train_loss,
+            "validation_loss": adapter.validation_loss if adapter.validation_loss is not None else float("nan"),
+            "tokens_per_second": adapter.tokens_per_second,
+            "train_seconds": adapter.train_seconds,
+            "device": adapter.device,
+            "adapter_path": dg.MetadataValue.path(str(adapter.directory)),
+        }
+    )
+    return adapter
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    base_accuracy: float
+    candidate_accuracy: float
+    gate_passed: bool
+    gate_summary: str
+    candidate_version: ModelVersionRef
+    mlflow_run_id: str
+
+
+@dg.asset(
+    check_specs=[dg.AssetCheckSpec("release_gate", asset="eval_report", blocking=True, description="Candidate ≥ threshold and > base.")],
+    description="Base vs candidate on the frozen holdout; the release_gate check blocks promotion and export.",
+)
+def eval_report(
+    context: dg.AssetExecutionContext, loop: LoopResource, lora_adapter: train.TrainedAdapter, holdout_suite: curate.HoldoutSuite
+):
+    spec = loop.spec()
+    tracker = loop.tracker(spec)
+    base = models.prepare_base_model(spec.base_model, loop.loop_home().artifacts / "base_models")
+    result = evaluate.evaluate_candidate(
+        spec, base.directory, lora_adapter.directory, holdout_suite.path, tracker,
+        {**_run_tags(context), "model_version": lora_adapter.model_version.version},
+    )
+    verdict = result.verdict
+    report = EvalReport(
+        base_accuracy=result.base.accuracy,
+        candidate_accuracy=result.candidate.accuracy,
+        gate_passed=verdict.passed,
+        gate_summary=verdict.summary(),
+        candidate_version=lora_adapter.model_version,
+        mlflow_run_id=result.mlflow_run_id,
+    )
+    yield dg.Output(
+        report,
+        metadata={
+            "base_accuracy": result.base.accuracy,
+            "candidate_accuracy": result.candidate.accuracy,
+            "gate_passed": verdict.passed,
+            "gate": verdict.summary(),
+            "holdout_rows": sum(result.support.values()),
+            "mlflow_run_id": result.mlflow_run_id,
+            "mlflow_run": _mlflow_link(tracker, result.mlflow_run_id),
+            "candidate_model_version": lora_adapter.model_version.version,
+            "eval_seconds": result.seconds,
+            "table": dg.MetadataValue.md(result.table_markdown),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="release_gate",
+        passed=verdict.passed,
+        description=verdict.summary(),
+        metadata={g.name: dg.MetadataValue.text(("PASS " if g.passed else "FAIL ") + g.detail) for g in verdict.sub_gates},
+    )
+
+
+@dataclass(frozen=True)
+class Champion:
+    model_name: str
+    version: str
+    previous_version: str | None
+
+
+@dg.asset(description="Moves MLflow alias `champion` to the candidate that passed the gate.")
+def champion_model(context: dg.AssetExecutionContext, loop: LoopResource, eval_report: EvalReport) -> Champion:
+    # The blocking check already stops this asset in a run; this guards a hand-picked
+    # materialization of champion_model alone, which runs no check.
+    if not eval_report.gate_passed:
+        raise dg.Failure(f"release gate failed, not promoting: {eval_report.gate_summary}")
+    spec = loop.spec()
+    candidate = eval_report.candidate_version
+    previous = loop.tracker(spec).promote_to_champion(candidate.name, candidate.version)
+    champion = Champion(candidate.name, candidate.version, previous.version if previous else None)
+    context.add_output_metadata(
+        {
+            "model_name": champion.model_name,
+            "version": champion.version,
+            "previous_version": champion.previous_version or "none",
+            "candidate_accuracy": eval_report.candidate_accuracy,
+        }
+    )
+    return champion
+
+
+@dg.asset(description="Merged model as GGUF (unquantized + quantized), re-evaluated on the holdout under llama.cpp.")
+def gguf_export(
+    context: dg.AssetExecutionContext,
+    loop: LoopResource,
+    champion_model: Champion,
+    eval_report: EvalReport,
+    lora_adapter: train.TrainedAdapter,
+    holdout_suite: curate.HoldoutSuite,
+) -> export.GgufExport:
+    spec = loop.spec()
+    home = loop.loop_home()
+    tracker = loop.tracker(spec)
+    base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
+    out_dir = home.task_dir(spec.name, "exports") / f"v{champion_model.version}"
+    result = export.export_and_verify(
+        spec, base, lora_adapter.directory, holdout_suite.path, out_dir, tracker,
+        reference_accuracy=eval_report.candidate_accuracy,
+        run_tags={**_run_tags(context), "model_version": champion_model.version},
+    )
+    context.add_output_metadata(
+        {
+            "gguf_path": dg.MetadataValue.path(str(result.gguf_path)),
+            "quant_type": result.quant_type,
+            "file_size_mb": round(result.file_size_bytes / 2**20, 1),
+            "unquantized_path": dg.MetadataValue.path(str(result.unquantized_path)),
+            "accuracy_gguf": result.accuracy_gguf,
+            "accuracy_delta": result.accuracy_delta,
+            "mlflow_run_id": result.mlflow_run_id,
+            "mlflow_run": _mlflow_link(tracker, result.mlflow_run_id),
+        }
+    )
+    return result
+
+
+@dg.asset(deps=[production_log], description="Evidently drift of production inputs against the training inputs.")
+def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curate.CuratedDataset) -> drift.DriftResult:
+    spec = loop.spec()
+    tracker = loop.tracker(spec)
+    production = drift.read_production_log(spec.production_log_path, spec.fields.input)
+    reference = [e.text for e in curate.read_examples(curated_dataset.train_path)]
+    report_path = loop.loop_home().task_dir(spec.name, "drift") / f"{context.run.run_id}.html"
+    result = drift.build_drift_report(reference, production.texts, report_path, spec.drift.drift_share)
+    with tracker.run(f"drift-{spec.name}", tags={"stage": "drift", **_run_tags(context)}) as run_id:
+        tracker.log_metrics(run_id, {"drift_share": result.drift_share, "drift_detected": float(result.drift_detected)})
+        tracker.log_params(run_id, {"reference_data_version": curated_dataset.data_version, "current_rows": result.current_rows})
+        tracker.log_artifact(run_id, report_path, "drift")
+    context.add_output_metadata(
+        {
+            "drift_detected": result.drift_detected,
+            "drift_share": result.drift_share,
+            "drift_share_threshold": result.drift_share_threshold,
+            "report_path": dg.MetadataValue.path(str(report_path)),
+            "reference_rows": result.reference_rows,
+            "current_rows": result.current_rows,
+            "quarantined_rows": len(production.quarantine),
+            "window": f"{production.first_timestamp} .. {production.last_timestamp}",
+            "columns": dg.MetadataValue.json(result.columns),
+            "mlflow_run_id": run_id,
+            "mlflow_run": _mlflow_link(tracker, run_id),
+        }
+    )
+    return result

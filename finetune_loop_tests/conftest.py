@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny task (three labels, a few dozen tickets, a tiny random llama) that runs
+the real code paths of every stage in seconds."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY_LABELS = ("billing", "shipping", "login")
+_PHRASES = {
+    "billing": ["i was charged twice", "refund the extra fee on my invoice", "why is my bill so high", "wrong amount charged to my card"],
+    "shipping": ["where is my parcel", "the delivery is late", "tracking has not moved", "package went to the wrong address"],
+    "login": ["cannot log in", "password reset email never came", "my account is locked", "two factor code is not accepted"],
+}
+_TAILS = ["", " please help", " thanks", " asap", " this is the second time", " order 1234"]
+
+
+def tiny_rows(count_per_label: int = 16, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for label in TINY_LABELS:
+        for i in range(count_per_label):
+            text = rng.choice(_PHRASES[label]) + rng.choice(_TAILS) + f" (ref {rng.randint(100, 999)})"
+            rows.append({"id": f"{label}-{i}", "text": text, "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_tiny_task(directory: Path, base_model: Path, *, min_accuracy: float = 0.0, must_beat_base: bool = False) -> Path:
+    """A task file + data in `directory`: production traffic deliberately unlike the training text."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = tiny_rows()
+    (directory / "tickets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    production = [
+        {"request_id": f"r-{i}", "timestamp": f"2026-10-{1 + i % 28:02d}T10:00:00Z",
+         "text": f"please delete all personal data you hold about me under gdpr article 17 request number {i}"}
+        for i in range(60)
+    ]
+    (directory / "production.jsonl").write_text("".join(json.dumps(r) + "\n" for r in production))
+    task = {
+        "name": "tiny_triage",
+        "labels": list(TINY_LABELS),
+        "instruction": "Route the ticket. Labels: {labels}.",
+        "base_model": str(base_model),
+        "data": {"labeled_examples": "tickets.jsonl", "production_log": "production.jsonl"},
+        "split": {"holdout_fraction": 0.25, "validation_fraction": 0.1, "seed": 1},
+        "training": {"lora_r": 4, "lora_alpha": 8, "learning_rate": 0.005, "epochs": 1, "batch_size": 8, "max_length": 128, "seed": 1},
+        "gate": {"min_accuracy": min_accuracy, "must_beat_base": must_beat_base},
+        "export": {"outtype": "f32", "quant_types": ["Q8_0"]},
+        "drift": {"drift_share": 0.5},
+    }
+    path = directory / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory) -> Path:
+    from finetune_loop_tests.tiny_models import build_tiny_llama
+
+    texts = [r["text"] for r in tiny_rows()] + [*TINY_LABELS, "Route the ticket. Labels:"]
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), texts)

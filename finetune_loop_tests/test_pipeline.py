@@ -1,0 +1,145 @@
+"""The whole graph, through the CLI and Dagster, on a tiny random llama: every stage runs for real
+(TRL training, constrained evaluation, MLflow registry, GGUF under llama.cpp, Evidently)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+from finetune_loop.cli import EXIT_GATE_REFUSED, EXIT_OK, run_loop
+from finetune_loop.core.home import LoopHome
+from finetune_loop.defs.automation import drift_retrain_sensor
+from finetune_loop.definitions import build_definitions
+from finetune_loop_tests.conftest import write_tiny_task
+
+MATERIALIZED = ["holdout_suite", "curated_dataset", "lora_adapter", "eval_report", "champion_model", "gguf_export", "drift_report"]
+
+
+def _latest(instance: dg.DagsterInstance, key: str):
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    return event, (event.asset_materialization.metadata if event else None)
+
+
+@pytest.fixture(scope="module")
+def loop_state(tmp_path_factory, tiny_base_model):
+    """Two runs on one instance: a passing gate, then a candidate that cannot beat the base."""
+    root = tmp_path_factory.mktemp("loop")
+    home = root / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+        patch.setenv("FINETUNE_LOOP_HOME", str(home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        passing_task = write_tiny_task(root / "passing", tiny_base_model)
+        first_exit = run_loop(passing_task)
+        # A learning rate this small leaves the zero-initialised LoRA update at zero: the candidate
+        # predicts exactly what the base predicts, so "beats base" must fail.
+        refused_task = write_tiny_task(root / "refused", tiny_base_model, must_beat_base=True)
+        text = refused_task.read_text().replace("learning_rate: 0.005", "learning_rate: 1.0e-12")
+        refused_task.write_text(text)
+        second_exit = run_loop(refused_task)
+        with dg.instance_for_test(temp_dir=str(home / "dagster_home")) as instance:
+            yield {"home": LoopHome(home), "instance": instance, "exits": (first_exit, second_exit), "task": passing_task}
+
+
+def test_first_run_materializes_every_asset_with_its_metadata(loop_state):
+    instance = loop_state["instance"]
+    assert loop_state["exits"][0] == EXIT_OK
+    runs = instance.get_runs(ascending=True)
+    first_run_id = runs[0].run_id
+    for key in MATERIALIZED:
+        event = instance.fetch_materializations(dg.AssetKey(key), limit=10, ascending=True).records
+        assert event, f"{key} was never materialized"
+        assert event[0].run_id == first_run_id
+    for source in ("labeled_examples", "production_log"):
+        assert instance.fetch_observations(dg.AssetKey(source), limit=1).records, f"{source} was never observed"
+
+    first_eval = instance.fetch_materializations(dg.AssetKey("eval_report"), limit=1, ascending=True).records[0]
+    meta = first_eval.event_log_entry.asset_materialization.metadata
+    assert 0.0 <= meta["base_accuracy"].value <= 1.0
+    assert 0.0 <= meta["candidate_accuracy"].value <= 1.0
+    assert meta["gate_passed"].value is True
+    assert "| **all** |" in meta["table"].value
+
+    home = loop_state["home"]
+    client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
+    eval_run = client.get_run(meta["mlflow_run_id"].value)
+    assert eval_run.data.metrics["candidate_accuracy"] == pytest.approx(meta["candidate_accuracy"].value)
+    champion = client.get_model_version_by_alias("tiny_triage-adapter", "champion")
+    assert champion.version == "1"
+
+
+def test_training_is_tracked_and_the_adapter_bundle_is_complete(loop_state):
+    _, meta = _latest(loop_state["instance"], "lora_adapter")
+    home = loop_state["home"]
+    client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
+    run = client.get_run(meta["mlflow_run_id"].value)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data_version"] == _latest(loop_state["instance"], "curated_dataset")[1]["data_version"].value
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert len(losses) == meta["steps"].value >= 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    for name in ("adapter_model.safetensors", "adapter_config.json", "rebuild_manifest.json", "task_spec.yaml", "tokenizer.json"):
+        assert f"adapter/{name}" in artifacts
+    manifest = json.loads((Path(meta["adapter_path"].value) / "rebuild_manifest.json").read_text())
+    assert manifest["data_version"] == run.data.params["data_version"]
+    assert len(manifest["training_rows"]) == meta["train_rows_used"].value
+
+
+def test_gguf_export_runs_under_llama_cpp(loop_state):
+    instance = loop_state["instance"]
+    _, meta = _latest(instance, "gguf_export")
+    gguf_path = Path(meta["gguf_path"].value)
+    assert gguf_path.is_file() and gguf_path.read_bytes()[:4] == b"GGUF"
+    assert meta["quant_type"].value == "Q8_0"
+    assert gguf_path.stat().st_size < Path(meta["unquantized_path"].value).stat().st_size
+    first_eval = instance.fetch_materializations(dg.AssetKey("eval_report"), limit=1, ascending=True).records[0]
+    candidate = first_eval.event_log_entry.asset_materialization.metadata["candidate_accuracy"].value
+    assert meta["accuracy_delta"].value == pytest.approx(meta["accuracy_gguf"].value - candidate)
+
+
+def test_drift_report_flags_shifted_traffic(loop_state):
+    _, meta = _latest(loop_state["instance"], "drift_report")
+    assert meta["drift_detected"].value is True
+    assert meta["drift_share"].value >= 0.5
+    assert Path(meta["report_path"].value).read_text().lstrip().lower().startswith("<!doctype html")
+
+
+def test_failed_gate_leaves_champion_and_export_unmaterialized(loop_state):
+    instance = loop_state["instance"]
+    assert loop_state["exits"][1] == EXIT_GATE_REFUSED
+    second_run_id = instance.get_runs(ascending=True)[-1].run_id
+    eval_event, eval_meta = _latest(instance, "eval_report")
+    assert eval_event.run_id == second_run_id
+    assert eval_meta["gate_passed"].value is False
+    assert "beats_base" in eval_meta["gate"].value
+    for key in ("champion_model", "gguf_export"):
+        event, _ = _latest(instance, key)
+        assert event.run_id != second_run_id, f"{key} was materialized although the gate failed"
+    # The frozen holdout was verified, not regenerated, by the second run.
+    holdout = instance.fetch_materializations(dg.AssetKey("holdout_suite"), limit=2, ascending=True).records
+    first, second = (r.event_log_entry.asset_materialization.metadata for r in holdout)
+    assert first["created_this_run"].value is True and second["created_this_run"].value is False
+    assert first["sha256"].value == second["sha256"].value
+    home = loop_state["home"]
+    client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
+    assert client.get_model_version_by_alias("tiny_triage-adapter", "champion").version == "1"
+    assert client.get_model_version_by_alias("tiny_triage-adapter", "challenger").version == "2"
+
+
+def test_drift_sensor_requests_one_run_per_drifting_report(loop_state):
+    instance = loop_state["instance"]
+    defs = build_definitions(str(loop_state["task"]), str(loop_state["home"].root))
+    context = dg.build_sensor_context(instance=instance, definitions=defs)
+    first = drift_retrain_sensor.evaluate_tick(context)
+    assert len(first.run_requests) == 1
+    request = first.run_requests[0]
+    report_event, _ = _latest(instance, "drift_report")
+    assert request.run_key == f"drift-{report_event.storage_id}"
+    assert request.tags["finetune_loop/trigger"] == "drift"
+    # The same report on the next tick (cursor advanced) requests nothing more.
+    again = drift_retrain_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, cursor=first.cursor))
+    assert again.run_requests == []

@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune_loop.core.specs import TaskSpecError, load_task_spec
+from finetune_loop.defs.resources import EXAMPLE_TASK
+
+
+def test_example_task_loads_with_its_data():
+    spec = load_task_spec(EXAMPLE_TASK)
+    assert spec.name == "support_triage"
+    assert len(spec.labels) == 10
+    assert spec.labeled_examples_path.is_file() and spec.production_log_path.is_file()
+    assert spec.gate.min_accuracy == pytest.approx(0.70)
+    assert "billing, refund" in spec.system_prompt()
+
+
+def _write(tmp_path: Path, **overrides) -> Path:
+    raw = yaml.safe_load(EXAMPLE_TASK.read_text())
+    raw["data"] = {"labeled_examples": "x.jsonl", "production_log": "y.jsonl"}
+    for key, value in overrides.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"labels": ["only_one"]}, "labels must be a list of at least two"),
+        ({"labels": ["a", "b", "a"]}, "labels contain duplicates: ['a']"),
+        ({"instruction": None}, "missing required field 'instruction'"),
+        ({"lables": ["a", "b"]}, "unknown key(s) ['lables']"),
+        ({"gate": {"min_accuracy": 1.5}}, "gate.min_accuracy must be in [0, 1], got 1.5"),
+        ({"gate": {"min_acuracy": 0.5}}, "unknown key(s) under gate: ['min_acuracy']"),
+        ({"training": {"batch_size": "eight"}}, "training.batch_size must be an integer"),
+        ({"export": {"quant_types": ["Q3_XXS"]}}, "export.quant_types must be a non-empty list"),
+        ({"kind": "regression"}, "kind must be 'classification'"),
+    ],
+)
+def test_bad_task_files_fail_with_a_specific_message(tmp_path, overrides, message):
+    with pytest.raises(TaskSpecError) as error:
+        load_task_spec(_write(tmp_path, **overrides))
+    assert message in str(error.value)
+    assert "task.yaml" in str(error.value)
+
+
+def test_missing_and_malformed_files_are_errors(tmp_path):
+    with pytest.raises(TaskSpecError, match="task file not found"):
+        load_task_spec(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(TaskSpecError, match="not valid YAML"):
+        load_task_spec(bad)
