@@ -69,7 +69,7 @@ def test_first_run_materializes_every_asset_with_its_metadata(loop_state):
     eval_run = client.get_run(meta["mlflow_run_id"].value)
     assert eval_run.data.metrics["candidate_accuracy"] == pytest.approx(meta["candidate_accuracy"].value)
     champion = client.get_model_version_by_alias("tiny_triage-adapter", "champion")
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
 
 
 def test_training_is_tracked_and_the_adapter_bundle_is_complete(loop_state):
@@ -126,8 +126,8 @@ def test_failed_gate_leaves_champion_and_export_unmaterialized(loop_state):
     assert first["sha256"].value == second["sha256"].value
     home = loop_state["home"]
     client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
-    assert client.get_model_version_by_alias("tiny_triage-adapter", "champion").version == "1"
-    assert client.get_model_version_by_alias("tiny_triage-adapter", "challenger").version == "2"
+    assert str(client.get_model_version_by_alias("tiny_triage-adapter", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("tiny_triage-adapter", "challenger").version) == "2"
 
 
 def test_drift_sensor_requests_one_run_per_drifting_report(loop_state):
@@ -138,7 +138,7 @@ def test_drift_sensor_requests_one_run_per_drifting_report(loop_state):
     assert len(first.run_requests) == 1
     request = first.run_requests[0]
     report_event, _ = _latest(instance, "drift_report")
-    assert request.run_key == f"drift-{report_event.storage_id}"
+    assert request.run_key == f"drift-{report_event.run_id}"
     assert request.tags["finetune_loop/trigger"] == "drift"
     # The same report on the next tick (cursor advanced) requests nothing more.
     again = drift_retrain_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, cursor=first.cursor))

@@ -105,7 +105,10 @@ _SECTIONS = {
     "export": ExportSettings,
     "drift": DriftSettings,
 }
-_SUPPORTED_QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q5_K_M", "Q4_0", "Q6_K")
+# Named as in llama.cpp (LLAMA_FTYPE_MOSTLY_<name>). K-quants need rows that are multiples of 256;
+# llama.cpp falls back to a compatible type per tensor where a row is shorter (SmolLM2's are 576).
+QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q5_K_M", "Q4_0", "Q6_K")
+OUTTYPES = ("f32", "f16", "bf16")
 
 
 def load_task_spec(path: str | Path) -> TaskSpec:
@@ -225,11 +228,11 @@ def _check_ranges(spec: TaskSpec) -> None:
         problems.append(f"training.max_train_examples must be at least the number of labels ({len(spec.labels)})")
     if not (0 <= spec.gate.min_accuracy <= 1):
         problems.append(f"gate.min_accuracy must be in [0, 1], got {spec.gate.min_accuracy}")
-    if spec.export.outtype not in ("f32", "f16", "bf16"):
-        problems.append(f"export.outtype must be one of f32, f16, bf16, got {spec.export.outtype!r}")
-    bad_quants = [q for q in spec.export.quant_types if q not in _SUPPORTED_QUANT_TYPES]
+    if spec.export.outtype not in OUTTYPES:
+        problems.append(f"export.outtype must be one of {', '.join(OUTTYPES)}, got {spec.export.outtype!r}")
+    bad_quants = [q for q in spec.export.quant_types if q not in QUANT_TYPES]
     if bad_quants or not spec.export.quant_types:
-        problems.append(f"export.quant_types must be a non-empty list from {list(_SUPPORTED_QUANT_TYPES)}, got {list(spec.export.quant_types)}")
+        problems.append(f"export.quant_types must be a non-empty list from {list(QUANT_TYPES)}, got {list(spec.export.quant_types)}")
     if not (0 < spec.drift.drift_share <= 1):
         problems.append(f"drift.drift_share must be in (0, 1], got {spec.drift.drift_share}")
     if spec.drift.cadence_days <= 0:

@@ -1,6 +1,5 @@
 """The lineage graph. Each asset is thin: read the task, call one core function, report metadata."""
 
-from __future__ import annotations
 
 import os
 from dataclasses import dataclass

@@ -1,6 +1,5 @@
 """Jobs, the six-week cadence and the drift trigger. Every run request says why it was made."""
 
-from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
@@ -49,8 +48,9 @@ def six_week_retrain_schedule(context: dg.ScheduleEvaluationContext, loop: LoopR
 
 @dg.asset_sensor(asset_key=drift_report.key, job=retrain_job, minimum_interval_seconds=60)
 def drift_retrain_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-    """One retrain per drifting report: the run key is the report's materialization, so the same
-    report seen twice (or after a cursor reset) never launches a second run."""
+    """One retrain per drifting report: the run key names the run that materialized the report
+    (one report per run), so the same report seen twice, or after a cursor reset, never launches a
+    second retrain."""
     materialization = asset_event.asset_materialization
     metadata = materialization.metadata if materialization else {}
     detected = metadata.get("drift_detected")
@@ -59,7 +59,7 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, asset_event: dg.Ev
         return dg.SkipReason(f"latest drift_report shows no drift (drift_share={share.value if share else 'n/a'})")
     report_path = metadata.get("report_path")
     return dg.RunRequest(
-        run_key=f"drift-{asset_event.storage_id}",
+        run_key=f"drift-{asset_event.run_id}",
         tags={
             TRIGGER_TAG: "drift",
             "finetune_loop/evidence": f"drift_share={share.value if share else 'n/a'}",

@@ -1,0 +1,339 @@
+"""GGUF export checked against llama.cpp itself: the exported file must compute what the HF model does.
+
+Everything runs on a tiny random llama built in-process (finetune_loop_tests.tiny_models), so the
+tests need no download and take seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gguf
+import llama_cpp
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+from finetune_loop.core import export
+from finetune_loop.core.export import (
+    UnsupportedArchitectureError,
+    classify_with_llama_cpp,
+    merge_adapter,
+    quantize_gguf,
+    write_gguf,
+)
+from finetune_loop_tests.tiny_models import CHATML_TEMPLATE, build_tiny_llama
+
+CORPUS = [
+    "The printer on floor 3 is broken again, error code 500.",
+    "My invoice shows a double charge of $42.50 for order 12345!",
+    "Login fails after the 2024-01-05 update; password reset does nothing.",
+    "Café crème — naïve façade 😀 résumé",
+    "Please refund me.\n\tTabs,  double  spaces and\nnew lines.",
+    "billing bug report feature request question other",
+] * 4
+
+SYSTEM = {"role": "system", "content": "Classify the ticket."}
+CONVERSATIONS = [
+    [SYSTEM, {"role": "user", "content": "Printer 42 jams on page 3."}],
+    [SYSTEM, {"role": "user", "content": "Charged twice: $19.99 + $19.99"}],
+    [{"role": "user", "content": "Résumé upload fails 😀  with   spaces\nand a newline"}],
+    [SYSTEM, {"role": "user", "content": "double charge on invoice 12345"}],
+]
+
+# Tight enough that one wrong tensor layout fails by orders of magnitude (f32 weights, f32 KV cache).
+F32_LOGIT_ATOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), CORPUS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer) -> list[str]:
+    return [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CONVERSATIONS]
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(tiny_dir, tmp_path_factory) -> Path:
+    return write_gguf(tiny_dir, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", outtype="f32")
+
+
+def _hf_logits(model, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def _llama_cpp_logits(gguf_path: Path, prompts: list[str]) -> list[tuple[list[int], np.ndarray]]:
+    """Per prompt: llama.cpp's token ids and its logits at every position."""
+    # An f32 KV cache, so the only difference left against HF is float summation order.
+    llm = llama_cpp.Llama(
+        str(gguf_path), n_ctx=512, logits_all=True, verbose=False,
+        type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
+    )
+    try:
+        results = []
+        for prompt in prompts:
+            llm.reset()
+            ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+            llm.eval(ids)
+            results.append((ids, llm.scores[: len(ids)].copy()))
+        return results
+    finally:
+        llm.close()
+
+
+def _compare_with_hf(gguf_path, prompts, tokenizer, hf_model) -> tuple[float, float]:
+    """(max |logit difference|, share of positions whose top-1 token agrees), over all prompts."""
+    max_diff, agree, total = 0.0, 0, 0
+    for prompt, (ids, cpp) in zip(prompts, _llama_cpp_logits(gguf_path, prompts)):
+        assert ids == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        hf = _hf_logits(hf_model, ids)
+        max_diff = max(max_diff, float(np.abs(cpp - hf).max()))
+        agree += int((cpp.argmax(-1) == hf.argmax(-1)).sum())
+        total += len(ids)
+    return max_diff, agree / total
+
+
+def _reader_value(reader: gguf.GGUFReader, key: str):
+    field = reader.get_field(key)
+    assert field is not None, f"{key} missing from GGUF"
+    return field.contents()
+
+
+def test_llama_cpp_matches_hf_logits_and_tokens(f32_gguf, prompts, tokenizer, hf_model):
+    max_diff, top1_agreement = _compare_with_hf(f32_gguf, prompts, tokenizer, hf_model)
+    assert max_diff < F32_LOGIT_ATOL
+    assert top1_agreement == 1.0
+
+
+def test_export_without_rope_permutation_is_caught(tiny_dir, tmp_path, prompts, tokenizer, hf_model, monkeypatch):
+    # Proves the comparison above can fail: HF's Q/K row order fed to llama.cpp unchanged.
+    monkeypatch.setattr(export, "_permute_for_rope", lambda weights, n_heads: weights)
+    broken = write_gguf(tiny_dir, tmp_path / "broken.gguf", outtype="f32")
+    max_diff, top1_agreement = _compare_with_hf(broken, prompts, tokenizer, hf_model)
+    assert max_diff > 100 * F32_LOGIT_ATOL
+    assert top1_agreement < 0.9
+
+
+# bf16 keeps 8 mantissa bits against f16's 11, hence the looser bound (logits here reach about 7).
+@pytest.mark.parametrize(("outtype", "logit_atol"), [("f16", 0.1), ("bf16", 0.6)])
+def test_half_precision_exports_load_and_agree(tiny_dir, tmp_path, outtype, logit_atol, prompts, tokenizer, hf_model):
+    path = write_gguf(tiny_dir, tmp_path / f"tiny-{outtype}.gguf", outtype=outtype)
+    reader = gguf.GGUFReader(path)
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    expected = gguf.GGMLQuantizationType.F16 if outtype == "f16" else gguf.GGMLQuantizationType.BF16
+    assert types["blk.0.attn_q.weight"] == expected
+    assert types["token_embd.weight"] == expected
+    assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    assert types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
+    max_diff, top1_agreement = _compare_with_hf(path, prompts, tokenizer, hf_model)
+    assert max_diff < logit_atol
+    assert top1_agreement >= 0.9
+
+
+def test_gguf_carries_architecture_and_tokenizer_metadata(f32_gguf, tokenizer, hf_model):
+    reader = gguf.GGUFReader(f32_gguf)
+    config = hf_model.config
+    assert _reader_value(reader, "general.architecture") == "llama"
+    assert _reader_value(reader, "llama.context_length") == 512
+    assert _reader_value(reader, "llama.embedding_length") == 64
+    assert _reader_value(reader, "llama.block_count") == 2
+    assert _reader_value(reader, "llama.feed_forward_length") == 128
+    assert _reader_value(reader, "llama.attention.head_count") == 4
+    assert _reader_value(reader, "llama.attention.head_count_kv") == 2
+    assert _reader_value(reader, "llama.rope.dimension_count") == 16
+    assert _reader_value(reader, "llama.vocab_size") == config.vocab_size
+    assert _reader_value(reader, "general.file_type") == gguf.LlamaFileType.ALL_F32
+
+    assert _reader_value(reader, "tokenizer.chat_template") == CHATML_TEMPLATE
+    assert _reader_value(reader, "tokenizer.ggml.model") == "gpt2"
+    assert _reader_value(reader, "tokenizer.ggml.pre") == "gpt-2"
+    assert _reader_value(reader, "tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert _reader_value(reader, "tokenizer.ggml.bos_token_id") == tokenizer.bos_token_id
+    assert _reader_value(reader, "tokenizer.ggml.add_bos_token") is False
+    tokens = _reader_value(reader, "tokenizer.ggml.tokens")
+    token_types = _reader_value(reader, "tokenizer.ggml.token_type")
+    assert len(tokens) == config.vocab_size
+    im_end = tokens.index("<|im_end|>")
+    assert token_types[im_end] == gguf.TokenType.CONTROL
+    assert token_types[tokens.index("Ġ")] == gguf.TokenType.NORMAL
+    assert len(_reader_value(reader, "tokenizer.ggml.merges")) > 0
+
+    names = {t.name for t in reader.tensors}
+    # Tied embeddings: llama.cpp falls back to token_embd for the output projection.
+    assert "output.weight" not in names
+    assert {"token_embd.weight", "output_norm.weight", "blk.1.attn_k.weight", "blk.1.ffn_down.weight"} <= names
+
+
+def test_llama_cpp_stops_on_im_end(f32_gguf):
+    llm = llama_cpp.Llama(str(f32_gguf), n_ctx=512, verbose=False)
+    try:
+        assert llm.token_eos() == llm.tokenize(b"<|im_end|>", add_bos=False, special=True)[0]
+        assert llm.metadata["tokenizer.chat_template"] == CHATML_TEMPLATE
+    finally:
+        llm.close()
+
+
+def test_quantize_q8_0_is_smaller_and_loads(f32_gguf, tmp_path, prompts):
+    q8 = quantize_gguf(f32_gguf, tmp_path / "tiny-Q8_0.gguf", "Q8_0")
+    assert q8.stat().st_size < f32_gguf.stat().st_size
+    reader = gguf.GGUFReader(q8)
+    assert {t.name: t.tensor_type for t in reader.tensors}["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
+    [(ids, logits)] = _llama_cpp_logits(q8, prompts[:1])
+    assert np.isfinite(logits).all()
+
+
+def test_quantize_rejects_unknown_type(f32_gguf, tmp_path):
+    with pytest.raises(ValueError, match="Q8_0"):
+        quantize_gguf(f32_gguf, tmp_path / "x.gguf", "Q3_XYZ")
+
+
+def test_classify_returns_the_greedy_label(f32_gguf, prompts, tokenizer, hf_model):
+    labels = ["billing", "printer", "question", "other"]
+    first_ids = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in labels]
+    assert len(set(first_ids)) == len(labels), "labels must start with distinct tokens for this check"
+    chosen = classify_with_llama_cpp(f32_gguf, prompts, labels, n_ctx=512)
+    # With distinct first tokens, constrained greedy decoding is decided by the first step alone.
+    expected = []
+    for prompt in prompts:
+        next_logits = _hf_logits(hf_model, tokenizer(prompt, add_special_tokens=False)["input_ids"])[-1]
+        expected.append(labels[int(np.argmax(next_logits[first_ids]))])
+    assert chosen == expected
+
+
+def _hf_constrained_greedy(model, tokenizer, prompt: str, labels: list[str]) -> str:
+    """Reference: greedy decoding in HF, one full forward pass per step, restricted to the labels."""
+    # llama.cpp ends generation on both; either closes a label that another label extends.
+    stop_ids = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    label_ids = {label: tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels}
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    generated: list[int] = []
+    while True:
+        live = {label: ids for label, ids in label_ids.items() if ids[: len(generated)] == generated}
+        if len(live) == 1:
+            return next(iter(live))
+        logits = _hf_logits(model, prompt_ids + generated)[-1]
+        best = max((ids[len(generated)] for ids in live.values() if len(ids) > len(generated)), key=lambda i: logits[i])
+        finished = [label for label, ids in live.items() if len(ids) == len(generated)]
+        if finished and logits[stop_ids].max() > logits[best]:
+            return finished[0]
+        generated.append(best)
+
+
+def test_classify_decides_between_labels_that_prefix_each_other(f32_gguf, prompts, tokenizer, hf_model):
+    # "printer" is a token prefix of the other two: choosing among them takes extra decoding steps
+    # where the end-of-generation tokens compete with " jam" / " broken".
+    labels = ["printer", "printer jam", "printer broken"]
+    chosen = classify_with_llama_cpp(f32_gguf, prompts * 2, labels, n_ctx=512)
+    assert set(chosen) <= set(labels)
+    expected = [_hf_constrained_greedy(hf_model, tokenizer, prompt, labels) for prompt in prompts]
+    assert set(expected) == set(labels), "these prompts should reach every branch (stop and both continuations)"
+    # The second round reuses cached prompt prefixes; answers must not change.
+    assert chosen == expected * 2
+
+
+def test_non_llama_model_is_rejected(tmp_path):
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedArchitectureError, match="llama") as error:
+        write_gguf(tmp_path, tmp_path / "out.gguf")
+    assert "gpt2" in str(error.value)
+
+
+def test_tokenizer_without_chat_template_is_rejected(tiny_dir, tmp_path):
+    model_dir = shutil.copytree(tiny_dir, tmp_path / "model")
+    (model_dir / "chat_template.jinja").unlink()
+    with pytest.raises(ValueError, match="no chat template"):
+        write_gguf(model_dir, tmp_path / "out.gguf")
+
+
+def test_invalid_outtype_is_rejected(tiny_dir, tmp_path):
+    with pytest.raises(ValueError, match="outtype"):
+        write_gguf(tiny_dir, tmp_path / "out.gguf", outtype="q8_0")
+
+
+def _with_pre_tokenizer(tiny_dir: Path, dest: Path, pre_tokenizer: dict) -> Path:
+    model_dir = shutil.copytree(tiny_dir, dest)
+    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text())
+    tokenizer_json["pre_tokenizer"] = pre_tokenizer
+    (model_dir / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    return model_dir
+
+
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+def _llama_cpp_tokens(gguf_path: Path, text: str) -> list[int]:
+    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    try:
+        return llm.tokenize(text.encode(), add_bos=False)
+    finally:
+        llm.close()
+
+
+def test_smollm_pre_tokenizer_is_inferred_and_tokenizes_like_hf(tiny_dir, tmp_path):
+    digits_then_bytes = {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Digits", "individual_digits": True}, BYTE_LEVEL],
+    }
+    model_dir = _with_pre_tokenizer(tiny_dir, tmp_path / "model", digits_then_bytes)
+    path = write_gguf(model_dir, tmp_path / "smollm.gguf", outtype="f32")
+    assert _reader_value(gguf.GGUFReader(path), "tokenizer.ggml.pre") == "smollm"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = "order 12345 costs $42.50 on 2024-01-05"
+    expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert _llama_cpp_tokens(path, text) == expected
+    # The pre-tokenizer name matters: "gpt-2" would apply this tokenizer's digit merges ("12", "202").
+    wrong = write_gguf(model_dir, tmp_path / "gpt2-pre.gguf", outtype="f32", tokenizer_pre="gpt-2")
+    assert _llama_cpp_tokens(wrong, text) != expected
+
+
+def test_unknown_pre_tokenizer_needs_explicit_name(tiny_dir, tmp_path):
+    unusual = {"type": "Sequence", "pretokenizers": [{"type": "Punctuation", "behavior": "Isolated"}, BYTE_LEVEL]}
+    model_dir = _with_pre_tokenizer(tiny_dir, tmp_path / "model", unusual)
+    with pytest.raises(ValueError, match="tokenizer_pre"):
+        write_gguf(model_dir, tmp_path / "out.gguf")
+    path = write_gguf(model_dir, tmp_path / "out.gguf", tokenizer_pre="gpt-2")
+    assert _reader_value(gguf.GGUFReader(path), "tokenizer.ggml.pre") == "gpt-2"
+
+
+def test_merge_adapter_equals_base_plus_adapter(tiny_dir, tmp_path, hf_model, tokenizer, prompts):
+    import peft
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    lora = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
+        init_lora_weights=False,  # random B as well as A, so the adapter changes the outputs
+    )
+    torch.manual_seed(1)
+    adapted = peft.get_peft_model(base, lora).eval()
+    adapter_dir = tmp_path / "adapter"
+    adapted.save_pretrained(adapter_dir)
+    ids = tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        expected = adapted(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+    merged_dir = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged")
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    merged_logits = _hf_logits(merged, ids)
+    np.testing.assert_allclose(merged_logits, expected, atol=1e-4)
+    assert np.abs(merged_logits - _hf_logits(hf_model, ids)).max() > 0.1
+    # The merged directory is a complete export source: weights, config and the chat template.
+    merged_gguf = write_gguf(merged_dir, tmp_path / "merged.gguf", outtype="f32")
+    max_diff, _ = _compare_with_hf(merged_gguf, prompts, tokenizer, merged)
+    assert max_diff < F32_LOGIT_ATOL
