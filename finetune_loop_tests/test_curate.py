@@ -37,16 +37,20 @@ def test_bad_rows_are_quarantined_with_their_reason(spec):
     assert len(examples) == len(good)
     reasons = [q["reason"] for q in quarantine]
     assert reasons[0].startswith("malformed JSON")
-    assert reasons[1] == "expected a JSON object, got list"
-    assert reasons[2] == "missing input field 'text'"
+    assert reasons[1] == "not a JSON object: got list"
+    assert reasons[2] == "missing input: field 'text' is absent"
     assert reasons[3] == "empty input"
-    assert reasons[4] == "unknown label 'refunds' (not in the task's label set)"
-    assert reasons[5] == "input field 'text' is int, expected a string"
-    assert reasons[6] == "input contains control characters"
-    assert reasons[7].startswith("not valid UTF-8")
-    assert reasons[8] == "duplicate id 'billing-0'"
-    assert reasons[9] == "missing label field 'label'"
+    assert reasons[4] == "unknown label: 'refunds' is not in the task's label set"
+    assert reasons[5] == "input not a string: field 'text' is int"
+    assert reasons[6] == "control characters in input"
+    assert reasons[7].startswith("not valid UTF-8: invalid continuation byte")
+    assert reasons[8] == "duplicate id: 'billing-0' already used by an earlier row"
+    assert reasons[9] == "missing label: field 'label' is absent or empty"
     assert [q["line"] for q in quarantine] == list(range(len(good) + 1, len(good) + len(bad) + 1))
+    assert [curate.reason_kind(r) for r in reasons] == [
+        "malformed JSON", "not a JSON object", "missing input", "empty input", "unknown label",
+        "input not a string", "control characters in input", "not valid UTF-8", "duplicate id", "missing label",
+    ]
 
 
 def test_csv_rows_with_wrong_cell_counts_are_quarantined(spec, tmp_path):
@@ -81,7 +85,7 @@ def test_dedup_keeps_one_per_normalised_text_and_quarantines_conflicts():
     assert [e.id for e in kept] == ["a", "e"]
     assert duplicates == [{"id": "b", "duplicate_of": "a", "row": {"id": "b", "text": "  where IS my   parcel?", "label": "shipping"}}]
     assert sorted(c["id"] for c in conflicts) == ["c", "d"]
-    assert "conflicting labels ['billing', 'shipping']" in conflicts[0]["reason"]
+    assert conflicts[0]["reason"] == "conflicting labels: same text as 1 other row(s), labelled ['billing', 'shipping']"
 
 
 def test_every_row_is_accounted_for(spec, tmp_path):

@@ -71,7 +71,8 @@ def normalize_text(text: str) -> str:
 
 
 def read_labeled_examples(spec: TaskSpec) -> tuple[list[Example], list[dict]]:
-    """Valid examples in file order, plus one quarantine entry per rejected row."""
+    """Valid examples in file order, plus one quarantine entry per rejected row, whose reason reads
+    "<kind>: <detail>"."""
     path = spec.labeled_examples_path
     if not path.is_file():
         raise CurationError(f"labeled examples file not found: {path} (set data.labeled_examples in {spec.spec_path})")
@@ -88,21 +89,21 @@ def read_labeled_examples(spec: TaskSpec) -> tuple[list[Example], list[dict]]:
             row_id = row.get(fields.id) if fields.id else None
             row_id = str(row_id) if row_id not in (None, "") else f"line-{line_no}"
             if fields.input not in row:
-                problem = f"missing input field {fields.input!r}"
+                problem = f"missing input: field {fields.input!r} is absent"
             elif not isinstance(text, str):
-                problem = f"input field {fields.input!r} is {type(text).__name__}, expected a string"
+                problem = f"input not a string: field {fields.input!r} is {type(text).__name__}"
             elif not text.strip():
                 problem = "empty input"
             elif _has_control_chars(text):
-                problem = "input contains control characters"
+                problem = "control characters in input"
             elif fields.label not in row or label in (None, ""):
-                problem = f"missing label field {fields.label!r}"
+                problem = f"missing label: field {fields.label!r} is absent or empty"
             elif not isinstance(label, str):
-                problem = f"label is {type(label).__name__}, expected a string"
+                problem = f"label not a string: got {type(label).__name__}"
             elif label.strip() not in allowed:
-                problem = f"unknown label {label!r} (not in the task's label set)"
+                problem = f"unknown label: {label!r} is not in the task's label set"
             elif row_id in seen_ids:
-                problem = f"duplicate id {row_id!r}"
+                problem = f"duplicate id: {row_id!r} already used by an earlier row"
         if problem is not None:
             quarantine.append({"line": line_no, "reason": problem, "row": row})
             continue
@@ -125,7 +126,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict, str | None]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                rows.append((line_no, {"raw": raw.decode("utf-8", "replace")}, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
+                rows.append((line_no, {"raw": raw.decode("utf-8", "replace")}, f"not valid UTF-8: {exc.reason} at byte {exc.start}"))
                 continue
             try:
                 row = json.loads(line)
@@ -133,7 +134,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict, str | None]]:
                 rows.append((line_no, {"raw": line}, f"malformed JSON: {exc.msg} at column {exc.colno}"))
                 continue
             if not isinstance(row, dict):
-                rows.append((line_no, {"raw": line}, f"expected a JSON object, got {type(row).__name__}"))
+                rows.append((line_no, {"raw": line}, f"not a JSON object: got {type(row).__name__}"))
                 continue
             rows.append((line_no, row, None))
         return rows
@@ -170,7 +171,7 @@ def deduplicate(examples: list[Example]) -> tuple[list[Example], list[dict], lis
         labels = sorted({e.label for e in group})
         if len(labels) > 1:
             conflicts.extend(
-                {"id": e.id, "reason": f"same text as {len(group) - 1} other row(s) with conflicting labels {labels}", "row": asdict(e)}
+                {"id": e.id, "reason": f"conflicting labels: same text as {len(group) - 1} other row(s), labelled {labels}", "row": asdict(e)}
                 for e in group
             )
             continue
@@ -287,7 +288,7 @@ def curate_dataset(spec: TaskSpec, holdout: HoldoutSuite, datasets_dir: Path) ->
     write_jsonl(paths["duplicates"], duplicates)
     report = CurationReport(
         rows_read=len(examples) + sum(1 for q in quarantine if q["line"] is not None),
-        quarantined=dict(Counter(_reason_kind(q["reason"]) for q in quarantine)),
+        quarantined=dict(Counter(reason_kind(q["reason"]) for q in quarantine)),
         duplicates_removed=len(duplicates),
         overlapping_holdout_removed=overlapping,
         train_rows=len(train),
@@ -298,9 +299,7 @@ def curate_dataset(spec: TaskSpec, holdout: HoldoutSuite, datasets_dir: Path) ->
     return CuratedDataset(data_version, directory, paths["train"], paths["validation"], paths["quarantine"], paths["duplicates"], report)
 
 
-def _reason_kind(reason: str) -> str:
-    """Group quarantine reasons for counting: the specific detail stays in the quarantine file."""
-    for prefix in ("malformed JSON", "malformed CSV", "not valid UTF-8", "unknown label", "duplicate id", "same text as"):
-        if reason.startswith(prefix):
-            return {"same text as": "conflicting labels"}.get(prefix, prefix)
-    return reason
+def reason_kind(reason: str) -> str:
+    """Every quarantine reason reads "<kind>: <detail>"; counts group by kind, the detail stays in
+    the quarantine file."""
+    return reason.partition(":")[0]

@@ -51,7 +51,7 @@ def read_production_log(path: Path, input_field: str = "text") -> ProductionLog:
             continue
         text = row.get(input_field) if isinstance(row, dict) else None
         if not isinstance(text, str) or not text.strip():
-            quarantine.append({"line": line_no, "reason": f"missing or empty input field {input_field!r}", "row": row})
+            quarantine.append({"line": line_no, "reason": f"missing input: field {input_field!r} is absent, empty or not a string", "row": row})
             continue
         texts.append(text)
         if isinstance(row.get("timestamp"), str):

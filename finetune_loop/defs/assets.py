@@ -243,6 +243,8 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
     reference = [e.text for e in curate.read_examples(curated_dataset.train_path)]
     report_path = loop.loop_home().task_dir(spec.name, "drift") / f"{context.run.run_id}.html"
     result = drift.build_drift_report(reference, production.texts, report_path, spec.drift.drift_share)
+    quarantine_path = report_path.with_suffix(".quarantine.jsonl")
+    curate.write_jsonl(quarantine_path, production.quarantine)
     with tracker.run(f"drift-{spec.name}", tags={"stage": "drift", **_run_tags(context)}) as run_id:
         tracker.log_metrics(run_id, {"drift_share": result.drift_share, "drift_detected": float(result.drift_detected)})
         tracker.log_params(run_id, {"reference_data_version": curated_dataset.data_version, "current_rows": result.current_rows})
@@ -256,6 +258,7 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
             "reference_rows": result.reference_rows,
             "current_rows": result.current_rows,
             "quarantined_rows": len(production.quarantine),
+            "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),
             "window": f"{production.first_timestamp} .. {production.last_timestamp}",
             "columns": dg.MetadataValue.json(result.columns),
             "mlflow_run_id": run_id,
