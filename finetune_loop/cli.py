@@ -49,12 +49,13 @@ def run_loop(task_path: Path, home_dir: Path | None = None) -> int:
     from finetune_loop.definitions import build_definitions
 
     defs = build_definitions(str(spec.spec_path), str(home.root))
-    instance = dg.DagsterInstance.get()
     started = time.perf_counter()
     print(f"finetune-loop: task {spec.name} ({spec.spec_path}), state in {home.root}", flush=True)
-    # The implicit asset job observes the source assets (their data versions) and materializes
-    # every asset, checks included, in one run.
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, raise_on_error=False)
+    with dg.DagsterInstance.get() as instance:
+        # The implicit asset job observes the source assets (their data versions) and materializes
+        # every asset, checks included, in one run.
+        job = defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
     minutes = (time.perf_counter() - started) / 60
     materialized = {
         event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata

@@ -1,6 +1,11 @@
 """The code location loads with the public names, and the six-week schedule obeys its cadence."""
 
+import os
+import shutil
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -72,3 +77,14 @@ def test_schedule_waits_for_the_cadence(example_task):
     assert len(due.run_requests) == 1
     assert due.run_requests[0].run_key == "cadence-2026-11-12"
     assert "42 days ago" in due.run_requests[0].tags["finetune_loop/evidence"]
+
+
+def test_dagster_cli_validates_the_workspace_with_the_shipped_instance_config(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "dagster.yaml", tmp_path / "dagster.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=repo, env={**os.environ, "DAGSTER_HOME": str(tmp_path)}, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "All code locations passed validation" in result.stderr + result.stdout
