@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from finetune_loop.core import curate
+from finetune_loop.core.files import sha256_file
 from finetune_loop.core.specs import load_task_spec
 from finetune_loop_tests.conftest import tiny_rows, write_tiny_task
 
@@ -123,4 +124,4 @@ def test_holdout_is_frozen_and_a_changed_file_is_an_error(spec, tmp_path):
     with pytest.raises(curate.HoldoutChangedError) as error:
         curate.freeze_holdout(spec, suites)
     assert f"expected sha256 {first.sha256}" in str(error.value)
-    assert curate.sha256_file(first.path) in str(error.value)
+    assert sha256_file(first.path) in str(error.value)

@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from finetune_loop.core.files import sha256_file, write_jsonl
 from finetune_loop.core.specs import TaskSpec
 
 
@@ -202,24 +203,9 @@ def stratified_split(examples: list[Example], fraction: float, seed: int) -> tup
     return rest, picked
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-
-
 def read_examples(path: Path) -> list[Example]:
     with path.open(encoding="utf-8") as handle:
         return [Example(**json.loads(line)) for line in handle if line.strip()]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def freeze_holdout(spec: TaskSpec, suites_dir: Path) -> HoldoutSuite:

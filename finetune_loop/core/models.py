@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune_loop.core.files import sha256_file
 from finetune_loop.core.specs import EMBEDDED_BASE_MODEL, TaskSpec
 
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,7 +51,7 @@ def prepare_base_model(base_model: str, cache_root: Path) -> BaseModel:
     """A local directory with safetensors weights and a tokenizer, prepared once per source hash."""
     if base_model == EMBEDDED_BASE_MODEL:
         gguf_path = embedded_gguf_path()
-        digest = _sha256(gguf_path)
+        digest = sha256_file(gguf_path)
         target = cache_root / f"smollm2-135m-instruct-{digest[:12]}"
         if not (target / _BASE_INFO).is_file():
             _materialize_from_gguf(gguf_path, target, digest)
@@ -62,7 +63,7 @@ def prepare_base_model(base_model: str, cache_root: Path) -> BaseModel:
         weights = sorted(local.glob("*.safetensors")) or sorted(local.glob("*.bin"))
         if not weights or not (local / "config.json").is_file():
             raise BaseModelError(f"base model directory {local} needs config.json and *.safetensors (or *.bin) weights")
-        digest = hashlib.sha256("".join(_sha256(w) for w in weights).encode()).hexdigest()
+        digest = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest()
         return BaseModel(base_model, local.resolve(), digest, None)
 
     # A hub id: transformers resolves it from its cache, or downloads where the machine has network.
@@ -108,13 +109,6 @@ def _materialize_from_gguf(gguf_path: Path, target: Path, digest: str) -> None:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def chat_messages(spec: TaskSpec, text: str) -> list[dict[str, str]]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from finetune_loop.core import curate, drift, evaluate, export, models, train
+from finetune_loop.core import curate, drift, evaluate, export, files, models, train
 from finetune_loop.core.registry import ModelVersionRef, Tracker
 from finetune_loop.defs.resources import LoopResource
 
@@ -23,7 +23,7 @@ def _mlflow_link(tracker: Tracker, run_id: str) -> dg.MetadataValue:
 
 
 def _file_version(path) -> dg.DataVersion:
-    return dg.DataVersion(curate.sha256_file(path)[:16])
+    return dg.DataVersion(files.sha256_file(path)[:16])
 
 
 @dg.observable_source_asset(description="Labelled examples named by the task's data.labeled_examples.")
@@ -244,7 +244,7 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
     report_path = loop.loop_home().task_dir(spec.name, "drift") / f"{context.run.run_id}.html"
     result = drift.build_drift_report(reference, production.texts, report_path, spec.drift.drift_share)
     quarantine_path = report_path.with_suffix(".quarantine.jsonl")
-    curate.write_jsonl(quarantine_path, production.quarantine)
+    files.write_jsonl(quarantine_path, production.quarantine)
     with tracker.run(f"drift-{spec.name}", tags={"stage": "drift", **_run_tags(context)}) as run_id:
         tracker.log_metrics(run_id, {"drift_share": result.drift_share, "drift_detected": float(result.drift_detected)})
         tracker.log_params(run_id, {"reference_data_version": curated_dataset.data_version, "current_rows": result.current_rows})
