@@ -24,11 +24,42 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="materialize every asset of the task once, in one Dagster run")
     run.add_argument("--task", required=True, type=Path, help="task YAML file (see finetune_loop/tasks/)")
     run.add_argument("--home", type=Path, help="state directory (default: FINETUNE_LOOP_HOME or .finetune_loop/)")
+    curate = commands.add_parser("curate", help="run curation alone (the same Dagster assets) and print its summary")
+    curate.add_argument("--task", required=True, type=Path, help="task YAML file")
+    curate.add_argument("--home", type=Path, help="state directory (default: FINETUNE_LOOP_HOME or .finetune_loop/)")
+    replace = commands.add_parser("replace-suite", help="archive a frozen suite so the next run freezes a new version")
+    replace.add_argument("--task", required=True, type=Path, help="task YAML file")
+    replace.add_argument("--suite", required=True, choices=["holdout", "regression"])
+    replace.add_argument("--home", type=Path, help="state directory (default: FINETUNE_LOOP_HOME or .finetune_loop/)")
     args = parser.parse_args(argv)
-    return run_loop(args.task, args.home)
+    if args.command == "run":
+        return run_loop(args.task, args.home)
+    if args.command == "curate":
+        return run_loop(args.task, args.home, only_curation=True)
+    return replace_suite(args.task, args.suite, args.home)
 
 
-def run_loop(task_path: Path, home_dir: Path | None = None) -> int:
+CURATION_ASSETS = ("labeled_examples", "holdout_suite", "regression_suite", "curated_dataset")
+
+
+def replace_suite(task_path: Path, suite: str, home_dir: Path | None = None) -> int:
+    from finetune_loop.core.curate import CurationError, archive_suite
+    from finetune_loop.core.home import HOME_ENV_VAR, LoopHome
+    from finetune_loop.core.specs import TaskSpecError, load_task_spec
+
+    try:
+        spec = load_task_spec(task_path)
+        if home_dir is not None:
+            os.environ[HOME_ENV_VAR] = str(home_dir.resolve())
+        archived = archive_suite(LoopHome.from_env().task_dir(spec.name, "suites"), suite)
+    except (TaskSpecError, CurationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"archived the {suite} suite as {archived}; the next run freezes a new version")
+    return EXIT_OK
+
+
+def run_loop(task_path: Path, home_dir: Path | None = None, *, only_curation: bool = False) -> int:
     from finetune_loop.core.home import HOME_ENV_VAR, LoopHome
     from finetune_loop.core.specs import TaskSpecError, load_task_spec
 
@@ -55,19 +86,22 @@ def run_loop(task_path: Path, home_dir: Path | None = None) -> int:
         # The implicit asset job observes the source assets (their data versions) and materializes
         # every asset, checks included, in one run.
         job = defs.resolve_implicit_global_asset_job_def()
+        if only_curation:
+            job = job.get_subset(asset_selection={dg.AssetKey(name) for name in CURATION_ASSETS})
         result = job.execute_in_process(instance=instance, raise_on_error=False)
     minutes = (time.perf_counter() - started) / 60
     materialized = {
         event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
         for event in result.get_asset_materialization_events()
     }
-    print(_summary(spec, home, result.run_id, materialized, minutes))
+    checks = {evaluation.check_name: evaluation.passed for evaluation in result.get_asset_check_evaluations()}
+    print(_summary(spec, home, result.run_id, materialized, checks, minutes, only_curation))
     if "eval_report" in materialized and not materialized["eval_report"]["gate_passed"].value:
         return EXIT_GATE_REFUSED
     return EXIT_OK if result.success else EXIT_FAILED
 
 
-def _summary(spec, home, run_id: str, materialized: dict, minutes: float) -> str:
+def _summary(spec, home, run_id: str, materialized: dict, checks: dict[str, bool], minutes: float, only_curation: bool) -> str:
     def value(asset: str, key: str, fmt: str = "{}") -> str:
         entry = materialized.get(asset, {}).get(key)
         return fmt.format(entry.value) if entry is not None else "n/a"
@@ -75,10 +109,24 @@ def _summary(spec, home, run_id: str, materialized: dict, minutes: float) -> str
     lines = [f"", f"=== finetune-loop summary: {spec.name} (Dagster run {run_id}, {minutes:.1f} min) ==="]
     if "curated_dataset" in materialized:
         lines.append(
-            f"data        {value('curated_dataset', 'rows_read')} rows read, {value('curated_dataset', 'train_rows')} train, "
-            f"{value('curated_dataset', 'quarantined_rows')} quarantined, {value('curated_dataset', 'duplicates_removed')} duplicates removed "
-            f"(version {value('curated_dataset', 'data_version')})"
+            f"data        {value('curated_dataset', 'rows_read')} rows read -> {value('curated_dataset', 'train_rows')} train + "
+            f"{value('curated_dataset', 'validation_rows')} validation (version {value('curated_dataset', 'data_version')})"
         )
+        lines.append(
+            f"            quarantined {value('curated_dataset', 'quarantined_rows')} {value('curated_dataset', 'quarantine_reasons')}; "
+            f"revoked sources {value('curated_dataset', 'revoked_source_rows')}; PII replaced {value('curated_dataset', 'pii_replacements')}"
+        )
+        lines.append(
+            f"            duplicates removed: {value('curated_dataset', 'duplicates_removed')} exact, {value('curated_dataset', 'near_duplicates_removed')} near; "
+            f"suite overlaps removed {value('curated_dataset', 'contamination_removed')}; "
+            f"no_contamination {'PASSED' if checks.get('no_contamination') else 'FAILED'}; truncation rate {value('curated_dataset', 'truncation_rate', '{:.3f}')}"
+        )
+        for suite in ("holdout_suite", "regression_suite"):
+            lines.append(f"            {suite}: {value(suite, 'size')} rows, content hash {value(suite, 'content_hash')}")
+    if only_curation:
+        if "curated_dataset" in materialized:
+            lines.append("dedup audit\n" + materialized["curated_dataset"]["dedup_audit"].value)
+        return "\n".join(lines)
     if "eval_report" in materialized:
         lines.append(
             f"accuracy    base {value('eval_report', 'base_accuracy', '{:.3f}')} -> tuned {value('eval_report', 'candidate_accuracy', '{:.3f}')} "

@@ -16,6 +16,7 @@ ALL_ASSETS = [
     assets.labeled_examples,
     assets.production_log,
     assets.holdout_suite,
+    assets.regression_suite,
     assets.curated_dataset,
     assets.lora_adapter,
     assets.eval_report,

@@ -68,10 +68,14 @@ def test_csv_rows_with_wrong_cell_counts_are_quarantined(spec, tmp_path):
 def test_missing_or_unsupported_files_fail_clearly(spec, tmp_path):
     with pytest.raises(curate.CurationError, match="labeled examples file not found"):
         curate.read_labeled_examples(replace(spec, labeled_examples_path=tmp_path / "gone.jsonl"))
-    parquet = tmp_path / "rows.parquet"
-    parquet.write_bytes(b"PAR1")
-    with pytest.raises(curate.CurationError, match="unsupported labeled examples format '.parquet'"):
-        curate.read_labeled_examples(replace(spec, labeled_examples_path=parquet))
+    excel = tmp_path / "rows.xlsx"
+    excel.write_bytes(b"PK")
+    with pytest.raises(curate.CurationError, match="unsupported labeled examples format '.xlsx'"):
+        curate.read_labeled_examples(replace(spec, labeled_examples_path=excel))
+    damaged = tmp_path / "rows.parquet"
+    damaged.write_bytes(b"PAR1")
+    with pytest.raises(curate.CurationError, match="rows.parquet is not a readable Parquet file"):
+        curate.read_labeled_examples(replace(spec, labeled_examples_path=damaged))
 
 
 def test_dedup_keeps_one_per_normalised_text_and_quarantines_conflicts():
@@ -84,7 +88,7 @@ def test_dedup_keeps_one_per_normalised_text_and_quarantines_conflicts():
     ]
     kept, duplicates, conflicts = curate.deduplicate(rows)
     assert [e.id for e in kept] == ["a", "e"]
-    assert duplicates == [{"id": "b", "duplicate_of": "a", "row": {"id": "b", "text": "  where IS my   parcel?", "label": "shipping"}}]
+    assert duplicates == [{"id": "b", "duplicate_of": "a", "row": {"id": "b", "text": "  where IS my   parcel?", "label": "shipping", "source": "unspecified"}}]
     assert sorted(c["id"] for c in conflicts) == ["c", "d"]
     assert conflicts[0]["reason"] == "conflicting labels: same text as 1 other row(s), labelled ['billing', 'shipping']"
 
@@ -94,15 +98,18 @@ def test_every_row_is_accounted_for(spec, tmp_path):
     rows.append({**rows[0], "id": "copy-of-first"})
     lines = [json.dumps(r).encode() for r in rows] + [b"{broken"]
     _write_lines(spec.labeled_examples_path, lines)
-    holdout = curate.freeze_holdout(spec, tmp_path / "suites")
-    dataset = curate.curate_dataset(spec, holdout, tmp_path / "datasets")
+    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
+    regression = curate.freeze_suite(spec, "regression", tmp_path / "suites", exclude=[holdout])
+    dataset = curate.curate_dataset(spec, [holdout, regression], tmp_path / "datasets")
     report = dataset.report
     assert report.rows_read == len(lines)
     assert report.duplicates_removed == 1
     assert report.quarantined == {"malformed JSON": 1}
-    accounted = report.train_rows + report.validation_rows + report.overlapping_holdout_removed + report.duplicates_removed + 1
+    removed_for_suites = sum(report.contamination_removed.values())
+    accounted = report.train_rows + report.validation_rows + removed_for_suites + report.duplicates_removed + report.near_duplicates_removed + 1
     assert accounted == report.rows_read
-    assert report.overlapping_holdout_removed == holdout.size
+    assert report.contamination_removed["holdout"] >= holdout.size
+    assert curate.contamination_between(dataset, [holdout, regression], spec.curation.contamination_threshold) == []
     assert set(report.per_label_train) == set(spec.labels) and all(report.per_label_train.values())
     train_texts = {curate.normalize_text(e.text) for e in curate.read_examples(dataset.train_path)}
     holdout_texts = {curate.normalize_text(e.text) for e in curate.read_examples(holdout.path)}
@@ -113,15 +120,100 @@ def test_every_row_is_accounted_for(spec, tmp_path):
 def test_holdout_is_frozen_and_a_changed_file_is_an_error(spec, tmp_path):
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows()])
     suites = tmp_path / "suites"
-    first = curate.freeze_holdout(spec, suites)
+    first = curate.freeze_suite(spec, "holdout", suites)
     assert first.created and first.size > 0 and set(first.per_label) == set(spec.labels)
     # New data does not regenerate the holdout.
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows(seed=7)])
-    again = curate.freeze_holdout(spec, suites)
-    assert not again.created and again.sha256 == first.sha256
+    again = curate.freeze_suite(spec, "holdout", suites)
+    assert not again.created and again.content_hash == first.content_hash
     with first.path.open("a") as handle:
         handle.write(json.dumps({"id": "x", "text": "sneaked in", "label": "billing"}) + "\n")
-    with pytest.raises(curate.HoldoutChangedError) as error:
-        curate.freeze_holdout(spec, suites)
-    assert f"expected sha256 {first.sha256}" in str(error.value)
+    with pytest.raises(curate.SuiteChangedError) as error:
+        curate.freeze_suite(spec, "holdout", suites)
+    assert f"expected content hash {first.content_hash}" in str(error.value)
     assert sha256_file(first.path) in str(error.value)
+
+    # Replacing is explicit and versioned: the old suite is archived, the next freeze is version 2.
+    archived = curate.archive_suite(suites, "holdout")
+    assert archived.name == "holdout.v1.jsonl"
+    replaced = curate.freeze_suite(spec, "holdout", suites)
+    assert replaced.created
+    assert json.loads((suites / "holdout.manifest.json").read_text())["version"] == 2
+
+
+def test_regression_suite_never_overlaps_the_holdout(spec, tmp_path):
+    _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows(count_per_label=30)])
+    suites = tmp_path / "suites"
+    holdout = curate.freeze_suite(spec, "holdout", suites)
+    regression = curate.freeze_suite(spec, "regression", suites, exclude=[holdout])
+    assert regression.size > 0
+    holdout_texts = {curate.normalize_text(e.text) for e in curate.read_examples(holdout.path)}
+    assert not holdout_texts & {curate.normalize_text(e.text) for e in curate.read_examples(regression.path)}
+
+
+def test_designated_suite_file_is_validated_like_any_data(spec, tmp_path):
+    designated = tmp_path / "holdout.jsonl"
+    rows = tiny_rows(count_per_label=3, seed=5)
+    _write_lines(designated, [json.dumps(r).encode() for r in rows] + [b'{"id": "bad", "text": "x", "label": "nope"}'])
+    _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows()])
+    suite = curate.freeze_suite(replace(spec, holdout_path=designated), "holdout", tmp_path / "suites")
+    assert suite.size == len({curate.normalize_text(r["text"]) for r in rows})
+    assert "bad" not in {e.id for e in curate.read_examples(suite.path)}
+
+
+def test_revoked_sources_are_excluded_and_unknown_sources_quarantined(spec, tmp_path):
+    rows = tiny_rows(count_per_label=12)
+    for index, row in enumerate(rows):
+        row["source"] = "vendor-a" if index % 3 == 0 else "in-house"
+    rows[1]["source"] = "scraped-forum"
+    _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in rows])
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  vendor-a: {licence: CC-BY-4.0, status: revoked}\n  in-house: {licence: proprietary, status: active}\n")
+    spec = replace(spec, sources_path=sources)
+    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
+    dataset = curate.curate_dataset(spec, [holdout], tmp_path / "datasets")
+    assert dataset.report.revoked_removed == {"vendor-a": sum(1 for r in rows if r["source"] == "vendor-a")}
+    assert dataset.report.quarantined == {"unknown source": 1}
+    assert {e.source for e in curate.read_examples(dataset.train_path)} == {"in-house"}
+
+
+def test_pii_is_scrubbed_and_over_long_rows_are_quarantined(spec, tmp_path):
+    rows = tiny_rows(count_per_label=12)
+    rows[0]["text"] = "reach me at jane.doe@example.com or +1 202-555-0143 " + rows[0]["text"]
+    rows[1]["text"] = "word " * 200
+    _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in rows])
+    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
+    dataset = curate.curate_dataset(spec, [holdout], tmp_path / "datasets", token_length=lambda e: len(e.text.split()))
+    report = dataset.report
+    assert report.quarantined == {"over-long input": 1}
+    assert report.truncation_rate == pytest.approx(1 / len(rows))
+    assert report.pii_replacements.get("email") == 1
+    every_text = dataset.train_path.read_text() + dataset.validation_path.read_text() + holdout.path.read_text()
+    assert "jane.doe@example.com" not in every_text
+
+
+def test_too_many_bad_rows_fail_the_curation_naming_the_top_reasons(spec, tmp_path):
+    good = [json.dumps(r).encode() for r in tiny_rows(count_per_label=4)]
+    bad = [json.dumps({"id": f"x{i}", "text": "hello", "label": "refunds"}).encode() for i in range(10)]
+    _write_lines(spec.labeled_examples_path, good + bad)
+    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
+    with pytest.raises(curate.CurationError) as error:
+        curate.curate_dataset(spec, [holdout], tmp_path / "datasets")
+    assert "above curation.max_quarantine_share 20.0%" in str(error.value)
+    assert "unknown label (10)" in str(error.value)
+
+
+def test_parquet_and_saved_hf_datasets_are_read_like_jsonl(spec, tmp_path):
+    import pandas as pd
+    from datasets import Dataset, DatasetDict
+
+    rows = tiny_rows(count_per_label=2)
+    rows.append({"id": "no-label", "text": "where is it", "label": None})
+    parquet = tmp_path / "rows.parquet"
+    pd.DataFrame(rows).to_parquet(parquet)
+    hf_dir = tmp_path / "hf"
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(hf_dir))
+    for path in (parquet, hf_dir):
+        examples, quarantine = curate.read_labeled_examples(spec, path)
+        assert [e.id for e in examples] == [r["id"] for r in rows[:-1]]
+        assert [q["reason"] for q in quarantine] == ["missing label: field 'label' is absent or empty"]

@@ -14,7 +14,7 @@ from finetune_loop.defs.automation import six_week_retrain_schedule
 from finetune_loop.definitions import build_definitions, defs
 
 PUBLIC_ASSETS = {
-    "labeled_examples", "production_log", "holdout_suite", "curated_dataset", "lora_adapter",
+    "labeled_examples", "production_log", "holdout_suite", "regression_suite", "curated_dataset", "lora_adapter",
     "eval_report", "champion_model", "gguf_export", "drift_report",
 }
 

@@ -123,7 +123,7 @@ def test_failed_gate_leaves_champion_and_export_unmaterialized(loop_state):
     holdout = instance.fetch_materializations(dg.AssetKey("holdout_suite"), limit=2, ascending=True).records
     first, second = (r.event_log_entry.asset_materialization.metadata for r in holdout)
     assert first["created_this_run"].value is True and second["created_this_run"].value is False
-    assert first["sha256"].value == second["sha256"].value
+    assert first["content_hash"].value == second["content_hash"].value
     home = loop_state["home"]
     client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
     assert str(client.get_model_version_by_alias("tiny_triage-adapter", "champion").version) == "1"

@@ -14,7 +14,9 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from finetune_loop.core.examples import Example
 from finetune_loop.core.files import sha256_file
 from finetune_loop.core.specs import EMBEDDED_BASE_MODEL, TaskSpec
 
@@ -134,3 +136,16 @@ def render_completion(tokenizer, spec: TaskSpec, text: str, label: str) -> str:
     if not stop or stop not in completion:
         raise BaseModelError(f"the chat template does not close the assistant turn with the EOS token {stop!r}")
     return completion[: completion.index(stop) + len(stop)]
+
+
+def rendered_length(spec: TaskSpec, base_dir: Path) -> Callable[[Example], int]:
+    """Token count of an example exactly as training renders it (prompt plus answer)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+
+    def length(example: Example) -> int:
+        rendered = render_prompt(tokenizer, spec, example.text) + render_completion(tokenizer, spec, example.text, example.label)
+        return len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    return length

@@ -25,13 +25,30 @@ class FieldMapping:
     input: str = "text"
     label: str = "label"
     id: str | None = "id"
+    # Which source a row came from; its licence and status live in the task's sources file.
+    source: str | None = "source"
 
 
 @dataclass(frozen=True)
 class SplitSettings:
     holdout_fraction: float = 0.2
+    # Used only when the task names no data.regression file.
+    regression_fraction: float = 0.05
     validation_fraction: float = 0.1
     seed: int = 13
+
+
+@dataclass(frozen=True)
+class CurationSettings:
+    # Above this share of quarantined rows the data is too broken to train on: fail loudly.
+    max_quarantine_share: float = 0.2
+    scrub_pii: bool = True
+    # Jaccard similarity of character 5-gram shingles at or above which two rows are near-duplicates.
+    near_duplicate_threshold: float = 0.8
+    # De-duplication never takes a label below this many rows.
+    min_rows_per_label: int = 5
+    # Same similarity measure, between training rows and the frozen suites.
+    contamination_threshold: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,7 @@ class TaskSpec:
     labels: tuple[str, ...]
     instruction: str
     labeled_examples_path: Path
-    production_log_path: Path
+    production_log_path: Path | None
     spec_path: Path
     spec_sha256: str
     base_model: str = EMBEDDED_BASE_MODEL
@@ -88,6 +105,11 @@ class TaskSpec:
     gate: GateSettings = field(default_factory=GateSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    curation: CurationSettings = field(default_factory=CurationSettings)
+    # Designated frozen-suite sources; when absent the suites come from a seeded split.
+    holdout_path: Path | None = None
+    regression_path: Path | None = None
+    sources_path: Path | None = None
 
     @property
     def registered_model_name(self) -> str:
@@ -104,6 +126,7 @@ _SECTIONS = {
     "gate": GateSettings,
     "export": ExportSettings,
     "drift": DriftSettings,
+    "curation": CurationSettings,
 }
 # Named as in llama.cpp (LLAMA_FTYPE_MOSTLY_<name>). K-quants need rows that are multiples of 256;
 # llama.cpp falls back to a compatible type per tensor where a row is shorter (SmolLM2's are 576).
@@ -142,12 +165,17 @@ def load_task_spec(path: str | Path) -> TaskSpec:
     instruction = _require(raw, "instruction", str, spec_path)
 
     data = _require(raw, "data", dict, spec_path)
-    unknown_data = sorted(set(data) - {"labeled_examples", "production_log"})
+    optional_data = ("production_log", "holdout", "regression", "sources")
+    unknown_data = sorted(set(data) - {"labeled_examples", *optional_data})
     if unknown_data:
         raise TaskSpecError(f"{spec_path}: unknown key(s) under data: {unknown_data}")
     # Data paths are relative to the task file, so a task directory can be moved as a whole.
-    labeled = spec_path.parent / _require(data, "labeled_examples", str, spec_path, "data.labeled_examples")
-    production = spec_path.parent / _require(data, "production_log", str, spec_path, "data.production_log")
+    labeled = (spec_path.parent / _require(data, "labeled_examples", str, spec_path, "data.labeled_examples")).resolve()
+    optional_paths = {}
+    for key in optional_data:
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise TaskSpecError(f"{spec_path}: field 'data.{key}' must be a path string, got {type(data[key]).__name__}")
+        optional_paths[key] = (spec_path.parent / data[key]).resolve() if data.get(key) else None
 
     sections = {key: _section(raw.get(key), cls, key, spec_path) for key, cls in _SECTIONS.items()}
     spec = TaskSpec(
@@ -156,8 +184,11 @@ def load_task_spec(path: str | Path) -> TaskSpec:
         labels=tuple(labels),
         instruction=instruction,
         base_model=str(raw.get("base_model", EMBEDDED_BASE_MODEL)),
-        labeled_examples_path=labeled.resolve(),
-        production_log_path=production.resolve(),
+        labeled_examples_path=labeled,
+        production_log_path=optional_paths["production_log"],
+        holdout_path=optional_paths["holdout"],
+        regression_path=optional_paths["regression"],
+        sources_path=optional_paths["sources"],
         spec_path=spec_path,
         spec_sha256=hashlib.sha256(raw_bytes).hexdigest(),
         **sections,
@@ -203,6 +234,8 @@ def _section(raw: Any, cls: type, key: str, spec_path: Path) -> Any:
         elif isinstance(default, int) or (default is None and name.startswith("max_")):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TaskSpecError(f"{spec_path}: {key}.{name} must be an integer, got {value!r}")
+        elif cls is FieldMapping and name in ("id", "source") and value is None:
+            pass  # the field is optional: ids default to the row number, sources to "unspecified"
         elif isinstance(default, str) and not isinstance(value, str):
             raise TaskSpecError(f"{spec_path}: {key}.{name} must be a string, got {value!r}")
         values[name] = value
@@ -214,6 +247,8 @@ def _check_ranges(spec: TaskSpec) -> None:
     split = spec.split
     if not (0 < split.holdout_fraction < 0.5):
         problems.append(f"split.holdout_fraction must be in (0, 0.5), got {split.holdout_fraction}")
+    if not (0 <= split.regression_fraction < 0.5) or split.holdout_fraction + split.regression_fraction >= 0.8:
+        problems.append(f"split.regression_fraction must be in [0, 0.5) and leave training rows, got {split.regression_fraction}")
     if not (0 <= split.validation_fraction < 0.5):
         problems.append(f"split.validation_fraction must be in [0, 0.5), got {split.validation_fraction}")
     training = spec.training
@@ -237,5 +272,11 @@ def _check_ranges(spec: TaskSpec) -> None:
         problems.append(f"drift.drift_share must be in (0, 1], got {spec.drift.drift_share}")
     if spec.drift.cadence_days <= 0:
         problems.append(f"drift.cadence_days must be positive, got {spec.drift.cadence_days}")
+    curation = spec.curation
+    for name in ("max_quarantine_share", "near_duplicate_threshold", "contamination_threshold"):
+        if not (0 < getattr(curation, name) <= 1):
+            problems.append(f"curation.{name} must be in (0, 1], got {getattr(curation, name)}")
+    if curation.min_rows_per_label < 1:
+        problems.append(f"curation.min_rows_per_label must be at least 1, got {curation.min_rows_per_label}")
     if problems:
         raise TaskSpecError(f"{spec.spec_path}: " + "; ".join(problems))

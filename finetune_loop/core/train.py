@@ -153,7 +153,7 @@ def train_adapter(
             "training": asdict(settings),
             "seed": settings.seed,
             "device": device,
-            "training_rows": [{"id": r.id, "label": r.label} for r in train_rows],
+            "training_rows": [{"id": r.id, "label": r.label, "source": r.source} for r in train_rows],
             "packages": _package_versions(),
             "python": platform.python_version(),
             "git_commit": _git_commit(),

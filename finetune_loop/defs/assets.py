@@ -38,49 +38,88 @@ def labeled_examples(loop: LoopResource) -> dg.ObserveResult:
 @dg.observable_source_asset(description="Production requests (JSONL) named by the task's data.production_log.")
 def production_log(loop: LoopResource) -> dg.ObserveResult:
     spec = loop.spec()
+    if spec.production_log_path is None:
+        return dg.ObserveResult(data_version=dg.DataVersion("not-configured"), metadata={"path": "the task names no data.production_log"})
     return dg.ObserveResult(
         data_version=_file_version(spec.production_log_path),
         metadata={"path": dg.MetadataValue.path(str(spec.production_log_path))},
     )
 
 
-@dg.asset(deps=[labeled_examples], description="Frozen holdout: created once by a seeded split, hash-checked ever after.")
-def holdout_suite(context: dg.AssetExecutionContext, loop: LoopResource) -> curate.HoldoutSuite:
+def _suite_metadata(suite: curate.FrozenSuite) -> dict:
+    return {
+        "content_hash": suite.content_hash,
+        "size": suite.size,
+        "created_this_run": suite.created,
+        "path": dg.MetadataValue.path(str(suite.path)),
+        "per_label": dg.MetadataValue.json(suite.per_label),
+    }
+
+
+@dg.asset(deps=[labeled_examples], description="Frozen holdout: created once (designated file or seeded split), hash-checked ever after.")
+def holdout_suite(context: dg.AssetExecutionContext, loop: LoopResource) -> curate.FrozenSuite:
     spec = loop.spec()
-    suite = curate.freeze_holdout(spec, loop.loop_home().task_dir(spec.name, "suites"))
-    context.add_output_metadata(
-        {
-            "sha256": suite.sha256,
-            "size": suite.size,
-            "created_this_run": suite.created,
-            "path": dg.MetadataValue.path(str(suite.path)),
-            "per_label": dg.MetadataValue.json(suite.per_label),
-        }
-    )
+    suite = curate.freeze_suite(spec, "holdout", loop.loop_home().task_dir(spec.name, "suites"))
+    context.add_output_metadata(_suite_metadata(suite))
     return suite
 
 
-@dg.asset(deps=[labeled_examples], description="Validated, de-duplicated train/validation split; bad rows quarantined with a reason.")
-def curated_dataset(context: dg.AssetExecutionContext, loop: LoopResource, holdout_suite: curate.HoldoutSuite) -> curate.CuratedDataset:
+@dg.asset(deps=[labeled_examples], description="Frozen regression cases: created once, never overlapping the holdout, hash-checked ever after.")
+def regression_suite(context: dg.AssetExecutionContext, loop: LoopResource, holdout_suite: curate.FrozenSuite) -> curate.FrozenSuite:
     spec = loop.spec()
-    dataset = curate.curate_dataset(spec, holdout_suite, loop.loop_home().task_dir(spec.name, "datasets"))
+    suite = curate.freeze_suite(spec, "regression", loop.loop_home().task_dir(spec.name, "suites"), exclude=[holdout_suite])
+    context.add_output_metadata(_suite_metadata(suite))
+    return suite
+
+
+@dg.asset(
+    deps=[labeled_examples],
+    check_specs=[dg.AssetCheckSpec("no_contamination", asset="curated_dataset", blocking=True, description="No training or validation row repeats a frozen suite row, exactly or nearly.")],
+    description="Validated, PII-scrubbed, licence-filtered, de-duplicated train/validation split; bad rows quarantined with a reason.",
+)
+def curated_dataset(
+    context: dg.AssetExecutionContext, loop: LoopResource, holdout_suite: curate.FrozenSuite, regression_suite: curate.FrozenSuite
+):
+    spec = loop.spec()
+    base = models.prepare_base_model(spec.base_model, loop.loop_home().artifacts / "base_models")
+    suites = [holdout_suite, regression_suite]
+    dataset = curate.curate_dataset(
+        spec, suites, loop.loop_home().task_dir(spec.name, "datasets"), token_length=models.rendered_length(spec, base.directory)
+    )
     report = dataset.report
-    context.add_output_metadata(
-        {
+    yield dg.Output(
+        dataset,
+        data_version=dg.DataVersion(dataset.data_version),
+        metadata={
             "data_version": dataset.data_version,
             "rows_read": report.rows_read,
             "train_rows": report.train_rows,
             "validation_rows": report.validation_rows,
-            "duplicates_removed": report.duplicates_removed,
-            "overlapping_holdout_removed": report.overlapping_holdout_removed,
             "quarantined_rows": sum(report.quarantined.values()),
             "quarantine_reasons": dg.MetadataValue.json(report.quarantined),
+            "revoked_source_rows": dg.MetadataValue.json(report.revoked_removed),
+            "pii_replacements": dg.MetadataValue.json(report.pii_replacements),
+            "duplicates_removed": report.duplicates_removed,
+            "near_duplicates_removed": report.near_duplicates_removed,
+            "contamination_removed": dg.MetadataValue.json(report.contamination_removed),
+            "truncation_rate": report.truncation_rate,
             "per_label_train": dg.MetadataValue.json(report.per_label_train),
+            "dedup_audit": dg.MetadataValue.md(report.dedup_audit_markdown),
             "quarantine_path": dg.MetadataValue.path(str(dataset.quarantine_path)),
             "directory": dg.MetadataValue.path(str(dataset.directory)),
-        }
+        },
     )
-    return dataset
+    remaining = curate.contamination_between(dataset, suites, spec.curation.contamination_threshold)
+    yield dg.AssetCheckResult(
+        check_name="no_contamination",
+        passed=not remaining,
+        description=f"{len(remaining)} curated rows overlap a frozen suite" if remaining else "no curated row overlaps a frozen suite",
+        metadata={
+            "removed_during_curation": dg.MetadataValue.json(report.contamination_removed),
+            "remaining_overlaps": len(remaining),
+            "examples": dg.MetadataValue.json(remaining[:5]),
+        },
+    )
 
 
 @dg.asset(
@@ -88,14 +127,14 @@ def curated_dataset(context: dg.AssetExecutionContext, loop: LoopResource, holdo
     tags={"finetune_loop/stage": "train"},
 )
 def lora_adapter(
-    context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curate.CuratedDataset, holdout_suite: curate.HoldoutSuite
+    context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curate.CuratedDataset, holdout_suite: curate.FrozenSuite
 ) -> train.TrainedAdapter:
     spec = loop.spec()
     home = loop.loop_home()
     tracker = loop.tracker(spec)
     base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
     out_dir = home.task_dir(spec.name, "adapters") / context.run.run_id
-    adapter = train.train_adapter(spec, base, curated_dataset, holdout_suite.sha256, out_dir, tracker, _run_tags(context))
+    adapter = train.train_adapter(spec, base, curated_dataset, holdout_suite.content_hash, out_dir, tracker, _run_tags(context))
     context.add_output_metadata(
         {
             "mlflow_run_id": adapter.mlflow_run_id,
@@ -132,7 +171,7 @@ class EvalReport:
     description="Base vs candidate on the frozen holdout; the release_gate check blocks promotion and export.",
 )
 def eval_report(
-    context: dg.AssetExecutionContext, loop: LoopResource, lora_adapter: train.TrainedAdapter, holdout_suite: curate.HoldoutSuite
+    context: dg.AssetExecutionContext, loop: LoopResource, lora_adapter: train.TrainedAdapter, holdout_suite: curate.FrozenSuite
 ):
     spec = loop.spec()
     tracker = loop.tracker(spec)
@@ -208,7 +247,7 @@ def gguf_export(
     champion_model: Champion,
     eval_report: EvalReport,
     lora_adapter: train.TrainedAdapter,
-    holdout_suite: curate.HoldoutSuite,
+    holdout_suite: curate.FrozenSuite,
 ) -> export.GgufExport:
     spec = loop.spec()
     home = loop.loop_home()
@@ -239,6 +278,8 @@ def gguf_export(
 def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curate.CuratedDataset) -> drift.DriftResult:
     spec = loop.spec()
     tracker = loop.tracker(spec)
+    if spec.production_log_path is None:
+        raise dg.Failure(f"task {spec.name} names no data.production_log in {spec.spec_path}: nothing to monitor")
     production = drift.read_production_log(spec.production_log_path, spec.fields.input)
     reference = [e.text for e in curate.read_examples(curated_dataset.train_path)]
     report_path = loop.loop_home().task_dir(spec.name, "drift") / f"{context.run.run_id}.html"

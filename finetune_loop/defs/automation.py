@@ -5,7 +5,16 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from finetune_loop.defs.assets import champion_model, curated_dataset, drift_report, eval_report, gguf_export, holdout_suite, lora_adapter
+from finetune_loop.defs.assets import (
+    champion_model,
+    curated_dataset,
+    drift_report,
+    eval_report,
+    gguf_export,
+    holdout_suite,
+    lora_adapter,
+    regression_suite,
+)
 from finetune_loop.defs.resources import LoopResource
 
 TRIGGER_TAG = "finetune_loop/trigger"
@@ -15,7 +24,7 @@ RETRAIN_TAGS = {"finetune_loop/job": "retrain"}
 
 retrain_job = dg.define_asset_job(
     "retrain_job",
-    selection=dg.AssetSelection.assets(holdout_suite, curated_dataset, lora_adapter, eval_report, champion_model, gguf_export),
+    selection=dg.AssetSelection.assets(holdout_suite, regression_suite, curated_dataset, lora_adapter, eval_report, champion_model, gguf_export),
     tags=RETRAIN_TAGS,
     description="Curate → train → evaluate (gate) → promote → export.",
 )
