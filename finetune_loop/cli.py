@@ -2,6 +2,8 @@
 
     finetune-loop run --task finetune_loop/tasks/support_triage.yaml
     finetune-loop run --task my_task.yaml --home /data/finetune_loop
+    finetune-loop simulate-traffic --task TASK --shift phone_keyboard --strength 0.6
+    finetune-loop monitor --task TASK     # drift report, retrain triggers, and the retrain they request
 
 Exit status: 0 when the candidate passed the gate and shipped, 2 when the gate refused it, 1 when
 a step failed.
@@ -31,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     replace.add_argument("--task", required=True, type=Path, help="task YAML file")
     replace.add_argument("--suite", required=True, choices=["holdout", "regression"])
     replace.add_argument("--home", type=Path, help="state directory (default: FINETUNE_LOOP_HOME or .finetune_loop/)")
+    _add_monitoring_commands(commands)
     args = parser.parse_args(argv)
+    if args.command == "simulate-traffic":
+        return simulate_traffic(args)
+    if args.command == "monitor":
+        return monitor(args.task, args.home)
     if args.command == "run":
         return run_loop(args.task, args.home)
     if args.command == "curate":
@@ -118,7 +125,8 @@ def _summary(spec, home, run_id: str, materialized: dict, checks: dict[str, bool
         )
         lines.append(
             f"            duplicates removed: {value('curated_dataset', 'duplicates_removed')} exact, {value('curated_dataset', 'near_duplicates_removed')} near; "
-            f"suite overlaps removed {value('curated_dataset', 'contamination_removed')}; "
+            f"rows reserved for suites {value('curated_dataset', 'suite_rows_reserved')}; "
+            f"suite overlaps (contamination) removed {value('curated_dataset', 'contamination_removed')}; "
             f"no_contamination {'PASSED' if checks.get('no_contamination') else 'FAILED'}; truncation rate {value('curated_dataset', 'truncation_rate', '{:.3f}')}"
         )
         for suite in ("holdout_suite", "regression_suite"):
@@ -158,6 +166,122 @@ def _summary(spec, home, run_id: str, materialized: dict, checks: dict[str, bool
     lines.append(f"mlflow      {home.mlflow_tracking_uri} (experiment {spec.name}); open with `make mlflow-ui`")
     lines.append(f"dagster     {os.environ['DAGSTER_HOME']}; open with `make ui`")
     return "\n".join(lines)
+
+
+def _add_monitoring_commands(commands) -> None:
+    from finetune_loop.core.simulate import SHIFTS
+
+    simulate = commands.add_parser("simulate-traffic", help="append a week of production traffic answered by the current champion")
+    simulate.add_argument("--task", required=True, type=Path, help="task YAML file; its data.production_log must be a directory")
+    simulate.add_argument("--home", type=Path, help="state directory (default: FINETUNE_LOOP_HOME or .finetune_loop/)")
+    simulate.add_argument("--rows", type=int, default=200, help="requests in the week")
+    simulate.add_argument("--shift", choices=SHIFTS, default="none", help="how this week differs from the training data")
+    simulate.add_argument("--strength", type=float, default=0.5, help="share of requests the shift touches")
+    simulate.add_argument("--surge-label", help="label that surges under --shift mix (default: the task's last label)")
+    simulate.add_argument("--new-kind-file", type=Path, help="JSONL of new requests (text, label) for --shift new_kind")
+    simulate.add_argument("--feedback-share", type=float, default=0.3, help="share of requests a human labels")
+    simulate.add_argument("--seed", type=int, default=0)
+    watch = commands.add_parser("monitor", help="observe the log, report drift, evaluate the retrain sensors and run the retrain they request")
+    watch.add_argument("--task", required=True, type=Path, help="task YAML file")
+    watch.add_argument("--home", type=Path, help="state directory (default: FINETUNE_LOOP_HOME or .finetune_loop/)")
+
+
+def _enter_home(task_path: Path, home_dir: Path | None):
+    from finetune_loop.core.home import HOME_ENV_VAR, LoopHome
+    from finetune_loop.core.specs import load_task_spec
+
+    spec = load_task_spec(task_path)
+    if home_dir is not None:
+        os.environ[HOME_ENV_VAR] = str(home_dir.resolve())
+    home = LoopHome.from_env()
+    os.environ.setdefault("DAGSTER_HOME", str(home.dagster_home))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    return spec, home
+
+
+def simulate_traffic(args) -> int:
+    from datetime import datetime, timezone
+
+    import mlflow.artifacts
+
+    from finetune_loop.core import models, simulate
+    from finetune_loop.core.registry import CHAMPION_ALIAS, Tracker
+    from finetune_loop.core.specs import TaskSpecError
+
+    try:
+        spec, home = _enter_home(args.task, args.home)
+        tracker = Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", spec.name)
+        champion = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
+        if champion is None:
+            raise simulate.SimulationError(f"no champion for {spec.registered_model_name} yet; run `finetune-loop run --task {args.task}` first")
+        settings = simulate.TrafficSettings(
+            rows=args.rows, shift=args.shift, strength=args.strength, surge_label=args.surge_label,
+            new_kind_path=args.new_kind_file, feedback_share=args.feedback_share, seed=args.seed,
+        )
+        adapter_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.source, tracking_uri=home.mlflow_tracking_uri))
+        base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
+        start = simulate.next_week_start(spec, default=datetime.now(timezone.utc))
+        path = simulate.write_week(spec, settings, base.directory, adapter_dir, champion.version, start)
+    except (TaskSpecError, simulate.SimulationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"simulate-traffic: champion v{champion.version}, shift {args.shift} ({args.strength:.0%}): {simulate.summary(path)}")
+    return EXIT_OK
+
+
+SENSOR_CURSORS_FILE = "monitor_sensor_cursors.json"
+
+
+def monitor(task_path: Path, home_dir: Path | None = None) -> int:
+    """What the daemon does on a schedule, once and in-process: materialize drift_report (monitor_job),
+    evaluate drift_retrain_sensor and feedback_retrain_sensor (their cursors kept in the state
+    directory), and run every retrain_job they request with the request's tags and run key."""
+    import json
+
+    import dagster as dg
+
+    from finetune_loop.core.specs import TaskSpecError
+    from finetune_loop.defs.automation import drift_retrain_sensor, feedback_retrain_sensor
+    from finetune_loop.definitions import build_definitions
+
+    try:
+        spec, home = _enter_home(task_path, home_dir)
+    except TaskSpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    defs = build_definitions(str(spec.spec_path), str(home.root))
+    cursors_path = Path(os.environ["DAGSTER_HOME"]) / SENSOR_CURSORS_FILE
+    cursors = json.loads(cursors_path.read_text()) if cursors_path.is_file() else {}
+    exit_code = EXIT_OK
+    with dg.DagsterInstance.get() as instance:
+        report = defs.resolve_job_def("monitor_job").execute_in_process(instance=instance, raise_on_error=False)
+        if not report.success:
+            print("monitor: drift_report failed; see the Dagster run " + report.run_id, file=sys.stderr)
+            return EXIT_FAILED
+        meta = report.asset_materializations_for_node("drift_report")[0].metadata
+        print(f"drift       {'DRIFT' if meta['drift_detected'].value else 'no drift'}: signals fired {meta['signals_fired'].value}; "
+              f"window {meta['window'].value}; report {meta['report_path'].value}")
+        for sensor in (drift_retrain_sensor, feedback_retrain_sensor):
+            with dg.build_sensor_context(instance=instance, cursor=cursors.get(sensor.name), definitions=defs, resources=defs.resources) as context:
+                tick = sensor.evaluate_tick(context)
+            if tick.cursor is not None:
+                cursors[sensor.name] = tick.cursor
+            for request in tick.run_requests:
+                # The daemon launches one run per run key; so does this.
+                if instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": request.run_key}), limit=1):
+                    print(f"{sensor.name}: run key {request.run_key} already ran")
+                    continue
+                tags = {**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": sensor.name}
+                print(f"{sensor.name}: retrain requested, tags {json.dumps(request.tags)}", flush=True)
+                result = defs.resolve_job_def("retrain_job").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+                gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "release_gate"]
+                print(f"retrain     run {result.run_id}: {'succeeded' if result.success else 'failed'}; "
+                      f"release_gate {'PASSED' if gate and gate[0].passed else 'FAILED or not run'}")
+                exit_code = exit_code if result.success else EXIT_FAILED
+            if not tick.run_requests:
+                print(f"{sensor.name}: {tick.skip_message}")
+    cursors_path.write_text(json.dumps(cursors))
+    return exit_code
 
 
 if __name__ == "__main__":

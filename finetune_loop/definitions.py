@@ -9,8 +9,16 @@ from __future__ import annotations
 import dagster as dg
 
 from finetune_loop.defs import assets
-from finetune_loop.defs.automation import drift_retrain_sensor, monitor_job, retrain_job, six_week_retrain_schedule
+from finetune_loop.defs.automation import (
+    daily_drift_schedule,
+    drift_retrain_sensor,
+    feedback_retrain_sensor,
+    monitor_job,
+    retrain_job,
+    six_week_retrain_schedule,
+)
 from finetune_loop.defs.resources import LoopResource, default_task_path
+from finetune_loop.defs.shadow import shadow_agreement
 
 ALL_ASSETS = [
     assets.labeled_examples,
@@ -29,9 +37,10 @@ ALL_ASSETS = [
 def build_definitions(task_path: str | None = None, home: str = "") -> dg.Definitions:
     return dg.Definitions(
         assets=ALL_ASSETS,
+        asset_checks=[shadow_agreement],
         jobs=[retrain_job, monitor_job],
-        schedules=[six_week_retrain_schedule],
-        sensors=[drift_retrain_sensor],
+        schedules=[six_week_retrain_schedule, daily_drift_schedule],
+        sensors=[drift_retrain_sensor, feedback_retrain_sensor],
         resources={"loop": LoopResource(task_path=task_path or default_task_path(), home=home)},
     )
 

@@ -88,7 +88,7 @@ def test_dedup_keeps_one_per_normalised_text_and_quarantines_conflicts():
     ]
     kept, duplicates, conflicts = curate.deduplicate(rows)
     assert [e.id for e in kept] == ["a", "e"]
-    assert duplicates == [{"id": "b", "duplicate_of": "a", "row": {"id": "b", "text": "  where IS my   parcel?", "label": "shipping", "source": "unspecified"}}]
+    assert duplicates == [{"id": "b", "duplicate_of": "a", "row": {"id": "b", "text": "  where IS my   parcel?", "label": "shipping", "source": "unspecified", "licence": "unspecified", "slices": {}}}]
     assert sorted(c["id"] for c in conflicts) == ["c", "d"]
     assert conflicts[0]["reason"] == "conflicting labels: same text as 1 other row(s), labelled ['billing', 'shipping']"
 
@@ -105,10 +105,13 @@ def test_every_row_is_accounted_for(spec, tmp_path):
     assert report.rows_read == len(lines)
     assert report.duplicates_removed == 1
     assert report.quarantined == {"malformed JSON": 1}
-    removed_for_suites = sum(report.contamination_removed.values())
+    removed_for_suites = sum(report.contamination_removed.values()) + sum(report.suite_rows_reserved.values())
     accounted = report.train_rows + report.validation_rows + removed_for_suites + report.duplicates_removed + report.near_duplicates_removed + 1
     assert accounted == report.rows_read
-    assert report.contamination_removed["holdout"] >= holdout.size
+    # The suites' own rows are reserved, not counted as contamination (a suite row that near-dedup
+    # already folded into another row shows up as that row's overlap instead).
+    assert 0 < report.suite_rows_reserved["holdout"] <= holdout.size
+    assert 0 < report.suite_rows_reserved["regression"] <= regression.size
     assert curate.contamination_between(dataset, [holdout, regression], spec.curation.contamination_threshold) == []
     assert set(report.per_label_train) == set(spec.labels) and all(report.per_label_train.values())
     train_texts = {curate.normalize_text(e.text) for e in curate.read_examples(dataset.train_path)}
@@ -217,3 +220,166 @@ def test_parquet_and_saved_hf_datasets_are_read_like_jsonl(spec, tmp_path):
         examples, quarantine = curate.read_labeled_examples(spec, path)
         assert [e.id for e in examples] == [r["id"] for r in rows[:-1]]
         assert [q["reason"] for q in quarantine] == ["missing label: field 'label' is absent or empty"]
+
+
+def test_more_bad_rows_are_quarantined_with_their_reason(spec):
+    good = [json.dumps(r).encode() for r in tiny_rows(count_per_label=4)]
+    bad = [
+        b'{"id": [1, 2], "text": "where is my parcel", "label": "shipping"}',
+        b'{"id": "c2", "text": "?!? ...", "label": "shipping"}',
+        b'{"id": "c3", "text": "caf\\ufffd closed my account", "label": "login"}',
+        b'{"id": "c4", "text": "charged twice", "label": "Billing"}',
+        b'{"id": "c5", "text": "charged twice", "label": 7}',
+    ]
+    _write_lines(spec.labeled_examples_path, good + bad)
+    _, quarantine = curate.read_labeled_examples(spec)
+    assert [q["reason"] for q in quarantine] == [
+        "id not a string or integer: field 'id' is list",
+        "no content: the input has no letters or digits ('?!? ...')",
+        "replacement character in input: U+FFFD means the text was decoded lossily upstream",
+        "unknown label: 'Billing' is not in the task's label set (did you mean 'billing'?)",
+        "label not a string: got int",
+    ]
+
+
+def test_a_csv_row_with_undecodable_bytes_is_quarantined_alone(spec, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b'id,text,label\n1,where is my parcel,shipping\n2,caf\xe9 login broken,login\n3,charged twice,billing\n')
+    examples, quarantine = curate.read_labeled_examples(replace(spec, labeled_examples_path=path))
+    assert [e.id for e in examples] == ["1", "3"]
+    assert [q["reason"] for q in quarantine] == ["not valid UTF-8: the input holds bytes that do not decode"]
+    # The quarantine file keeps the row losslessly and stays valid UTF-8.
+    from finetune_loop.core.files import write_jsonl
+
+    write_jsonl(tmp_path / "q.jsonl", quarantine)
+    assert json.loads((tmp_path / "q.jsonl").read_text(encoding="utf-8"))["row"]["text"] == "caf\udce9 login broken"
+
+
+def _generation_spec(tmp_path, rows: list[dict], target_format: str) -> "curate.TaskSpec":
+    from finetune_loop.core.specs import load_task_spec
+    import yaml
+
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump({
+        "name": "extract", "kind": "generation", "target_format": target_format,
+        "instruction": "Extract the order number and the problem as JSON.",
+        "data": {"labeled_examples": "rows.jsonl"},
+        "fields": {"input": "email", "label": "extracted", "id": "id", "slices": ["language"]},
+        "split": {"holdout_fraction": 0.25, "validation_fraction": 0.1, "seed": 3},
+        "curation": {"min_rows_per_label": 2},
+    }))
+    return load_task_spec(tmp_path / "task.yaml")
+
+
+def _extraction_rows() -> list[dict]:
+    import random
+
+    rng = random.Random(7)
+    openers = ["hello team", "hi", "dear support", "good morning", "hey there", "to whom it may concern"]
+    items = ["kettle", "lamp", "chair", "phone case", "blender", "backpack", "monitor", "desk", "mug", "printer"]
+    problems = ["cracked", "missing", "wrong"]
+    rows = []
+    for i in range(24):
+        problem = problems[i % 3]
+        text = (f"{rng.choice(openers)}, the {rng.choice(items)} from order {rng.randint(10000, 99999)} came {problem} "
+                f"after {rng.randint(2, 30)} days of waiting; {rng.choice(['please advise', 'what now', 'not happy', 'need a fix'])}. "
+                f"write to me at user{i}@example.com")
+        rows.append({"id": f"e{i}", "language": "de" if i % 3 == 0 else "en", "email": text,
+                     "extracted": {"order": i, "problem": problem, "contact": f"user{i}@example.com"}})
+    return rows
+
+
+def test_generation_targets_are_validated_canonicalised_and_scrubbed(tmp_path):
+    rows = _extraction_rows()
+    rows.append({"id": "bad-json", "language": "en", "email": "order 77 broken", "extracted": '{"order": 77, "problem": '})
+    rows.append({"id": "scalar", "language": "en", "email": "order 78 broken", "extracted": "42"})
+    rows.append({"id": "no-target", "language": "en", "email": "order 79 broken"})
+    rows.append({"id": "as-string", "language": "en", "email": "order 80 has a dent", "extracted": '{ "order" : 80, "problem": "dent" }'})
+    rows.append({"id": "bad-slice", "language": ["en"], "email": "order 81 has a dent", "extracted": {"order": 81}})
+    spec = _generation_spec(tmp_path, rows, "json")
+    examples, quarantine = curate.read_labeled_examples(spec)
+    assert [(q["row"]["id"], q["reason"]) for q in quarantine] == [
+        ("bad-json", "malformed JSON target: Expecting value at column 26"),
+        ("scalar", "JSON target not an object or array: got int"),
+        ("no-target", "missing target: field 'extracted' is absent or empty"),
+        ("bad-slice", "slice not a scalar: field 'language' is list"),
+    ]
+    by_id = {e.id: e for e in examples}
+    assert by_id["as-string"].label == '{"order":80,"problem":"dent"}'
+    assert by_id["e3"].slices == {"language": "de"}
+
+    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
+    # Stratified per language (every target is unique, so a per-target split would pick nothing).
+    assert holdout.per_label == {"de": 2, "en": 4} and holdout.per_slice == {"language": {"de": 2, "en": 4}}
+    dataset = curate.curate_dataset(spec, [holdout], tmp_path / "datasets")
+    train = curate.read_examples(dataset.train_path)
+    for example in train:
+        target = json.loads(example.label)  # still valid JSON after scrubbing
+        assert target.get("contact", "[EMAIL]") == "[EMAIL]" and "@" not in example.text
+    # Every valid e-mail row had one address in its input and one in its target.
+    assert dataset.report.pii_replacements["email"] == 2 * 24
+    assert dataset.report.per_slice_train["language"].keys() == {"de", "en"}
+    assert "| language | valid |" in dataset.report.dedup_audit_markdown
+
+
+def test_licences_come_from_the_row_or_else_from_its_source(spec, tmp_path):
+    rows = tiny_rows(count_per_label=8)
+    for index, row in enumerate(rows):
+        row["source"] = "vendor-a" if index % 2 else "in-house"
+    rows[0]["licence"] = "CC0-1.0"
+    _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in rows])
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  vendor-a: {licence: CC-BY-4.0, status: active}\n  in-house: {licence: proprietary, status: active}\n")
+    spec = replace(spec, sources_path=sources, fields=replace(spec.fields, licence="licence"))
+    examples, _ = curate.read_labeled_examples(spec)
+    licences = {e.id: e.licence for e in examples}
+    assert licences[rows[0]["id"]] == "CC0-1.0"
+    assert licences[rows[1]["id"]] == "CC-BY-4.0" and licences[rows[2]["id"]] == "proprietary"
+
+
+def test_curation_audit_shows_every_stage_per_label_and_keeps_slices_above_the_floor(spec, tmp_path):
+    rows = tiny_rows(count_per_label=12)
+    # Five near-identical "vip" rows: near-dedup alone would keep one; the slice floor keeps three.
+    for i in range(5):
+        rows.append({"id": f"vip-{i}", "text": f"my premium parcel is late again and again and again{'!' * i}", "label": "shipping", "tier": "vip"})
+    for row in rows:
+        row.setdefault("tier", "standard")
+    _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in rows])
+    spec = replace(spec, fields=replace(spec.fields, slices=("tier",)), curation=replace(spec.curation, min_rows_per_label=3))
+    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
+    dataset = curate.curate_dataset(spec, [holdout], tmp_path / "datasets")
+    markdown = dataset.report.dedup_audit_markdown
+    assert "| label | valid | after exact dedup | after near dedup | after suite overlap | train | validation |" in markdown
+    assert "| tier | valid |" in markdown and "#### Per slice: tier" in markdown
+    audit = json.loads((dataset.directory / "dedup_audit.json").read_text())
+    vip = audit["per_slice"]["tier"]["vip"]
+    assert vip["before"] - vip["removed"] == vip["after"] >= 3 and vip["kept_by_floor"] >= 1
+
+
+def test_an_unreachable_hub_dataset_is_a_clear_error(spec, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_spec = replace(spec, labeled_examples_path=None, labeled_examples_hub_id="no-such-owner/no-such-dataset")
+    with pytest.raises(curate.CurationError, match="cannot load Hugging Face dataset 'no-such-owner/no-such-dataset'"):
+        curate.read_labeled_examples(hub_spec)
+
+
+BANKING77_TASK = Path(__file__).parents[1] / "benchmarks" / "banking77_task.yaml"
+
+
+def test_banking77_curates_every_intent_with_an_audit_and_no_contamination(tmp_path):
+    spec = load_task_spec(BANKING77_TASK)
+    if not spec.labeled_examples_path.is_file():
+        pytest.skip(f"Banking77 is not at {spec.labeled_examples_path} (../shared/datasets/banking77 beside the checkout)")
+    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
+    regression = curate.freeze_suite(spec, "regression", tmp_path / "suites", exclude=[holdout])
+    dataset = curate.curate_dataset(spec, [holdout, regression], tmp_path / "datasets")
+    report = dataset.report
+    assert report.rows_read == 10003 and holdout.size >= 3000 and len(holdout.per_label) == 77
+    assert set(report.per_label_train) == set(spec.labels)
+    assert min(report.per_label_train.values()) >= spec.curation.min_rows_per_label
+    assert report.near_duplicates_removed > 0 and "#### Removed examples" in report.dedup_audit_markdown
+    assert report.dedup_audit_markdown.count("| card_arrival |") == 2  # rows-per-stage table and near-dup table
+    # Banking77's train split nearly repeats some of its test queries: those rows leave training.
+    assert report.contamination_removed.get("holdout", 0) > 0
+    assert curate.contamination_between(dataset, [holdout, regression], spec.curation.contamination_threshold) == []

@@ -87,6 +87,7 @@ def test_training_is_tracked_and_the_adapter_bundle_is_complete(loop_state):
     manifest = json.loads((Path(meta["adapter_path"].value) / "rebuild_manifest.json").read_text())
     assert manifest["data_version"] == run.data.params["data_version"]
     assert len(manifest["training_rows"]) == meta["train_rows_used"].value
+    assert meta["resumed_from_step"].value == 0 and Path(meta["loss_curve"].value).is_file()
 
 
 def test_gguf_export_runs_under_llama_cpp(loop_state):
@@ -130,16 +131,55 @@ def test_failed_gate_leaves_champion_and_export_unmaterialized(loop_state):
     assert str(client.get_model_version_by_alias("tiny_triage-adapter", "challenger").version) == "2"
 
 
-def test_drift_sensor_requests_one_run_per_drifting_report(loop_state):
+def test_drift_sensor_requests_one_run_for_two_drifting_reports_in_a_row(loop_state):
     instance = loop_state["instance"]
     defs = build_definitions(str(loop_state["task"]), str(loop_state["home"].root))
-    context = dg.build_sensor_context(instance=instance, definitions=defs)
-    first = drift_retrain_sensor.evaluate_tick(context)
-    assert len(first.run_requests) == 1
-    request = first.run_requests[0]
-    report_event, _ = _latest(instance, "drift_report")
-    assert request.run_key == f"drift-{report_event.run_id}"
-    assert request.tags["finetune_loop/trigger"] == "drift"
-    # The same report on the next tick (cursor advanced) requests nothing more.
-    again = drift_retrain_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, cursor=first.cursor))
+    with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as context:
+        first = drift_retrain_sensor.evaluate_tick(context)
+    # Both runs reported drift; the first report requests the retrain, hysteresis holds the second.
+    reports = instance.fetch_materializations(dg.AssetKey("drift_report"), limit=2, ascending=True).records
+    assert len(reports) == 2
+    assert [r.run_key for r in first.run_requests] == [f"drift-{reports[0].run_id}"]
+    assert first.run_requests[0].tags["finetune_loop/trigger"] == "drift"
+    # The same reports on the next tick (cursor advanced) request nothing more.
+    with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources, cursor=first.cursor) as context:
+        again = drift_retrain_sensor.evaluate_tick(context)
     assert again.run_requests == []
+
+
+def test_training_run_records_its_dataset_inputs_and_curation_evidence(loop_state):
+    _, meta = _latest(loop_state["instance"], "lora_adapter")
+    home = loop_state["home"]
+    client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
+    run = client.get_run(meta["mlflow_run_id"].value)
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"tiny_triage-train", "tiny_triage-validation"}
+    assert inputs["tiny_triage-train"].dataset.digest == run.data.params["data_version"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "dataset")} == {
+        "dataset/report.json", "dataset/dedup_audit.md", "dataset/quarantine.jsonl",
+    }
+
+
+def test_curation_metadata_and_contamination_check(loop_state):
+    instance = loop_state["instance"]
+    _, meta = _latest(instance, "curated_dataset")
+    assert meta["suite_rows_reserved"].value["holdout"] >= 1
+    assert "| label |" in meta["dedup_audit"].value
+    _, regression = _latest(instance, "regression_suite")
+    assert regression["size"].value >= 1 and len(regression["content_hash"].value) == 64
+    check_key = dg.AssetCheckKey(dg.AssetKey("curated_dataset"), "no_contamination")
+    history = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=2)
+    assert history and all(record.evaluation.passed for record in history)
+
+
+def test_curate_command_runs_curation_alone(tmp_path, tiny_base_model, capsys, monkeypatch):
+    from finetune_loop.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster_home"))
+    task = write_tiny_task(tmp_path / "task", tiny_base_model)
+    assert main(["curate", "--task", str(task), "--home", str(tmp_path / "home")]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "no_contamination PASSED" in out
+    assert "holdout_suite:" in out and "regression_suite:" in out
+    assert "dedup audit" in out and "| label |" in out
+    assert not (tmp_path / "home" / "artifacts" / "adapters").exists()

@@ -71,3 +71,25 @@ def test_gguf_of_the_base_answers_like_the_hf_model(real_base, spec, tmp_path):
     assert set(hf_predictions) <= set(spec.labels)
     agreement = sum(a == b for a, b in zip(hf_predictions, gguf_predictions)) / len(texts)
     assert agreement >= 0.95, list(zip(hf_predictions, gguf_predictions))
+
+
+def test_loss_mask_covers_exactly_the_answer_tokens_on_the_real_chat_template(real_base, spec, tmp_path):
+    """What the trainer optimises, read off the batch it builds: every label that is not -100 is
+    an answer token (the label and the closing <|im_end|>), and every answer token is trained."""
+    from transformers import AutoTokenizer
+
+    from finetune_loop.core.examples import Example
+    from finetune_loop.core.train import build_trainer
+
+    rows = [Example("a", "my card got charged twice for order #A12345", "billing"), Example("b", "parcel never came", "shipping")]
+    trainer = build_trainer(spec, real_base.directory, rows, [], tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(real_base.directory)
+    for row in trainer.train_dataset:
+        batch = trainer.data_collator([row])
+        input_ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+        example = next(r for r in rows if tokenizer.decode(input_ids).find(r.text) >= 0)
+        prompt_ids = tokenizer(render_prompt(tokenizer, spec, example.text), add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(render_completion(tokenizer, spec, example.text, example.label), add_special_tokens=False)["input_ids"]
+        assert input_ids == prompt_ids + answer_ids
+        assert labels == [-100] * len(prompt_ids) + answer_ids
+        assert tokenizer.decode(answer_ids) == f"{example.label}<|im_end|>"

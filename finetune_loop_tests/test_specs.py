@@ -40,7 +40,12 @@ def _write(tmp_path: Path, **overrides) -> Path:
         ({"gate": {"min_acuracy": 0.5}}, "unknown key(s) under gate: ['min_acuracy']"),
         ({"training": {"batch_size": "eight"}}, "training.batch_size must be an integer"),
         ({"export": {"quant_types": ["Q3_XXS"]}}, "export.quant_types must be a non-empty list"),
-        ({"kind": "regression"}, "kind must be 'classification'"),
+        ({"kind": "regression"}, "kind must be one of ['classification', 'generation'], got 'regression'"),
+        ({"kind": "generation"}, "labels apply to kind 'classification' only"),
+        ({"target_format": "json"}, "target_format applies to kind 'generation' only"),
+        ({"kind": "generation", "labels": None, "target_format": "xml"}, "target_format must be one of ['text', 'json'], got 'xml'"),
+        ({"fields": {"input": "text", "label": "label", "licence": 3}}, "fields.licence must be a column name or null, got 3"),
+        ({"fields": {"input": "text", "label": "label", "slices": "channel"}}, "fields.slices must be a list of strings"),
     ],
 )
 def test_bad_task_files_fail_with_a_specific_message(tmp_path, overrides, message):
@@ -57,3 +62,16 @@ def test_missing_and_malformed_files_are_errors(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(TaskSpecError, match="not valid YAML"):
         load_task_spec(bad)
+
+
+def test_generation_tasks_and_hub_datasets_load(tmp_path):
+    spec = load_task_spec(_write(tmp_path, kind="generation", labels=None, target_format="json",
+                                 fields={"input": "email", "label": "extracted", "slices": ["language"]}))
+    assert spec.kind == "generation" and not spec.is_classification
+    assert spec.labels == () and spec.target_format == "json" and spec.fields.slices == ("language",)
+    raw = yaml.safe_load(_write(tmp_path).read_text())
+    raw["data"]["labeled_examples"] = "hf:PolyAI/banking77#test"
+    (tmp_path / "hub.yaml").write_text(yaml.safe_dump(raw))
+    hub = load_task_spec(tmp_path / "hub.yaml")
+    assert hub.labeled_examples_hub_id == "PolyAI/banking77#test" and hub.labeled_examples_path is None
+    assert hub.labeled_examples_location == "hf:PolyAI/banking77#test"

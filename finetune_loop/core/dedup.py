@@ -51,7 +51,9 @@ The floor
     No label is ever taken below `min_rows_per_label` rows (counted over the whole input): if the
     removals would go below it, enough of the would-be-removed rows are kept back, most
     informative first, and counted as `kept_by_floor`. A label that already has fewer rows than the
-    floor loses nothing. Rare labels matter more than duplicate-free ones.
+    floor loses nothing. Rare labels matter more than duplicate-free ones. The same floor then
+    holds for every slice value when `slices` are given (a channel or a language is a cohort the
+    model must still see).
 
 The output keeps the input order of the kept rows and is deterministic for a given input and seed;
 which rows are kept does not depend on the input order either (signatures are per text, ties are
@@ -65,7 +67,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from typing import Mapping, Sequence
@@ -73,13 +75,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 # From `examples`, not `curate`: curate imports this module.
-from finetune_loop.core.examples import Example, normalize_text
+from finetune_loop.core.examples import MISSING_SLICE_VALUE, Example, normalize_text
 
 SHINGLE_SIZE = 5
 # Probability that a pair exactly at the threshold never shares an LSH band. Lower means more
 # candidate pairs to verify, which is cheap; a missed pair is a duplicate silently left in.
 _MAX_MISS_AT_THRESHOLD = 0.005
-_MISSING_SLICE_VALUE = "(missing)"
 _WORD = re.compile(r"\w+")
 _PUNCTUATION = re.compile(r"[^\w\s]")
 _APOSTROPHES = re.compile(r"['\u2019\u2018`]")
@@ -88,7 +89,7 @@ _APOSTROPHES = re.compile(r"['\u2019\u2018`]")
 @dataclass(frozen=True)
 class NearDuplicateSettings:
     threshold: float = 0.8  # exact Jaccard of character 5-gram shingle sets; see the module docstring
-    min_rows_per_label: int = 5  # never drop a label below this many rows
+    min_rows_per_label: int = 5  # never drop a label (or a slice value) below this many rows
     num_perm: int = 128  # MinHash hash functions: more = fewer missed candidate pairs, slower
     seed: int = 13  # seeds the MinHash hash functions; same seed + same input = same result
 
@@ -439,6 +440,24 @@ def remove_near_duplicates(
         floor_kept.update(extras[:keep_back])
         removed_set.update(extras[keep_back:])
 
+    # The same floor per slice value: a cohort (a channel, a language) is as easy to erase as a
+    # label. Rows kept back here only raise label counts, so the label floor still holds.
+    slice_fields = sorted({f for values in (slices or {}).values() for f in values})
+
+    def slice_value(index: int, slice_field: str) -> str:
+        return str((slices or {}).get(examples[index].id, {}).get(slice_field, MISSING_SLICE_VALUE))
+
+    for slice_field in slice_fields:
+        totals = Counter(slice_value(index, slice_field) for index in range(len(examples)))
+        removed_by_value: dict[str, list[int]] = defaultdict(list)
+        for index in removed_set:
+            removed_by_value[slice_value(index, slice_field)].append(index)
+        for value, removed in removed_by_value.items():
+            keep_back = max(0, len(removed) - max(0, totals[value] - settings.min_rows_per_label))
+            restored = sorted(removed, key=keys.__getitem__)[:keep_back]
+            removed_set.difference_update(restored)
+            floor_kept.update(restored)
+
     removed_rows: list[dict] = []
     for index in sorted(removed_set):
         # The kept row it is reported against: the most similar row of its cluster that stayed
@@ -454,13 +473,11 @@ def remove_near_duplicates(
         )
 
     per_label = {label: _zero_counts() for label in sorted(label_totals)}
-    slice_fields = sorted({f for values in (slices or {}).values() for f in values})
     per_slice: dict[str, dict[str, dict[str, int]]] = {f: {} for f in slice_fields}
     for index, example in enumerate(examples):
         buckets = [per_label[example.label]]
-        row_slices = (slices or {}).get(example.id, {})
         for slice_field in slice_fields:
-            value = str(row_slices.get(slice_field, _MISSING_SLICE_VALUE))
+            value = slice_value(index, slice_field)
             buckets.append(per_slice[slice_field].setdefault(value, _zero_counts()))
         for counts in buckets:
             counts["before"] += 1

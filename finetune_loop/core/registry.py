@@ -3,6 +3,7 @@ stages in one process never log into each other's runs."""
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 CHALLENGER_ALIAS = "challenger"
@@ -18,6 +20,8 @@ CHAMPION_ALIAS = "champion"
 PREVIOUS_CHAMPION_ALIAS = "previous-champion"
 # MLflow rejects longer param values.
 _MAX_PARAM_LENGTH = 6000
+_MAX_PARAMS_PER_BATCH = 100
+_SYSTEM_METRICS_INTERVAL_S = 2
 
 # The SQLite store logs its schema migrations at INFO on every new process; users don't need them.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -38,20 +42,31 @@ class Tracker:
         self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:
-            # An explicit artifact location: the default is ./mlruns relative to whatever directory
-            # the process happens to run in.
-            artifact_root.mkdir(parents=True, exist_ok=True)
             self.experiment_id = self.client.create_experiment(
-                experiment_name, artifact_location=(artifact_root / experiment_name).resolve().as_uri()
+                experiment_name, artifact_location=self._local_artifact_location(artifact_root, experiment_name)
             )
         else:
             self.experiment_id = experiment.experiment_id
 
+    def _local_artifact_location(self, artifact_root: Path, experiment_name: str) -> str | None:
+        """A tracking server decides where artifacts go (its volume or S3, proxied as
+        mlflow-artifacts:/), so a client on another machine never writes a path only it can see. A
+        local store gets an explicit directory: its default is ./mlruns relative to whatever
+        directory the process happens to run in."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        return (artifact_root / experiment_name).resolve().as_uri()
+
     @contextmanager
-    def run(self, run_name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
-        """An MLflow run that ends FINISHED, or FAILED when the block raises."""
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
-        run_id = run.info.run_id
+    def run(self, run_name: str, tags: dict[str, str] | None = None, continue_run_id: str | None = None) -> Iterator[str]:
+        """An MLflow run that ends FINISHED, or FAILED when the block raises. With `continue_run_id`
+        the block continues that (unfinished) run instead of creating one: a resumed attempt."""
+        if continue_run_id is not None:
+            self.client.update_run(continue_run_id, status="RUNNING")
+            run_id = continue_run_id
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {}).info.run_id
         try:
             yield run_id
         except BaseException:
@@ -59,8 +74,32 @@ class Tracker:
             raise
         self.client.set_terminated(run_id, status="FINISHED")
 
+    def unfinished(self, run_id: str) -> bool:
+        """The run exists and never finished: it is RUNNING (its process died) or FAILED."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return run.info.lifecycle_stage == "active" and run.info.status in ("RUNNING", "FAILED")
+
+    def system_metrics(self, run_id: str, resume: bool = False):
+        """MLflow's system metrics monitor (CPU, memory, disk, network; GPU where pynvml finds
+        one) sampling into `run_id` until `.finish()`."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=_SYSTEM_METRICS_INTERVAL_S, resume_logging=resume, tracking_uri=self.tracking_uri
+        )
+        monitor.start()
+        return monitor
+
     def log_params(self, run_id: str, params: dict[str, object]) -> None:
-        self.client.log_batch(run_id, params=[Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()])
+        """Params not yet on the run (a resumed run keeps the ones it logged first), in batches
+        within MLflow's limit of 100 per call."""
+        existing = self.client.get_run(run_id).data.params
+        new = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
+        for start in range(0, len(new), _MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=new[start : start + _MAX_PARAMS_PER_BATCH])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0, timestamp_ms: int = 0) -> None:
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()])
@@ -76,6 +115,19 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
+
+    def log_dataset_input(self, run_id: str, path: Path, *, name: str, digest: str, context: str) -> None:
+        """Record a JSONL split as a dataset input of the run (MLflow's dataset tracking), named by
+        the curated data version so the UI links every run to the exact rows it saw."""
+        rows = sum(1 for line in path.open(encoding="utf-8") if line.strip())
+        dataset = DatasetEntity(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": path.resolve().as_uri()}),
+            profile=json.dumps({"num_rows": rows}),
+        )
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
     def artifact_uri(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.artifact_uri

