@@ -87,7 +87,22 @@ class Tracker:
         one) sampling into `run_id` until `.finish()`."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(
+        class FlushingSystemMetricsMonitor(SystemMetricsMonitor):
+            """MLflow's monitor discards the samples of its last, unfinished interval at shutdown,
+            so a run (or a resumed tail of one) shorter than an interval would log no system
+            metrics at all; this one publishes them before it stops."""
+
+            def finish(self) -> None:
+                if self._process is None:
+                    return
+                self._shutdown_event.set()
+                self._process.join()
+                self._process = None
+                if any(m.metrics for m in self.monitors):
+                    self.publish_metrics(self.aggregate_metrics())
+                self.mlflow_logger.flush()
+
+        monitor = FlushingSystemMetricsMonitor(
             run_id, sampling_interval=_SYSTEM_METRICS_INTERVAL_S, resume_logging=resume, tracking_uri=self.tracking_uri
         )
         monitor.start()
