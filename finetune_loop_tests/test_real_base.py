@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from finetune_loop.core.curate import read_labeled_examples
-from finetune_loop.core.evaluate import label_token_sequences, predict_labels
+from finetune_loop.core.scoring import label_token_sequences, predict_labels
 from finetune_loop.core.export import classify_with_llama_cpp, write_gguf
 from finetune_loop.core.models import prepare_base_model, render_completion, render_prompt
 from finetune_loop.core.specs import load_task_spec
