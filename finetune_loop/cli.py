@@ -166,6 +166,11 @@ def _summary(spec, home, run_id: str, materialized: dict, checks: dict[str, bool
             f"accuracy    base {value('eval_report', 'base_accuracy', '{:.3f}')} -> tuned {value('eval_report', 'candidate_accuracy', '{:.3f}')} "
             f"on {value('eval_report', 'holdout_rows')} frozen holdout rows"
         )
+        lines.append(
+            f"layers      champion {value('eval_report', 'champion_version')} ({value('eval_report', 'champion_accuracy', '{:.3f}')}); "
+            f"regression pass rate {value('eval_report', 'candidate_regression_pass_rate', '{:.3f}')}; "
+            f"probe pass rate {value('eval_report', 'candidate_probe_pass_rate', '{:.3f}')}; frontier {value('eval_report', 'frontier')}"
+        )
         lines.append(f"gate        {value('eval_report', 'gate')}")
     else:
         lines.append("accuracy    not evaluated (a step before eval_report failed; see the Dagster run)")

@@ -172,8 +172,9 @@ def test_bad_gate_values_are_rejected_with_the_field_named(tmp_path, tiny_base_m
         load_task_spec(write_tiny_task(tmp_path, tiny_base_model, gate=gate))
 
 
-def test_missing_probes_file_is_an_error(tmp_path, tiny_base_model):
+def test_missing_probes_file_is_an_error_naming_it(tmp_path, tiny_base_model):
     path = write_tiny_task(tmp_path, tiny_base_model)
     path.write_text(path.read_text() + "probes: nowhere.yaml\n")
-    with pytest.raises(TaskSpecError, match="probes file not found"):
-        load_task_spec(path)
+    spec = load_task_spec(path)
+    with pytest.raises(ProbeError, match="nowhere.yaml: cannot read probes"):
+        load_probes(spec.probes_path, spec)

@@ -190,8 +190,9 @@ def evaluate_candidate(
 
 
 def _generation_budget(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> int:
+    """Greedy answer budget of a generation suite (classification answers are scored: none)."""
     if spec.is_classification:
-        return PROBE_MAX_NEW_TOKENS
+        return 0
     longest = max(len(tokenizer(e.label, add_special_tokens=False)["input_ids"]) for e in examples)
     return longest + GENERATION_EXTRA_TOKENS
 

@@ -294,9 +294,8 @@ def load_task_spec(path: str | Path) -> TaskSpec:
     probes = raw.get("probes")
     if probes is not None and not isinstance(probes, str):
         raise TaskSpecError(f"{spec_path}: field 'probes' must be a path string, got {type(probes).__name__}")
+    # Like the data paths, read (and its absence reported) by the stage that uses it.
     probes_path = (spec_path.parent / probes).resolve() if probes else None
-    if probes_path is not None and not probes_path.is_file():
-        raise TaskSpecError(f"{spec_path}: probes file not found: {probes_path}")
 
     sections = {key: _section(raw.get(key), cls, key, spec_path) for key, cls in _SECTIONS.items()}
     spec = TaskSpec(
