@@ -2,17 +2,21 @@
 
 Classification scores every allowed label by the total log-probability of its rendered answer
 tokens (exactly the tokens training taught, up to and including the end-of-turn token) and picks
-the best. The answer is always one label, no output parsing, and the cost is a few batched forward
-passes:
+the best. The answer is always one label, no output parsing, and the cost is one forward pass per
+batch of prompts:
 
 1. the instruction prefix every prompt shares goes through the model once; its key/value cache is
-   copied per batch (the label list alone is most of a triage prompt);
-2. each row's own suffix (ticket + assistant header), left-padded, attends to that cache: the logits
-   of its last token give every label's first answer token;
-3. the cache is repeated once per label and all labels' remaining tokens run as one batch.
+   copied per batch (the label list alone is much of a triage prompt);
+2. each row is its own prompt suffix (ticket + assistant header, left-padded) followed by every
+   label's answer tokens packed one after another; a 4-D attention mask lets each label's tokens
+   see the prompt and the earlier tokens of the same label only, and position ids restart at the
+   prompt's end for every label. Logits at the last prompt token give every label's first answer
+   token, logits inside each label's block the rest.
 
-Causal attention makes every log-probability identical (up to float rounding) to a full forward
-pass over prompt + answer; the tests check that against a brute-force per-label computation.
+The labels share the prompt's keys and values instead of each getting a copy of them, so a batch
+costs little more than the prompts alone. Causal attention makes every log-probability equal (up
+to float rounding) to a full forward pass over prompt + answer; the tests check that against a
+brute-force per-label computation.
 """
 
 from __future__ import annotations
@@ -65,80 +69,83 @@ def label_log_likelihoods(model, tokenizer, spec: TaskSpec, texts: Sequence[str]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     # Every answer token after the first is predicted from the position of the token before it,
-    # so the label stage feeds each answer minus its last token (right-padded: causal attention
-    # keeps padding out of the real positions) and reads the next token's log-probability.
-    feed_length = max(len(s) for s in sequences.values()) - 1
-    feeds = torch.full((len(labels), feed_length), pad_id, dtype=torch.long)
-    targets = torch.zeros((len(labels), feed_length), dtype=torch.long)
-    target_mask = torch.zeros((len(labels), feed_length))
-    for j, label in enumerate(labels):
-        answer = sequences[label]
-        feeds[j, : len(answer) - 1] = torch.tensor(answer[:-1])
-        targets[j, : len(answer) - 1] = torch.tensor(answer[1:])
-        target_mask[j, : len(answer) - 1] = 1.0
-    first_tokens = torch.tensor([sequences[label][0] for label in labels], device=device)
+    # so each label contributes its answer minus the last token ("feed"), packed label after label.
+    feeds = [sequences[label][:-1] for label in labels]
+    packed = [token for feed in feeds for token in feed]
+    starts = [sum(len(f) for f in feeds[:j]) for j in range(len(labels))]
 
     model.eval()
     results: list[dict[str, float] | None] = [None] * len(prompts)
     with torch.no_grad():
         prefix_cache = DynamicCache(config=model.config)
         if prefix_length:
-            model(input_ids=torch.tensor([prompts[0][:prefix_length]], device=device), cache=prefix_cache, use_cache=True)
+            model(input_ids=torch.tensor([prompts[0][:prefix_length]], device=device), cache=prefix_cache, use_cache=True, logits_to_keep=1)
         # Batches of similar length waste less compute on padding.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            totals = _score_batch(
-                model, prefix_cache, prefix_length, [prompts[i][prefix_length:] for i in batch], pad_id,
-                first_tokens, feeds, targets, target_mask,
-            )
+            suffixes = [prompts[i][prefix_length:] for i in batch]
+            log_probs = _packed_forward(model, prefix_cache, prefix_length, suffixes, pad_id, packed, feeds, starts)
             for r, index in enumerate(batch):
-                results[index] = {label: float(totals[r, j]) for j, label in enumerate(labels)}
+                row = {}
+                for j, label in enumerate(labels):
+                    answer = sequences[label]
+                    # The first answer token from the last prompt position, token k + 1 from the
+                    # position of the label's token k.
+                    total = log_probs[r, 0, answer[0]]
+                    for k in range(1, len(answer)):
+                        total = total + log_probs[r, 1 + starts[j] + k - 1, answer[k]]
+                    row[label] = float(total)
+                results[index] = row
     return results  # type: ignore[return-value]
 
 
-def _score_batch(model, prefix_cache, prefix_length, suffixes, pad_id, first_tokens, feeds, targets, target_mask):
-    """rows × labels total log-probabilities for one batch of prompt suffixes."""
+def _packed_forward(model, prefix_cache, prefix_length, suffixes, pad_id, packed, feeds, starts):
+    """Log-probabilities (rows × (1 + packed answer tokens) × vocabulary) of one batch: prompt
+    suffixes, each followed by every label's packed answer tokens, over the shared prefix's cache.
+    Index 0 is the last prompt token, index 1 + k the k-th packed answer token."""
     import torch
 
-    device = first_tokens.device
-    rows, label_count = len(suffixes), feeds.shape[0]
-    width = max(len(s) for s in suffixes)
-    suffix_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((rows, prefix_length + width), dtype=torch.long)
-    attention[:, :prefix_length] = 1
-    positions = torch.full((rows, width), prefix_length, dtype=torch.long)
+    device = next(model.parameters()).device
+    rows, width, packed_length = len(suffixes), max(len(s) for s in suffixes), len(packed)
+    queries = width + packed_length
+    input_ids = torch.full((rows, queries), pad_id, dtype=torch.long)
+    positions = torch.full((rows, queries), prefix_length, dtype=torch.long)
+    allowed = torch.zeros((rows, queries, prefix_length + queries), dtype=torch.bool)
+    # Every query sees the whole shared prefix (a padding query too: a fully masked row is NaN).
+    allowed[:, :, :prefix_length] = True
+    causal = torch.tril(torch.ones((width, width), dtype=torch.bool))
     for r, suffix in enumerate(suffixes):
-        # Left padding puts every row's last prompt token in the last column.
-        suffix_ids[r, width - len(suffix) :] = torch.tensor(suffix)
-        attention[r, prefix_length + width - len(suffix) :] = 1
-        positions[r, width - len(suffix) :] = torch.arange(prefix_length, prefix_length + len(suffix))
+        pad = width - len(suffix)
+        # Left padding puts every row's last prompt token in the last suffix column.
+        input_ids[r, pad:width] = torch.tensor(suffix)
+        input_ids[r, width:] = torch.tensor(packed)
+        prompt_length = prefix_length + len(suffix)
+        positions[r, pad:width] = torch.arange(prefix_length, prompt_length)
+        real = torch.zeros(width, dtype=torch.bool)
+        real[pad:] = True
+        allowed[r, :width, prefix_length : prefix_length + width] = causal & real[None, :]
+        # Each label's tokens see the row's prompt and their own label's earlier tokens.
+        allowed[r, width:, prefix_length : prefix_length + width] = real[None, :]
+        for feed, start in zip(feeds, starts):
+            block = slice(width + start, width + start + len(feed))
+            allowed[r, block, prefix_length + width + start : prefix_length + width + start + len(feed)] = torch.tril(
+                torch.ones((len(feed), len(feed)), dtype=torch.bool)
+            )
+            positions[r, block] = torch.arange(prompt_length, prompt_length + len(feed))
+    dtype = next(model.parameters()).dtype
+    # Additive form: what every attention implementation (eager, sdpa) accepts as a custom mask.
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
     cache = copy.deepcopy(prefix_cache)
     if prefix_length:
         cache.batch_repeat_interleave(rows)
-    last_logits = model(
-        input_ids=suffix_ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-        cache=cache, use_cache=True,
-    ).logits[:, -1].float()
-    totals = torch.log_softmax(last_logits, dim=-1)[:, first_tokens].cpu()
-
-    # Row r's cache once per label: (row r, label j) is batch row r * labels + j.
-    cache.batch_repeat_interleave(label_count)
-    feed_length = feeds.shape[1]
-    prompt_lengths = torch.tensor([prefix_length + len(s) for s in suffixes]).repeat_interleave(label_count)
-    feed_attention = torch.cat(
-        [attention.repeat_interleave(label_count, dim=0), torch.ones((rows * label_count, feed_length), dtype=torch.long)], dim=1
-    )
-    feed_logits = model(
-        input_ids=feeds.repeat(rows, 1).to(device),
-        attention_mask=feed_attention.to(device),
-        position_ids=(prompt_lengths[:, None] + torch.arange(feed_length)[None, :]).to(device),
-        cache=cache,
-        use_cache=True,
-    ).logits.float()
-    log_probs = torch.log_softmax(feed_logits, dim=-1).gather(-1, targets.repeat(rows, 1).to(device)[..., None])[..., 0].cpu()
-    totals += (log_probs * target_mask.repeat(rows, 1)).sum(dim=1).view(rows, label_count)
-    return totals
+    # Only the last prompt position and the label positions are read: the vocabulary projection
+    # (the largest matrix of a small model) runs on those alone.
+    logits = model(
+        input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), cache=cache, use_cache=True,
+        logits_to_keep=packed_length + 1,
+    ).logits
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 def predict_labels(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
