@@ -33,8 +33,8 @@ def _brute_force(model, tokenizer, spec, text: str) -> dict[str, float]:
 
 def test_batched_label_scores_equal_one_full_forward_per_label(tiny):
     spec, tokenizer, model = tiny
-    # Rows of different lengths in batches of 4: padding, the shared prefix cache and the per-label
-    # cache expansion must not change a single score.
+    # Rows of different lengths in batches of 4: padding, the shared prefix cache and the labels
+    # packed under one attention mask must not change a single score.
     texts = [r["text"] for r in tiny_rows()[:9]] + ["x", "a much longer ticket " * 6]
     batched = scoring.label_log_likelihoods(model, tokenizer, spec, texts, batch_size=4)
     for text, scores in zip(texts, batched):

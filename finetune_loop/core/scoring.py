@@ -90,11 +90,11 @@ def label_log_likelihoods(model, tokenizer, spec: TaskSpec, texts: Sequence[str]
                 row = {}
                 for j, label in enumerate(labels):
                     answer = sequences[label]
-                    # The first answer token from the last prompt position, token k + 1 from the
-                    # position of the label's token k.
+                    # Answer token 0 is read at the last prompt token (index 0), token k at the
+                    # label's packed token k - 1 (index 1 + starts[j] + k - 1).
                     total = log_probs[r, 0, answer[0]]
                     for k in range(1, len(answer)):
-                        total = total + log_probs[r, 1 + starts[j] + k - 1, answer[k]]
+                        total = total + log_probs[r, starts[j] + k, answer[k]]
                     row[label] = float(total)
                 results[index] = row
     return results  # type: ignore[return-value]
