@@ -164,7 +164,7 @@ def test_frontier_skipped_and_said_without_its_settings(tmp_path, tiny_base_mode
     assert "frontier" not in result.models
     assert result.frontier_summary.startswith("skipped: set FINETUNE_LOOP_FRONTIER_BASE_URL and FINETUNE_LOOP_FRONTIER_MODEL")
     assert result.models["candidate"].probes is None
-    assert {g.name: g.line() for g in result.verdict.sub_gates}["behaviour_probes"] == "SKIP the task names no probes file"
+    assert {g.name: g.line() for g in result.verdict.sub_gates}["behaviour_probes"] == "SKIP no probe cases (the task names no probes file, or none applied)"
 
 
 def test_generation_task_uses_greedy_answers_and_generation_metrics(tmp_path, tiny_base_model, tracker):

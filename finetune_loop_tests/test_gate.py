@@ -115,7 +115,7 @@ def test_missing_layers_are_skipped_and_said():
     lines = {g.name: g.line() for g in verdict.sub_gates}
     assert lines["non_inferior_to_champion"] == "SKIP no champion yet: nothing to be non-inferior to"
     assert lines["slices_hold"] == "SKIP no slice fields on the holdout rows"
-    assert lines["behaviour_probes"] == "SKIP the task names no probes file"
+    assert lines["behaviour_probes"] == "SKIP no probe cases (the task names no probes file, or none applied)"
     assert verdict.passed
 
 

@@ -90,12 +90,12 @@ def answer_suite(model, tokenizer, spec: TaskSpec, texts: Sequence[str], max_new
     return generate_answers(model, tokenizer, spec, texts, max_new_tokens=max_new_tokens)
 
 
-def _evaluate_model(name, version, answer: Callable[[Sequence[str]], list[str]], spec, holdout, regression, probe_answers) -> ModelEvaluation:
+def _evaluate_model(name, version, answer: Callable[[Sequence[str]], list[str]], spec, holdout, regression, probes) -> ModelEvaluation:
     started = time.perf_counter()
     holdout_scores = score_suite(spec, holdout, answer([e.text for e in holdout]))
     ms_per_example = (time.perf_counter() - started) * 1000 / len(holdout)
     regression_scores = score_suite(spec, regression, answer([e.text for e in regression])) if regression else None
-    return ModelEvaluation(name, version, holdout_scores, regression_scores, probe_answers, ms_per_example)
+    return ModelEvaluation(name, version, holdout_scores, regression_scores, probes, ms_per_example)
 
 
 def evaluate_candidate(

@@ -108,7 +108,7 @@ def decide_release(settings: GateSettings, evidence: GateEvidence) -> GateVerdic
     ))
     gates.append(_threshold_gate(
         "behaviour_probes", evidence.probe_pass_rate, settings.min_probe_pass_rate,
-        f"pass rate on {evidence.probe_cases} probe cases", None, "the task names no probes file",
+        f"pass rate on {evidence.probe_cases} probe cases", None, "no probe cases (the task names no probes file, or none applied)",
     ))
     return GateVerdict(all(g.passed for g in gates), tuple(gates))
 
