@@ -178,11 +178,16 @@ class Tracker:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
 
-    def download_version(self, ref: ModelVersionRef) -> Path:
-        """A registered version's files (the adapter bundle) as a local directory."""
+    def download_version(self, ref: ModelVersionRef, destination: Path | None = None) -> Path:
+        """A registered version's files (the adapter bundle) as a local directory, under
+        `destination` when given (else a fresh temporary directory)."""
         import mlflow.artifacts
 
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, tracking_uri=self.tracking_uri))
+        if destination is not None:
+            destination.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=ref.source, tracking_uri=self.tracking_uri, dst_path=str(destination) if destination else None,
+        ))
 
     def version_tags(self, model_name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(model_name, version).tags)

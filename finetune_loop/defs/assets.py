@@ -238,11 +238,15 @@ def eval_report(
     home = loop.loop_home()
     tracker = loop.tracker(spec)
     base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
+    out_dir = home.task_dir(spec.name, "evals") / context.run.run_id
     champion_ref = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
-    champion = evaluate.ChampionAdapter(champion_ref.version, tracker.download_version(champion_ref)) if champion_ref else None
+    champion = (
+        evaluate.ChampionAdapter(champion_ref.version, tracker.download_version(champion_ref, out_dir / "champion_bundle"))
+        if champion_ref else None
+    )
     result = evaluate.evaluate_candidate(
         spec, base.directory, lora_adapter.directory, lora_adapter.model_version.version, holdout_suite.path, regression_suite.path,
-        home.task_dir(spec.name, "evals") / context.run.run_id, tracker, champion,
+        out_dir, tracker, champion,
         {**_run_tags(context), "model_version": lora_adapter.model_version.version},
     )
     # The evaluation joins the candidate's bundle, so a rollback target carries its own evidence.
