@@ -4,7 +4,6 @@ promotion that lost a race, consistency under injected failures, and the rollbac
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
