@@ -52,6 +52,7 @@ ifeq ($(TASK),$(EXAMPLE_TASK))
 	mkdir -p $(dir $(DEMO_TASK))production_log
 	test -f $(dir $(DEMO_TASK))production_log/bundled.jsonl || cp $(EXAMPLE_DATA)/production_traffic.jsonl $(dir $(DEMO_TASK))production_log/bundled.jsonl
 	sed -e 's#labeled_examples: .*#labeled_examples: $(EXAMPLE_DATA)/tickets.jsonl#' \
+	    -e 's#^probes: .*#probes: $(EXAMPLE_DATA)/probes.yaml#' \
 	    -e 's#production_log: .*#production_log: production_log#' $(EXAMPLE_TASK) > $(DEMO_TASK)
 	$(BIN)/finetune-loop run --task $(DEMO_TASK)
 	$(BIN)/finetune-loop simulate-traffic --task $(DEMO_TASK) --shift phone_keyboard --strength 0.6

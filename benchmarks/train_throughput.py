@@ -47,7 +47,8 @@ import yaml
 
 from finetune_loop.core import models, train
 from finetune_loop.core.curate import read_labeled_examples
-from finetune_loop.core.evaluate import predict_labels, score
+from finetune_loop.core.metrics import score
+from finetune_loop.core.scoring import predict_labels
 from finetune_loop.core.examples import Example
 from finetune_loop.core.home import LoopHome
 from finetune_loop.core.specs import load_task_spec

@@ -4,6 +4,7 @@
     finetune-loop run --task my_task.yaml --home /data/finetune_loop
     finetune-loop simulate-traffic --task TASK --shift phone_keyboard --strength 0.6
     finetune-loop monitor --task TASK     # drift report, retrain triggers, and the retrain they request
+    finetune-loop rollback --task TASK --reason "refund tickets misrouted"   # champion back to previous-champion
 
 Exit status: 0 when the candidate passed the gate and shipped, 2 when the gate refused it, 1 when
 a step failed.
@@ -33,8 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     replace.add_argument("--task", required=True, type=Path, help="task YAML file")
     replace.add_argument("--suite", required=True, choices=["holdout", "regression"])
     replace.add_argument("--home", type=Path, help="state directory (default: FINETUNE_LOOP_HOME or .finetune_loop/)")
+    rollback = commands.add_parser("rollback", help="move alias champion back to previous-champion in one step")
+    rollback.add_argument("--task", required=True, type=Path, help="task YAML file")
+    rollback.add_argument("--reason", default="not given", help="why (recorded as a model-version tag with the user)")
+    rollback.add_argument("--home", type=Path, help="state directory (default: FINETUNE_LOOP_HOME or .finetune_loop/)")
     _add_monitoring_commands(commands)
     args = parser.parse_args(argv)
+    if args.command == "rollback":
+        return rollback_champion(args.task, args.reason, args.home)
     if args.command == "simulate-traffic":
         return simulate_traffic(args)
     if args.command == "monitor":
@@ -63,6 +70,25 @@ def replace_suite(task_path: Path, suite: str, home_dir: Path | None = None) -> 
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"archived the {suite} suite as {archived}; the next run freezes a new version")
+    return EXIT_OK
+
+
+def rollback_champion(task_path: Path, reason: str, home_dir: Path | None = None) -> int:
+    from finetune_loop.core.promotion import PromotionError, rollback
+    from finetune_loop.core.registry import CHAMPION_ALIAS, Tracker
+    from finetune_loop.core.specs import TaskSpecError
+
+    try:
+        spec, home = _enter_home(task_path, home_dir)
+        tracker = Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", spec.name)
+        model_name = spec.registered_model_name
+        before = tracker.version_by_alias(model_name, CHAMPION_ALIAS)
+        after = rollback(tracker, home.task_dir(spec.name, "locks"), model_name, reason=reason)
+    except (TaskSpecError, PromotionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"rollback: {model_name} champion v{before.version} -> v{after.champion} "
+          f"(previous-champion now {'v' + after.previous_champion if after.previous_champion else 'none'}); reason: {reason}")
     return EXIT_OK
 
 
@@ -139,6 +165,11 @@ def _summary(spec, home, run_id: str, materialized: dict, checks: dict[str, bool
         lines.append(
             f"accuracy    base {value('eval_report', 'base_accuracy', '{:.3f}')} -> tuned {value('eval_report', 'candidate_accuracy', '{:.3f}')} "
             f"on {value('eval_report', 'holdout_rows')} frozen holdout rows"
+        )
+        lines.append(
+            f"layers      champion {value('eval_report', 'champion_version')} ({value('eval_report', 'champion_accuracy', '{:.3f}')}); "
+            f"regression pass rate {value('eval_report', 'candidate_regression_pass_rate', '{:.3f}')}; "
+            f"probe pass rate {value('eval_report', 'candidate_probe_pass_rate', '{:.3f}')}; frontier {value('eval_report', 'frontier')}"
         )
         lines.append(f"gate        {value('eval_report', 'gate')}")
     else:

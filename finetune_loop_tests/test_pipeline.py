@@ -14,7 +14,7 @@ from finetune_loop.cli import EXIT_GATE_REFUSED, EXIT_OK, run_loop
 from finetune_loop.core.home import LoopHome
 from finetune_loop.defs.automation import drift_retrain_sensor
 from finetune_loop.definitions import build_definitions
-from finetune_loop_tests.conftest import write_tiny_task
+from finetune_loop_tests.conftest import TINY_PROBES, write_tiny_task
 
 MATERIALIZED = ["holdout_suite", "curated_dataset", "lora_adapter", "eval_report", "champion_model", "gguf_export", "drift_report"]
 
@@ -33,7 +33,7 @@ def loop_state(tmp_path_factory, tiny_base_model):
         patch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
         patch.setenv("FINETUNE_LOOP_HOME", str(home))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        passing_task = write_tiny_task(root / "passing", tiny_base_model)
+        passing_task = write_tiny_task(root / "passing", tiny_base_model, probes=TINY_PROBES)
         first_exit = run_loop(passing_task)
         # A learning rate this small leaves the zero-initialised LoRA update at zero: the candidate
         # predicts exactly what the base predicts, so "beats base" must fail.
@@ -62,14 +62,50 @@ def test_first_run_materializes_every_asset_with_its_metadata(loop_state):
     assert 0.0 <= meta["base_accuracy"].value <= 1.0
     assert 0.0 <= meta["candidate_accuracy"].value <= 1.0
     assert meta["gate_passed"].value is True
-    assert "| **all** |" in meta["table"].value
+    table = meta["table"].value
+    for row in ("| **accuracy** | 12 |", "| macro_f1 |", "| regression pass rate |", "| probe pass rate | 4 |", "| ms / example |", "| recall `billing` |"):
+        assert row in table
+    assert "| | n | base | candidate (v1) |" in table  # no champion column before the first promotion
+    assert meta["champion_version"].value == "none"
+    assert 0.0 <= meta["candidate_probe_pass_rate"].value <= 1.0
+    assert meta["frontier"].value.startswith("skipped: set FINETUNE_LOOP_FRONTIER_BASE_URL")
+    assert meta["chart"].value.startswith("![holdout per label and slice](data:image/png;base64,")
+    assert Path(meta["chart_path"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(Path(meta["report_path"].value).read_text())
+    assert set(report["models"]) == {"base", "candidate"}
+    assert report["models"]["candidate"]["holdout"]["accuracy"] == pytest.approx(meta["candidate_accuracy"].value)
+    assert [g["name"] for g in report["gate"]["sub_gates"]] == [
+        "min_accuracy", "non_inferior_to_champion", "slices_hold", "regression_suite", "behaviour_probes",
+    ]
+    for name in ("min_accuracy", "non_inferior_to_champion", "regression_suite", "behaviour_probes"):
+        assert f"**{name}**" in meta["gate_lines"].value
+    check_key = dg.AssetCheckKey(dg.AssetKey("eval_report"), "release_gate")
+    check = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=2)[-1].evaluation
+    assert check.passed and check.description.startswith("PASSED all sub-gates")
+    assert check.metadata["non_inferior_to_champion"].value == "SKIP no champion yet: nothing to be non-inferior to"
+    assert check.metadata["behaviour_probes"].value.startswith("PASS pass rate on 4 probe cases")
 
     home = loop_state["home"]
     client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
     eval_run = client.get_run(meta["mlflow_run_id"].value)
     assert eval_run.data.metrics["candidate_accuracy"] == pytest.approx(meta["candidate_accuracy"].value)
+    assert eval_run.data.metrics["candidate_ms_per_example"] > 0
+    assert {"eval_chart.png", "eval_report.json", "eval_table.md", "predictions.jsonl"} <= {a.path for a in client.list_artifacts(eval_run.info.run_id)}
     champion = client.get_model_version_by_alias("tiny_triage-adapter", "champion")
     assert str(champion.version) == "1"
+    _, promoted = _latest(instance, "champion_model")
+    assert (promoted["version"].value, promoted["previous_version"].value) == ("1", "none")
+
+
+def test_champion_bundle_is_complete_enough_to_serve(loop_state):
+    from finetune_loop.core.promotion import missing_bundle_files
+    from finetune_loop.core.registry import Tracker
+
+    home = loop_state["home"]
+    tracker = Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", "tiny_triage")
+    bundle = tracker.download_version(tracker.version_by_alias("tiny_triage-adapter", "champion"))
+    assert missing_bundle_files(bundle) == []
+    assert json.loads((bundle / "eval_report.json").read_text())["gate"]["passed"] is True
 
 
 def test_training_is_tracked_and_the_adapter_bundle_is_complete(loop_state):
@@ -117,6 +153,15 @@ def test_failed_gate_leaves_champion_and_export_unmaterialized(loop_state):
     assert eval_event.run_id == second_run_id
     assert eval_meta["gate_passed"].value is False
     assert "beats_base" in eval_meta["gate"].value
+    # The second run compared the candidate with champion v1 on the same suites.
+    assert eval_meta["champion_version"].value == "1"
+    assert 0.0 <= eval_meta["champion_accuracy"].value <= 1.0
+    assert "| | n | base | candidate (v2) | champion (v1) |" in eval_meta["table"].value
+    check_key = dg.AssetCheckKey(dg.AssetKey("eval_report"), "release_gate")
+    check = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1)[0].evaluation
+    assert not check.passed and check.description.startswith("FAILED beats_base")
+    assert check.metadata["beats_base"].value.startswith("FAIL candidate accuracy")
+    assert check.metadata["non_inferior_to_champion"].value.startswith("PASS candidate − champion v1")
     for key in ("champion_model", "gguf_export"):
         event, _ = _latest(instance, key)
         assert event.run_id != second_run_id, f"{key} was materialized although the gate failed"

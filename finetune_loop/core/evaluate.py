@@ -1,172 +1,325 @@
-"""Evaluation on the frozen holdout: every model answers with exactly one allowed label.
+"""Evaluation on frozen suites, three layers, every model on the same rows in one process.
 
-Predictions use greedy decoding constrained to the label set (a token trie over the rendered
-answers), batched with a KV cache: a handful of forward passes per batch instead of one free
-generation per example, and never an answer outside the label set that would need parsing.
+1. Task metrics on the holdout (core/metrics.py), overall and per slice.
+2. The frozen regression suite: pass rate, and the cases the reference (champion, else base) got
+   right that the candidate gets wrong.
+3. Behaviour probes (core/probes.py) from the task's probes file.
+
+Models compared: the base, the candidate (`challenger`) and the current `champion` when the registry
+has one; optionally a frontier model behind an OpenAI-compatible endpoint (core/frontier.py), on
+the holdout only, for reference. Classification answers come from label-likelihood scoring,
+generation answers from batched greedy decoding (core/scoring.py).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from finetune_loop.core.curate import Example, read_examples
-from finetune_loop.core.gate import GateVerdict, decide_release
+from finetune_loop.core import frontier as frontier_models
+from finetune_loop.core.curate import read_examples
+from finetune_loop.core.examples import Example
+from finetune_loop.core.gate import GateEvidence, GateVerdict, decide_release
+# `score` stays importable from here: the GGUF export scores llama.cpp's answers with it.
+from finetune_loop.core.metrics import Scores, score, score_suite  # noqa: F401
+from finetune_loop.core.probes import ProbeReport, ProbeSet, judge_probes, load_probes
 from finetune_loop.core.registry import Tracker
-from finetune_loop.core.models import render_completion, render_prompt
+from finetune_loop.core.scoring import generate_answers, predict_labels
 from finetune_loop.core.specs import TaskSpec
+
+# Free-answer budget of the probes of a classification task: longer than any label, short enough
+# that a rambling model costs little.
+PROBE_MAX_NEW_TOKENS = 16
+# Slack over the longest reference answer of a generation suite.
+GENERATION_EXTRA_TOKENS = 16
+MODEL_ORDER = ("base", "candidate", "champion", "frontier")
 
 
 @dataclass(frozen=True)
-class Scores:
-    accuracy: float
-    per_label_accuracy: dict[str, float]
-    predictions: list[str]
-
-
-def label_token_sequences(tokenizer, spec: TaskSpec) -> dict[str, tuple[int, ...]]:
-    """Each label's answer tokens up to and including the end-of-turn token that stops generation."""
-    stop_id = tokenizer.eos_token_id
-    sequences = {}
-    for label in spec.labels:
-        ids = tokenizer(render_completion(tokenizer, spec, "-", label), add_special_tokens=False)["input_ids"]
-        if stop_id not in ids:
-            raise ValueError(f"the chat template does not close the answer with the EOS token {tokenizer.eos_token!r}")
-        sequences[label] = tuple(ids[: ids.index(stop_id) + 1])
-    if len(set(sequences.values())) != len(sequences):
-        raise ValueError("two labels render to the same tokens; rename one of them")
-    return sequences
-
-
-def predict_labels(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, batch_size: int = 16) -> list[str]:
-    import torch
-
-    sequences = label_token_sequences(tokenizer, spec)
-    by_tokens = {tokens: label for label, tokens in sequences.items()}
-    # children[prefix] = token ids allowed after that prefix of some label's answer
-    children: dict[tuple[int, ...], set[int]] = {}
-    for tokens in sequences.values():
-        for cut in range(len(tokens)):
-            children.setdefault(tokens[:cut], set()).add(tokens[cut])
-    allowed = {prefix: sorted(ids) for prefix, ids in children.items()}
-    max_answer = max(len(t) for t in sequences.values())
-    stop_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_id
-
-    prompts = [render_prompt(tokenizer, spec, text) for text in texts]
-    # Batches of similar length waste less compute on padding.
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    predictions: list[str | None] = [None] * len(prompts)
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the last position of every row
-    model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            batch_ids = order[start : start + batch_size]
-            encoded = tokenizer([prompts[i] for i in batch_ids], return_tensors="pt", padding=True, add_special_tokens=False)
-            prompt_len = encoded["input_ids"].shape[1]
-
-            def allowed_next(_row: int, input_ids: "torch.Tensor") -> list[int]:
-                prefix = tuple(input_ids[prompt_len:].tolist())
-                # A finished row (prefix is a whole answer) only pads until the batch is done.
-                return allowed.get(prefix, [pad_id])
-
-            with torch.no_grad():
-                generated = model.generate(
-                    **encoded,
-                    max_new_tokens=max_answer,
-                    do_sample=False,
-                    prefix_allowed_tokens_fn=allowed_next,
-                    eos_token_id=stop_id,
-                    pad_token_id=pad_id,
-                )
-            for row, index in enumerate(batch_ids):
-                answer = generated[row, prompt_len:].tolist()
-                answer = tuple(answer[: answer.index(stop_id) + 1]) if stop_id in answer else tuple(answer)
-                predictions[index] = by_tokens[answer]
-    finally:
-        tokenizer.padding_side = previous_side
-    return predictions  # type: ignore[return-value]
-
-
-def score(examples: Sequence[Example], predictions: Sequence[str], labels: Sequence[str]) -> Scores:
-    if len(examples) != len(predictions):
-        raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
-    if not examples:
-        raise ValueError("cannot score an empty suite")
-    correct = [e.label == p for e, p in zip(examples, predictions)]
-    totals = Counter(e.label for e in examples)
-    hits = Counter(e.label for e, ok in zip(examples, correct) if ok)
-    per_label = {label: hits[label] / totals[label] for label in labels if totals[label]}
-    return Scores(sum(correct) / len(correct), per_label, list(predictions))
-
-
-def comparison_table(labels: Sequence[str], support: Counter, columns: dict[str, Scores]) -> str:
-    """Markdown table: one row per label plus the overall accuracy, one column per model."""
-    names = list(columns)
-    lines = ["| label | n | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
-    for label in labels:
-        if support[label]:
-            cells = " | ".join(f"{columns[n].per_label_accuracy[label]:.3f}" for n in names)
-            lines.append(f"| {label} | {support[label]} | {cells} |")
-    overall = " | ".join(f"**{columns[n].accuracy:.3f}**" for n in names)
-    lines.append(f"| **all** | {sum(support.values())} | {overall} |")
-    return "\n".join(lines)
+class ModelEvaluation:
+    name: str
+    # Registry version (candidate, champion) or endpoint model name (frontier); None for the base.
+    version: str | None
+    holdout: Scores
+    regression: Scores | None
+    probes: ProbeReport | None
+    ms_per_example: float
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    base: Scores
-    candidate: Scores
-    support: Counter
+    models: dict[str, ModelEvaluation]
+    # Regression cases the reference model got right and the candidate gets wrong.
+    newly_failing: list[dict]
     verdict: GateVerdict
     table_markdown: str
+    chart_path: Path
+    report_path: Path
     mlflow_run_id: str
     seconds: float
+    # The frontier comparison: which model and its token cost, or why it was skipped.
+    frontier_summary: str
+
+    @property
+    def base(self) -> Scores:
+        return self.models["base"].holdout
+
+    @property
+    def candidate(self) -> Scores:
+        return self.models["candidate"].holdout
+
+    @property
+    def champion(self) -> Scores | None:
+        return self.models["champion"].holdout if "champion" in self.models else None
+
+
+@dataclass(frozen=True)
+class ChampionAdapter:
+    version: str
+    directory: Path
+
+
+def answer_suite(model, tokenizer, spec: TaskSpec, texts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """The model's answers the way the loop serves them: a scored label, or a greedy answer."""
+    if spec.is_classification:
+        return predict_labels(model, tokenizer, spec, texts)
+    return generate_answers(model, tokenizer, spec, texts, max_new_tokens=max_new_tokens)
+
+
+def _evaluate_model(name, version, answer: Callable[[Sequence[str]], list[str]], spec, holdout, regression, probes) -> ModelEvaluation:
+    started = time.perf_counter()
+    holdout_scores = score_suite(spec, holdout, answer([e.text for e in holdout]))
+    ms_per_example = (time.perf_counter() - started) * 1000 / len(holdout)
+    regression_scores = score_suite(spec, regression, answer([e.text for e in regression])) if regression else None
+    return ModelEvaluation(name, version, holdout_scores, regression_scores, probes, ms_per_example)
 
 
 def evaluate_candidate(
     spec: TaskSpec,
     base_dir: Path,
     adapter_dir: Path,
+    candidate_version: str,
     holdout_path: Path,
+    regression_path: Path,
+    out_dir: Path,
     tracker: Tracker,
+    champion: ChampionAdapter | None = None,
     run_tags: dict[str, str] | None = None,
 ) -> EvalResult:
-    """Base and candidate on the same frozen holdout, in one process, then the release verdict."""
+    """Base, candidate and champion on the same frozen suites and probes, then the release verdict."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
     holdout = read_examples(holdout_path)
-    texts = [e.text for e in holdout]
+    regression = read_examples(regression_path)
+    probe_set = load_probes(spec.probes_path, spec) if spec.probes_path else None
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    max_new_tokens = _generation_budget(tokenizer, spec, holdout + regression)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    base = score(holdout, predict_labels(model, tokenizer, spec, texts), spec.labels)
-    # The adapter wraps the already-loaded base: one load serves both models.
-    candidate_model = PeftModel.from_pretrained(model, adapter_dir)
-    candidate = score(holdout, predict_labels(candidate_model, tokenizer, spec, texts), spec.labels)
-    verdict = decide_release(spec.gate, candidate_accuracy=candidate.accuracy, base_accuracy=base.accuracy)
-    support = Counter(e.label for e in holdout)
-    table = comparison_table(spec.labels, support, {"base": base, "candidate": candidate})
+
+    def run(name: str, version: str | None, answering_model, base_probe_answers: dict[str, str] | None):
+        answer = lambda texts: answer_suite(answering_model, tokenizer, spec, texts, max_new_tokens)  # noqa: E731
+        probes, generated = _probe(spec, probe_set, answering_model, tokenizer, answer, base_probe_answers)
+        return _evaluate_model(name, version, answer, spec, holdout, regression, probes), generated
+
+    models: dict[str, ModelEvaluation] = {}
+    models["base"], base_generated = run("base", None, model, None)
+    # Adapters wrap the already-loaded base: one load serves every model.
+    adapted = PeftModel.from_pretrained(model, adapter_dir, adapter_name="candidate")
+    models["candidate"], _ = run("candidate", candidate_version, adapted, base_generated)
+    if champion is not None:
+        adapted.load_adapter(champion.directory, adapter_name="champion")
+        adapted.set_adapter("champion")
+        models["champion"], _ = run("champion", champion.version, adapted, base_generated)
+        adapted.set_adapter("candidate")
+
+    frontier_settings, frontier_summary = frontier_models.settings_from_env()
+    if frontier_settings is not None:
+        client = frontier_models.FrontierClient(frontier_settings, spec)
+        models["frontier"] = _evaluate_model("frontier", frontier_settings.model, client.answer, spec, holdout, [], None)
+        cost = f", estimated ${client.cost_usd:.4f}" if client.cost_usd is not None else ""
+        frontier_summary = f"{frontier_settings.model} at {frontier_settings.base_url}: {client.tokens} tokens for {len(holdout)} rows{cost}"
+
+    reference = models.get("champion", models["base"])
+    newly_failing = _newly_failing(regression, models["candidate"].regression, reference)
+    candidate = models["candidate"]
+    evidence = GateEvidence(
+        candidate=candidate.holdout,
+        base=models["base"].holdout,
+        champion=models["champion"].holdout if "champion" in models else None,
+        champion_version=champion.version if champion else None,
+        regression_pass_rate=candidate.regression.primary if candidate.regression else None,
+        regression_cases=len(regression),
+        newly_failing=len(newly_failing),
+        probe_pass_rate=candidate.probes.pass_rate if candidate.probes else None,
+        probe_cases=len(candidate.probes.cases) if candidate.probes else 0,
+    )
+    verdict = decide_release(spec.gate, evidence)
+    table = comparison_table(spec, holdout, models)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chart_path = plot_comparison(spec, holdout, models, out_dir / "eval_chart.png")
     seconds = time.perf_counter() - started
+    report_path = out_dir / "eval_report.json"
+    report_path.write_text(json.dumps(_report_json(spec, models, newly_failing, verdict, frontier_summary, seconds), indent=2))
 
     with tracker.run(f"eval-{spec.name}", tags={"stage": "eval", **(run_tags or {})}) as run_id:
-        tracker.log_params(run_id, {"holdout_rows": len(holdout), "holdout_path": holdout_path, "gate": spec.gate})
-        tracker.log_metrics(
-            run_id,
-            {"base_accuracy": base.accuracy, "candidate_accuracy": candidate.accuracy, "gate_passed": float(verdict.passed), "eval_seconds": seconds},
-        )
+        tracker.log_params(run_id, {
+            "holdout_rows": len(holdout), "holdout_path": holdout_path, "regression_rows": len(regression),
+            "probes_path": spec.probes_path, "champion_version": champion.version if champion else "none", "gate": spec.gate,
+        })
+        tracker.log_metrics(run_id, {
+            **{f"{name}_{metric}": value for name, m in models.items() for metric, value in _headline(m).items()},
+            "gate_passed": float(verdict.passed), "eval_seconds": seconds, "regression_newly_failing": len(newly_failing),
+        })
         tracker.set_tags(run_id, {"gate_verdict": verdict.summary()})
         tracker.log_text(run_id, table, "eval_table.md")
+        tracker.log_artifact(run_id, chart_path)
+        tracker.log_artifact(run_id, report_path)
         rows = [
-            {"id": e.id, "label": e.label, "base": b, "candidate": c}
-            for e, b, c in zip(holdout, base.predictions, candidate.predictions)
+            {"id": e.id, "label": e.label, **{name: m.holdout.predictions[i] for name, m in models.items()}}
+            for i, e in enumerate(holdout)
         ]
         tracker.log_text(run_id, "\n".join(json.dumps(r) for r in rows), "predictions.jsonl")
-    return EvalResult(base, candidate, support, verdict, table, run_id, seconds)
+    return EvalResult(models, newly_failing, verdict, table, chart_path, report_path, run_id, seconds, frontier_summary)
+
+
+def _generation_budget(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> int:
+    """Greedy answer budget of a generation suite (classification answers are scored: none)."""
+    if spec.is_classification:
+        return 0
+    longest = max(len(tokenizer(e.label, add_special_tokens=False)["input_ids"]) for e in examples)
+    return longest + GENERATION_EXTRA_TOKENS
+
+
+def _probe(spec, probe_set: ProbeSet | None, model, tokenizer, answer, base_generated):
+    """One model's probe report and its free answers (the base's decide which refusals apply)."""
+    if probe_set is None:
+        return None, None
+    scored = dict(zip(probe_set.scored_texts(), answer(probe_set.scored_texts())))
+    texts = probe_set.generated_texts()
+    max_new_tokens = PROBE_MAX_NEW_TOKENS if spec.is_classification else 4 * PROBE_MAX_NEW_TOKENS
+    generated = dict(zip(texts, generate_answers(model, tokenizer, spec, texts, max_new_tokens=max_new_tokens)))
+    return judge_probes(spec, probe_set, scored, generated, base_generated or generated), generated
+
+
+def _newly_failing(regression: Sequence[Example], candidate: Scores | None, reference: ModelEvaluation) -> list[dict]:
+    if candidate is None or reference.regression is None:
+        return []
+    return [
+        {"id": e.id, "text": e.text, "label": e.label, reference.name: reference.regression.predictions[i], "candidate": candidate.predictions[i]}
+        for i, e in enumerate(regression)
+        if reference.regression.correct[i] and not candidate.correct[i]
+    ]
+
+
+def _headline(m: ModelEvaluation) -> dict[str, float]:
+    """The numbers of one model that become MLflow metrics `<model>_<name>`."""
+    values = {"accuracy" if m.holdout.primary_name == "accuracy" else m.holdout.primary_name: m.holdout.primary, **m.holdout.metrics}
+    values["ms_per_example"] = m.ms_per_example
+    if m.regression is not None:
+        values["regression_pass_rate"] = m.regression.primary
+    if m.probes is not None and m.probes.pass_rate is not None:
+        values["probe_pass_rate"] = m.probes.pass_rate
+    return values
+
+
+def comparison_table(spec: TaskSpec, holdout: Sequence[Example], models: dict[str, ModelEvaluation]) -> str:
+    """Markdown: one row per metric, per label (recall) and per slice value; one column per model."""
+    names = [n for n in MODEL_ORDER if n in models]
+    header = ["| | n | " + " | ".join(_column(models[n]) for n in names) + " |", "|---|---:|" + "---:|" * len(names)]
+
+    def row(title: str, n: int | str, values: list[float | None], fmt: str = "{:.3f}") -> str:
+        return f"| {title} | {n} | " + " | ".join("–" if v is None else fmt.format(v) for v in values) + " |"
+
+    primary = models["candidate"].holdout.primary_name
+    lines = [row(f"**{primary}**", len(holdout), [models[n].holdout.primary for n in names])]
+    for metric in models["candidate"].holdout.metrics:
+        if metric != primary:
+            lines.append(row(metric, len(holdout), [models[n].holdout.metrics.get(metric) for n in names]))
+    regression = models["candidate"].regression
+    lines.append(row("regression pass rate", len(regression.correct) if regression else 0,
+                     [models[n].regression.primary if models[n].regression else None for n in names]))
+    probes = models["candidate"].probes
+    lines.append(row("probe pass rate", len(probes.cases) if probes else 0,
+                     [models[n].probes.pass_rate if models[n].probes else None for n in names]))
+    lines.append(row("ms / example", "", [models[n].ms_per_example for n in names], "{:.1f}"))
+    for label, stats in models["candidate"].holdout.per_label.items():
+        if stats.support:
+            lines.append(row(f"recall `{label}`", stats.support, [models[n].holdout.per_label[label].recall for n in names]))
+    for slice_field, values in models["candidate"].holdout.per_slice.items():
+        for value, (_, rows) in values.items():
+            lines.append(row(f"{slice_field}=`{value}`", rows, [models[n].holdout.per_slice[slice_field][value][0] for n in names]))
+    return "\n".join(header + lines)
+
+
+def _column(m: ModelEvaluation) -> str:
+    return m.name if m.version is None else f"{m.name} ({'v' + m.version if m.name != 'frontier' else m.version})"
+
+
+def plot_comparison(spec: TaskSpec, holdout: Sequence[Example], models: dict[str, ModelEvaluation], path: Path) -> Path:
+    """Bar chart of base vs tuned (and champion) per label (recall) or per slice value, with the
+    gate's threshold as a line: where the candidate gained, and where it is still short."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("base", "candidate", "champion") if n in models]
+    candidate = models["candidate"].holdout
+    groups: list[tuple[str, Callable[[Scores], float]]] = [("all", lambda s: s.primary)]
+    groups += [(label, lambda s, l=label: s.per_label[l].recall) for label, st in candidate.per_label.items() if st.support]
+    groups += [
+        (f"{f}={v}", lambda s, f=f, v=v: s.per_slice[f][v][0]) for f, values in candidate.per_slice.items() for v in values
+    ]
+    width = 0.8 / len(names)
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.7 * len(groups) + 2), 3.8))
+    for k, name in enumerate(names):
+        scores = models[name].holdout
+        axes.bar([i + k * width for i in range(len(groups))], [value(scores) for _, value in groups], width, label=_column(models[name]))
+    axes.axhline(spec.gate.min_accuracy, color="red", linestyle="--", linewidth=1, label=f"gate {spec.gate.min_accuracy:.2f}")
+    axes.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(groups))], [g for g, _ in groups], rotation=40, ha="right")
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("recall" if spec.is_classification else candidate.primary_name)
+    axes.set_title(f"{spec.name}: holdout {candidate.primary_name} ({len(holdout)} rows)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def chart_markdown(path: Path) -> str:
+    """The chart inline (a data URI): the Dagster UI shows it without access to the state directory."""
+    return f"![holdout per label and slice](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def _report_json(spec, models, newly_failing, verdict: GateVerdict, frontier_summary, seconds) -> dict:
+    return {
+        "task": spec.name,
+        "gate": {"passed": verdict.passed, "sub_gates": [asdict(g) for g in verdict.sub_gates]},
+        "models": {
+            name: {
+                "version": m.version,
+                "holdout": {"primary": m.holdout.primary_name, **m.holdout.metrics},
+                "per_label": {label: asdict(stats) for label, stats in m.holdout.per_label.items()},
+                "confusion": m.holdout.confusion,
+                "per_slice": m.holdout.per_slice,
+                "per_field_f1": m.holdout.per_field_f1,
+                "regression_pass_rate": m.regression.primary if m.regression else None,
+                "probe_pass_rate": m.probes.pass_rate if m.probes else None,
+                "probe_pass_rate_by_kind": m.probes.pass_rate_by_kind() if m.probes else None,
+                "probe_failures": [asdict(c) for c in m.probes.failures()] if m.probes else [],
+                "ms_per_example": m.ms_per_example,
+            }
+            for name, m in models.items()
+        },
+        "regression_newly_failing": newly_failing,
+        "frontier": frontier_summary,
+        "seconds": seconds,
+    }

@@ -171,10 +171,23 @@ class Tracker:
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, alias, version)
 
-    def promote_to_champion(self, model_name: str, version: str) -> ModelVersionRef | None:
-        """Move `champion` to `version`; the one it leaves keeps alias `previous-champion` for rollback."""
-        previous = self.version_by_alias(model_name, CHAMPION_ALIAS)
-        if previous is not None and previous.version != version:
-            self.set_alias(model_name, PREVIOUS_CHAMPION_ALIAS, previous.version)
-        self.set_alias(model_name, CHAMPION_ALIAS, version)
-        return previous
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        try:
+            self.client.delete_registered_model_alias(model_name, alias)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+
+    def download_version(self, ref: ModelVersionRef, destination: Path | None = None) -> Path:
+        """A registered version's files (the adapter bundle) as a local directory, under
+        `destination` when given (else a fresh temporary directory)."""
+        import mlflow.artifacts
+
+        if destination is not None:
+            destination.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=ref.source, tracking_uri=self.tracking_uri, dst_path=str(destination) if destination else None,
+        ))
+
+    def version_tags(self, model_name: str, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(model_name, version).tags)

@@ -70,7 +70,7 @@ def shadow_evaluate(spec: TaskSpec, base_dir: Path, adapter_dir: Path, champion_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_loop.core.evaluate import predict_labels
+    from finetune_loop.core.scoring import predict_labels
 
     if spec.production_log_path is None:
         return None

@@ -9,7 +9,7 @@ would give as feedback) and shifted on request:
 * `mix`: a share of requests all of one label (`surge_label`), as when one problem spikes;
 * `new_kind`: a share of requests of a kind the training data never saw, read from a file.
 
-Every request is answered by the champion adapter (constrained decoding, as in evaluation), its
+Every request is answered by the champion adapter (label-likelihood scoring, as in evaluation), its
 latency is the measured batch time per request, a share gets human feedback, and some wrong answers
 get a thumbs-down flag (a debugging signal only).
 """
@@ -119,7 +119,7 @@ def write_week(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_loop.core.evaluate import predict_labels
+    from finetune_loop.core.scoring import predict_labels
 
     log_dir = spec.production_log_path
     if log_dir is None:

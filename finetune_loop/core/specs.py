@@ -94,8 +94,24 @@ class TrainingSettings:
 
 @dataclass(frozen=True)
 class GateSettings:
+    # The candidate's primary holdout metric (accuracy; exact match for generation) must reach this.
     min_accuracy: float = 0.70
     must_beat_base: bool = True
+    # Non-inferior to the champion: the lower bound of the paired bootstrap confidence interval of
+    # (candidate − champion) on the same holdout rows must be at least −champion_margin.
+    champion_margin: float = 0.02
+    bootstrap_resamples: int = 2000
+    bootstrap_confidence: float = 0.95
+    bootstrap_seed: int = 13
+    # No slice value (of fields.slices) with at least min_slice_rows holdout rows may fall more than
+    # slice_tolerance below the champion (the base when there is none); smaller slices are reported
+    # but too noisy to gate on.
+    slice_tolerance: float = 0.05
+    min_slice_rows: int = 20
+    # Share of the frozen regression suite the candidate must answer right.
+    min_regression_pass_rate: float = 0.8
+    # Share of behaviour probe cases (the task's probes file) the candidate must pass.
+    min_probe_pass_rate: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -179,6 +195,8 @@ class TaskSpec:
     holdout_path: Path | None = None
     regression_path: Path | None = None
     sources_path: Path | None = None
+    # Behaviour probes (core/probes.py); none when the task names no probes file.
+    probes_path: Path | None = None
 
     @property
     def registered_model_name(self) -> str:
@@ -228,7 +246,7 @@ def load_task_spec(path: str | Path) -> TaskSpec:
         raise TaskSpecError(f"{spec_path}: expected a mapping at the top level, got {type(raw).__name__}")
 
     raw = dict(raw)
-    allowed_top = {"name", "description", "kind", "target_format", "labels", "instruction", "base_model", "data", *_SECTIONS}
+    allowed_top = {"name", "description", "kind", "target_format", "labels", "instruction", "base_model", "data", "probes", *_SECTIONS}
     unknown = sorted(set(raw) - allowed_top)
     if unknown:
         raise TaskSpecError(f"{spec_path}: unknown key(s) {unknown}; allowed: {sorted(allowed_top)}")
@@ -273,6 +291,12 @@ def load_task_spec(path: str | Path) -> TaskSpec:
             raise TaskSpecError(f"{spec_path}: field 'data.{key}' must be a path string, got {type(data[key]).__name__}")
         optional_paths[key] = (spec_path.parent / data[key]).resolve() if data.get(key) else None
 
+    probes = raw.get("probes")
+    if probes is not None and not isinstance(probes, str):
+        raise TaskSpecError(f"{spec_path}: field 'probes' must be a path string, got {type(probes).__name__}")
+    # Like the data paths, read (and its absence reported) by the stage that uses it.
+    probes_path = (spec_path.parent / probes).resolve() if probes else None
+
     sections = {key: _section(raw.get(key), cls, key, spec_path) for key, cls in _SECTIONS.items()}
     spec = TaskSpec(
         name=name,
@@ -288,6 +312,7 @@ def load_task_spec(path: str | Path) -> TaskSpec:
         holdout_path=optional_paths["holdout"],
         regression_path=optional_paths["regression"],
         sources_path=optional_paths["sources"],
+        probes_path=probes_path,
         spec_path=spec_path,
         spec_sha256=hashlib.sha256(raw_bytes).hexdigest(),
         **sections,
@@ -365,8 +390,7 @@ def _check_ranges(spec: TaskSpec) -> None:
         problems.append("training.learning_rate and training.epochs must be positive")
     if training.max_train_examples is not None and training.max_train_examples < len(spec.labels):
         problems.append(f"training.max_train_examples must be at least the number of labels ({len(spec.labels)})")
-    if not (0 <= spec.gate.min_accuracy <= 1):
-        problems.append(f"gate.min_accuracy must be in [0, 1], got {spec.gate.min_accuracy}")
+    problems.extend(_gate_problems(spec.gate))
     if spec.export.outtype not in OUTTYPES:
         problems.append(f"export.outtype must be one of {', '.join(OUTTYPES)}, got {spec.export.outtype!r}")
     bad_quants = [q for q in spec.export.quant_types if q not in QUANT_TYPES]
@@ -385,6 +409,20 @@ def _check_ranges(spec: TaskSpec) -> None:
         problems.append(f"curation.min_rows_per_label must be at least 1, got {curation.min_rows_per_label}")
     if problems:
         raise TaskSpecError(f"{spec.spec_path}: " + "; ".join(problems))
+
+
+def _gate_problems(gate: GateSettings) -> list[str]:
+    problems = []
+    for name in ("min_accuracy", "champion_margin", "slice_tolerance", "min_regression_pass_rate", "min_probe_pass_rate"):
+        if not (0 <= getattr(gate, name) <= 1):
+            problems.append(f"gate.{name} must be in [0, 1], got {getattr(gate, name)}")
+    if not (0.5 <= gate.bootstrap_confidence < 1):
+        problems.append(f"gate.bootstrap_confidence must be in [0.5, 1), got {gate.bootstrap_confidence}")
+    if gate.bootstrap_resamples < 100:
+        problems.append(f"gate.bootstrap_resamples must be at least 100, got {gate.bootstrap_resamples}")
+    if gate.min_slice_rows < 1:
+        problems.append(f"gate.min_slice_rows must be at least 1, got {gate.min_slice_rows}")
+    return problems
 
 
 def _monitoring_problems(spec: TaskSpec) -> list[str]:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from finetune_loop.core import curate, drift, evaluate, export, files, models, production, train
-from finetune_loop.core.registry import ModelVersionRef, Tracker
+from finetune_loop.core import curate, drift, evaluate, export, files, models, production, promotion, train
+from finetune_loop.core.registry import CHAMPION_ALIAS, ModelVersionRef, Tracker
 from finetune_loop.defs.resources import LoopResource
 
 MLFLOW_UI_ENV_VAR = "FINETUNE_LOOP_MLFLOW_UI"
@@ -211,51 +211,91 @@ class EvalReport:
     gate_summary: str
     candidate_version: ModelVersionRef
     mlflow_run_id: str
+    # The champion the candidate was compared with (None: there was none), and the frozen holdout
+    # it was compared on: a promotion that finds another champion re-checks against these.
+    champion_version: str | None = None
+    holdout_hash: str = ""
+    report_path: str = ""
 
 
 @dg.asset(
-    check_specs=[dg.AssetCheckSpec("release_gate", asset="eval_report", blocking=True, description="Candidate ≥ threshold and > base.")],
-    description="Base vs candidate on the frozen holdout; the release_gate check blocks promotion and export.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "release_gate", asset="eval_report", blocking=True,
+            description="Candidate ≥ threshold, > base, non-inferior to the champion (paired bootstrap), no slice regression, regression suite and behaviour probes above their thresholds.",
+        )
+    ],
+    description="Base vs candidate vs champion on the frozen holdout, the regression suite and the behaviour probes; the release_gate check blocks promotion and export.",
 )
 def eval_report(
-    context: dg.AssetExecutionContext, loop: LoopResource, lora_adapter: train.TrainedAdapter, holdout_suite: curate.FrozenSuite
+    context: dg.AssetExecutionContext,
+    loop: LoopResource,
+    lora_adapter: train.TrainedAdapter,
+    holdout_suite: curate.FrozenSuite,
+    regression_suite: curate.FrozenSuite,
 ):
     spec = loop.spec()
+    home = loop.loop_home()
     tracker = loop.tracker(spec)
-    base = models.prepare_base_model(spec.base_model, loop.loop_home().artifacts / "base_models")
+    base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
+    out_dir = home.task_dir(spec.name, "evals") / context.run.run_id
+    champion_ref = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
+    champion = (
+        evaluate.ChampionAdapter(champion_ref.version, tracker.download_version(champion_ref, out_dir / "champion_bundle"))
+        if champion_ref else None
+    )
     result = evaluate.evaluate_candidate(
-        spec, base.directory, lora_adapter.directory, holdout_suite.path, tracker,
+        spec, base.directory, lora_adapter.directory, lora_adapter.model_version.version, holdout_suite.path, regression_suite.path,
+        out_dir, tracker, champion,
         {**_run_tags(context), "model_version": lora_adapter.model_version.version},
     )
+    # The evaluation joins the candidate's bundle, so a rollback target carries its own evidence.
+    tracker.log_artifact(lora_adapter.model_version.run_id, result.report_path, promotion.BUNDLE_ARTIFACT_PATH)
     verdict = result.verdict
+    candidate = result.models["candidate"]
     report = EvalReport(
-        base_accuracy=result.base.accuracy,
-        candidate_accuracy=result.candidate.accuracy,
+        base_accuracy=result.base.primary,
+        candidate_accuracy=result.candidate.primary,
         gate_passed=verdict.passed,
         gate_summary=verdict.summary(),
         candidate_version=lora_adapter.model_version,
         mlflow_run_id=result.mlflow_run_id,
+        champion_version=champion.version if champion else None,
+        holdout_hash=holdout_suite.content_hash,
+        report_path=str(result.report_path),
     )
     yield dg.Output(
         report,
         metadata={
-            "base_accuracy": result.base.accuracy,
-            "candidate_accuracy": result.candidate.accuracy,
+            "primary_metric": result.candidate.primary_name,
+            "base_accuracy": result.base.primary,
+            "candidate_accuracy": result.candidate.primary,
+            "champion_accuracy": result.champion.primary if result.champion else float("nan"),
+            "champion_version": champion.version if champion else "none",
+            "candidate_regression_pass_rate": candidate.regression.primary if candidate.regression else float("nan"),
+            "regression_newly_failing": dg.MetadataValue.json(result.newly_failing[:20]),
+            "candidate_probe_pass_rate": candidate.probes.pass_rate if candidate.probes and candidate.probes.cases else float("nan"),
             "gate_passed": verdict.passed,
             "gate": verdict.summary(),
-            "holdout_rows": sum(result.support.values()),
+            "gate_lines": dg.MetadataValue.md("\n".join(f"- **{g.name}** {g.line()}" for g in verdict.sub_gates)),
+            "holdout_rows": len(result.candidate.correct),
+            "frontier": result.frontier_summary,
             "mlflow_run_id": result.mlflow_run_id,
             "mlflow_run": _mlflow_link(tracker, result.mlflow_run_id),
             "candidate_model_version": lora_adapter.model_version.version,
             "eval_seconds": result.seconds,
             "table": dg.MetadataValue.md(result.table_markdown),
+            "chart": dg.MetadataValue.md(evaluate.chart_markdown(result.chart_path)),
+            "chart_path": dg.MetadataValue.path(str(result.chart_path)),
+            "report_path": dg.MetadataValue.path(str(result.report_path)),
         },
     )
+    failed = [g.name for g in verdict.sub_gates if not g.passed]
     yield dg.AssetCheckResult(
         check_name="release_gate",
         passed=verdict.passed,
-        description=verdict.summary(),
-        metadata={g.name: dg.MetadataValue.text(("PASS " if g.passed else "FAIL ") + g.detail) for g in verdict.sub_gates},
+        description=("PASSED all sub-gates" if verdict.passed else f"FAILED {', '.join(failed)}") + f" — {verdict.summary()}",
+        metadata={g.name: dg.MetadataValue.text(g.line()) for g in verdict.sub_gates},
     )
 
 
@@ -266,7 +306,7 @@ class Champion:
     previous_version: str | None
 
 
-@dg.asset(description="Moves MLflow alias `champion` to the candidate that passed the gate.")
+@dg.asset(description="Moves MLflow alias `champion` to the candidate that passed the gate (under a registry lock; the one it replaces keeps `previous-champion`).")
 def champion_model(context: dg.AssetExecutionContext, loop: LoopResource, eval_report: EvalReport) -> Champion:
     # The blocking check already stops this asset in a run; this guards a hand-picked
     # materialization of champion_model alone, which runs no check.
@@ -274,14 +314,21 @@ def champion_model(context: dg.AssetExecutionContext, loop: LoopResource, eval_r
         raise dg.Failure(f"release gate failed, not promoting: {eval_report.gate_summary}")
     spec = loop.spec()
     candidate = eval_report.candidate_version
-    previous = loop.tracker(spec).promote_to_champion(candidate.name, candidate.version)
-    champion = Champion(candidate.name, candidate.version, previous.version if previous else None)
+    try:
+        result = promotion.promote(
+            loop.tracker(spec), loop.loop_home().task_dir(spec.name, "locks"), candidate.name, candidate.version,
+            evaluated_against=eval_report.champion_version, holdout_primary=eval_report.candidate_accuracy, holdout_hash=eval_report.holdout_hash,
+        )
+    except promotion.PromotionError as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    champion = Champion(result.model_name, result.version, result.previous_version)
     context.add_output_metadata(
         {
             "model_name": champion.model_name,
             "version": champion.version,
             "previous_version": champion.previous_version or "none",
             "candidate_accuracy": eval_report.candidate_accuracy,
+            "recheck": result.recheck or "champion unchanged since evaluation",
         }
     )
     return champion

@@ -1,0 +1,200 @@
+"""Promotion and rollback: moving the `champion` alias so that the registry is always consistent.
+
+Consistent means: `champion` names one version, and `previous-champion` names the version it
+replaced (or nothing before the second promotion). Both operations
+
+* hold an exclusive file lock per registered model under the loop's state directory, so two
+  promotions (two retrains finishing together) or a promotion and a rollback never interleave;
+  the lock lives beside the embedded registry and on the shared state volume of the Docker and
+  Kubernetes setups;
+* re-read the aliases under the lock: a candidate evaluated against champion v1 that finds v2
+  in place is promoted only when its holdout metric (same frozen holdout, by content hash) is at
+  least v2's, else refused;
+* remember both aliases before the first write and restore them when any write fails, so a
+  crash between "previous-champion moved" and "champion moved" never leaves the two pointing at
+  the same version.
+
+Version tags carry the record: what each version scored, whom it replaced, who rolled it back
+and why.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from finetune_loop.core.registry import CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS, Tracker
+
+LOCK_TIMEOUT_S = 300
+TAG_PREFIX = "finetune_loop."
+# Version tags written at promotion and read by a later concurrent promotion's re-check.
+HOLDOUT_METRIC_TAG = TAG_PREFIX + "holdout_primary"
+HOLDOUT_HASH_TAG = TAG_PREFIX + "holdout_hash"
+REPLACED_TAG = TAG_PREFIX + "replaced_version"
+
+
+# A registered version's source is its training run's `adapter/` directory. Together these files
+# serve the version again after a rollback, with no access to the run that made it: weights,
+# tokenizer and chat template, the task spec it answers, how to rebuild it, how it scored.
+BUNDLE_ARTIFACT_PATH = "adapter"
+ROLLBACK_BUNDLE_FILES = (
+    "adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+    "task_spec.yaml", "rebuild_manifest.json", "eval_report.json",
+)
+# Hook for the GGUF export (issue 6): once it logs the shipped GGUF and Modelfile into the same
+# bundle, pass their names as `extra` so the check covers them.
+
+
+def missing_bundle_files(directory: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    """Files a rollback bundle lacks; the chat template may live in tokenizer_config.json or in
+    its own chat_template.jinja (newer transformers)."""
+    missing = [name for name in (*ROLLBACK_BUNDLE_FILES, *extra) if not (directory / name).is_file()]
+    config = directory / "tokenizer_config.json"
+    has_template = (directory / "chat_template.jinja").is_file() or (config.is_file() and "chat_template" in json.loads(config.read_text()))
+    return missing + ([] if has_template else ["chat template (chat_template.jinja or tokenizer_config.json)"])
+
+
+class PromotionError(RuntimeError):
+    """Promotion or rollback was refused (stale evaluation, nothing to roll back to) or timed out."""
+
+
+@dataclass(frozen=True)
+class AliasState:
+    champion: str | None
+    previous_champion: str | None
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    model_name: str
+    version: str
+    previous_version: str | None
+    # Set when another promotion won the race and this candidate was re-checked against it.
+    recheck: str | None
+
+
+@contextmanager
+def registry_lock(lock_dir: Path, model_name: str) -> Iterator[None]:
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{model_name}.lock", "w") as handle:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PromotionError(f"registry lock {lock_dir / model_name}.lock held for over {LOCK_TIMEOUT_S} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def alias_state(tracker: Tracker, model_name: str) -> AliasState:
+    champion = tracker.version_by_alias(model_name, CHAMPION_ALIAS)
+    previous = tracker.version_by_alias(model_name, PREVIOUS_CHAMPION_ALIAS)
+    return AliasState(champion.version if champion else None, previous.version if previous else None)
+
+
+def _set_or_clear(tracker: Tracker, model_name: str, alias: str, version: str | None) -> None:
+    if version is None:
+        tracker.delete_alias(model_name, alias)
+    else:
+        tracker.set_alias(model_name, alias, version)
+
+
+@contextmanager
+def _restored_on_failure(tracker: Tracker, model_name: str, before: AliasState) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        _set_or_clear(tracker, model_name, PREVIOUS_CHAMPION_ALIAS, before.previous_champion)
+        _set_or_clear(tracker, model_name, CHAMPION_ALIAS, before.champion)
+        raise
+
+
+def promote(
+    tracker: Tracker,
+    lock_dir: Path,
+    model_name: str,
+    version: str,
+    *,
+    evaluated_against: str | None,
+    holdout_primary: float,
+    holdout_hash: str,
+) -> PromotionResult:
+    """Make `version` the champion. `evaluated_against` is the champion version the candidate was
+    evaluated against (None: there was none)."""
+    with registry_lock(lock_dir, model_name):
+        before = alias_state(tracker, model_name)
+        recheck = None
+        if before.champion != evaluated_against:
+            recheck = _recheck(tracker, model_name, before.champion, evaluated_against, holdout_primary, holdout_hash)
+        with _restored_on_failure(tracker, model_name, before):
+            tracker.tag_version(model_name, version, {
+                HOLDOUT_METRIC_TAG: holdout_primary,
+                HOLDOUT_HASH_TAG: holdout_hash,
+                REPLACED_TAG: before.champion or "none",
+                TAG_PREFIX + "promoted_at": _now(),
+                TAG_PREFIX + "promoted_by": getpass.getuser(),
+            })
+            if before.champion is not None and before.champion != version:
+                tracker.set_alias(model_name, PREVIOUS_CHAMPION_ALIAS, before.champion)
+            tracker.set_alias(model_name, CHAMPION_ALIAS, version)
+    return PromotionResult(model_name, version, before.champion, recheck)
+
+
+def _recheck(tracker, model_name, current: str | None, evaluated_against: str | None, holdout_primary: float, holdout_hash: str) -> str:
+    """A promotion that lost the race is re-checked against the champion that won it, on the
+    numbers both recorded for the same frozen holdout."""
+    if current is None:
+        return f"champion v{evaluated_against} was rolled away; promoting"
+    tags = tracker.version_tags(model_name, current)
+    if tags.get(HOLDOUT_HASH_TAG) != holdout_hash or HOLDOUT_METRIC_TAG not in tags:
+        raise PromotionError(
+            f"champion moved from v{evaluated_against} to v{current} during evaluation and v{current} has no holdout "
+            f"score on the same frozen holdout: re-run the evaluation against v{current}"
+        )
+    champion_primary = float(tags[HOLDOUT_METRIC_TAG])
+    if holdout_primary < champion_primary:
+        raise PromotionError(
+            f"champion moved from v{evaluated_against} to v{current} during evaluation; the candidate's holdout score "
+            f"{holdout_primary:.3f} is below v{current}'s {champion_primary:.3f}: not promoting"
+        )
+    return f"champion moved to v{current} during evaluation; candidate {holdout_primary:.3f} ≥ v{current} {champion_primary:.3f}"
+
+
+def rollback(tracker: Tracker, lock_dir: Path, model_name: str, *, reason: str, user: str | None = None) -> AliasState:
+    """Move `champion` back to `previous-champion` in one step; returns the new alias state."""
+    user = user or getpass.getuser()
+    with registry_lock(lock_dir, model_name):
+        before = alias_state(tracker, model_name)
+        if before.champion is None or before.previous_champion is None:
+            raise PromotionError(
+                f"{model_name}: nothing to roll back to (champion {before.champion or 'none'}, "
+                f"previous-champion {before.previous_champion or 'none'})"
+            )
+        restored = before.previous_champion
+        # The version the restored one had replaced becomes the next rollback target.
+        replaced = tracker.version_tags(model_name, restored).get(REPLACED_TAG)
+        after = AliasState(restored, replaced if replaced not in (None, "none", before.champion) else None)
+        with _restored_on_failure(tracker, model_name, before):
+            stamp = {TAG_PREFIX + "rolled_back_at": _now(), TAG_PREFIX + "rolled_back_by": user, TAG_PREFIX + "rolled_back_reason": reason}
+            tracker.tag_version(model_name, before.champion, stamp)
+            tracker.tag_version(model_name, restored, {TAG_PREFIX + "restored_from": before.champion, **stamp})
+            _set_or_clear(tracker, model_name, PREVIOUS_CHAMPION_ALIAS, after.previous_champion)
+            tracker.set_alias(model_name, CHAMPION_ALIAS, restored)
+    return after
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

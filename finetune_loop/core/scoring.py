@@ -1,0 +1,186 @@
+"""How a model answers a suite: label likelihood for classification, greedy generation otherwise.
+
+Classification scores every allowed label by the total log-probability of its rendered answer
+tokens (exactly the tokens training taught, up to and including the end-of-turn token) and picks
+the best. The answer is always one label, no output parsing, and the cost is one forward pass per
+batch of prompts:
+
+1. the instruction prefix every prompt shares goes through the model once; its key/value cache is
+   copied per batch (the label list alone is much of a triage prompt);
+2. each row is its own prompt suffix (ticket + assistant header, left-padded) followed by every
+   label's answer tokens packed one after another; a 4-D attention mask lets each label's tokens
+   see the prompt and the earlier tokens of the same label only, and position ids restart at the
+   prompt's end for every label. Logits at the last prompt token give every label's first answer
+   token, logits inside each label's block the rest.
+
+The labels share the prompt's keys and values instead of each getting a copy of them, so a batch
+costs little more than the prompts alone. Causal attention makes every log-probability equal (up
+to float rounding) to a full forward pass over prompt + answer; the tests check that against a
+brute-force per-label computation.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+from finetune_loop.core.models import render_completion, render_prompt
+from finetune_loop.core.specs import TaskSpec
+
+# Rows per batch: the label stage runs batch_size × labels rows at once.
+DEFAULT_BATCH_SIZE = 16
+
+
+def label_token_sequences(tokenizer, spec: TaskSpec) -> dict[str, tuple[int, ...]]:
+    """Each label's answer tokens up to and including the end-of-turn token that stops generation."""
+    stop_id = tokenizer.eos_token_id
+    sequences = {}
+    for label in spec.labels:
+        ids = tokenizer(render_completion(tokenizer, spec, "-", label), add_special_tokens=False)["input_ids"]
+        if stop_id not in ids:
+            raise ValueError(f"the chat template does not close the answer with the EOS token {tokenizer.eos_token!r}")
+        sequences[label] = tuple(ids[: ids.index(stop_id) + 1])
+    if len(set(sequences.values())) != len(sequences):
+        raise ValueError("two labels render to the same tokens; rename one of them")
+    return sequences
+
+
+def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Leading tokens every row shares, keeping at least one token per row out of it: the logits
+    of a row's last prompt token must come from that row's own forward pass."""
+    first = rows[0]
+    common = min(len(r) for r in rows) - 1
+    for row in rows[1:]:
+        common = next((i for i in range(common) if row[i] != first[i]), common)
+    return max(common, 0)
+
+
+def label_log_likelihoods(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, float]]:
+    """For every text, label -> total log-probability of that label's answer tokens after the prompt."""
+    import torch
+    from transformers import DynamicCache
+
+    if not texts:
+        return []
+    labels = list(spec.labels)
+    sequences = label_token_sequences(tokenizer, spec)
+    prompts = [tokenizer(render_prompt(tokenizer, spec, t), add_special_tokens=False)["input_ids"] for t in texts]
+    prefix_length = _common_prefix_length(prompts)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    # Every answer token after the first is predicted from the position of the token before it,
+    # so each label contributes its answer minus the last token ("feed"), packed label after label.
+    feeds = [sequences[label][:-1] for label in labels]
+    packed = [token for feed in feeds for token in feed]
+    starts = [sum(len(f) for f in feeds[:j]) for j in range(len(labels))]
+
+    model.eval()
+    results: list[dict[str, float] | None] = [None] * len(prompts)
+    with torch.no_grad():
+        prefix_cache = DynamicCache(config=model.config)
+        if prefix_length:
+            model(input_ids=torch.tensor([prompts[0][:prefix_length]], device=device), cache=prefix_cache, use_cache=True, logits_to_keep=1)
+        # Batches of similar length waste less compute on padding.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            suffixes = [prompts[i][prefix_length:] for i in batch]
+            log_probs = _packed_forward(model, prefix_cache, prefix_length, suffixes, pad_id, packed, feeds, starts)
+            for r, index in enumerate(batch):
+                row = {}
+                for j, label in enumerate(labels):
+                    answer = sequences[label]
+                    # Answer token 0 is read at the last prompt token (index 0), token k at the
+                    # label's packed token k - 1 (index 1 + starts[j] + k - 1).
+                    total = log_probs[r, 0, answer[0]]
+                    for k in range(1, len(answer)):
+                        total = total + log_probs[r, starts[j] + k, answer[k]]
+                    row[label] = float(total)
+                results[index] = row
+    return results  # type: ignore[return-value]
+
+
+def _packed_forward(model, prefix_cache, prefix_length, suffixes, pad_id, packed, feeds, starts):
+    """Log-probabilities (rows × (1 + packed answer tokens) × vocabulary) of one batch: prompt
+    suffixes, each followed by every label's packed answer tokens, over the shared prefix's cache.
+    Index 0 is the last prompt token, index 1 + k the k-th packed answer token."""
+    import torch
+
+    device = next(model.parameters()).device
+    rows, width, packed_length = len(suffixes), max(len(s) for s in suffixes), len(packed)
+    queries = width + packed_length
+    input_ids = torch.full((rows, queries), pad_id, dtype=torch.long)
+    positions = torch.full((rows, queries), prefix_length, dtype=torch.long)
+    allowed = torch.zeros((rows, queries, prefix_length + queries), dtype=torch.bool)
+    # Every query sees the whole shared prefix (a padding query too: a fully masked row is NaN).
+    allowed[:, :, :prefix_length] = True
+    causal = torch.tril(torch.ones((width, width), dtype=torch.bool))
+    for r, suffix in enumerate(suffixes):
+        pad = width - len(suffix)
+        # Left padding puts every row's last prompt token in the last suffix column.
+        input_ids[r, pad:width] = torch.tensor(suffix)
+        input_ids[r, width:] = torch.tensor(packed)
+        prompt_length = prefix_length + len(suffix)
+        positions[r, pad:width] = torch.arange(prefix_length, prompt_length)
+        real = torch.zeros(width, dtype=torch.bool)
+        real[pad:] = True
+        allowed[r, :width, prefix_length : prefix_length + width] = causal & real[None, :]
+        # Each label's tokens see the row's prompt and their own label's earlier tokens.
+        allowed[r, width:, prefix_length : prefix_length + width] = real[None, :]
+        for feed, start in zip(feeds, starts):
+            block = slice(width + start, width + start + len(feed))
+            allowed[r, block, prefix_length + width + start : prefix_length + width + start + len(feed)] = torch.tril(
+                torch.ones((len(feed), len(feed)), dtype=torch.bool)
+            )
+            positions[r, block] = torch.arange(prompt_length, prompt_length + len(feed))
+    dtype = next(model.parameters()).dtype
+    # Additive form: what every attention implementation (eager, sdpa) accepts as a custom mask.
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+    cache = copy.deepcopy(prefix_cache)
+    if prefix_length:
+        cache.batch_repeat_interleave(rows)
+    # Only the last prompt position and the label positions are read: the vocabulary projection
+    # (the largest matrix of a small model) runs on those alone.
+    logits = model(
+        input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), cache=cache, use_cache=True,
+        logits_to_keep=packed_length + 1,
+    ).logits
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+def predict_labels(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+    """The most likely label per text (ties go to the label listed first in the task)."""
+    scores = label_log_likelihoods(model, tokenizer, spec, texts, batch_size=batch_size)
+    return [max(spec.labels, key=lambda label: row[label]) for row in scores]
+
+
+def generate_answers(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+    """Free greedy answers, batched, each cut at the end-of-turn token that stops generation:
+    how a generation task answers, and what a classification model says when nothing constrains it
+    (the behaviour probes)."""
+    import torch
+
+    stop_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_id
+    prompts = [render_prompt(tokenizer, spec, t) for t in texts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[str | None] = [None] * len(prompts)
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the last position of every row
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            encoded = encoded.to(next(model.parameters()).device)
+            with torch.no_grad():
+                generated = model.generate(
+                    **encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_id, pad_token_id=pad_id,
+                )
+            for row, index in enumerate(batch):
+                tokens = generated[row, encoded["input_ids"].shape[1] :].tolist()
+                tokens = tokens[: tokens.index(stop_id)] if stop_id in tokens else tokens
+                answers[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    finally:
+        tokenizer.padding_side = previous_side
+    return answers  # type: ignore[return-value]
