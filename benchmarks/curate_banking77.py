@@ -48,7 +48,7 @@ def main() -> int:
         dataset = curate.curate_dataset(spec, [holdout, regression], home / "datasets", token_length=token_length)
         timings["curate_dataset"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        remaining = curate.contamination_between(dataset, [holdout, regression], spec.curation.contamination_threshold)
+        remaining = curate.contamination_between(spec, dataset, [holdout, regression])
         timings["no_contamination check"] = time.perf_counter() - clock
         total = sum(timings.values())
 

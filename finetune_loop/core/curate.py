@@ -25,6 +25,7 @@ from finetune_loop.core.dedup import NearDuplicateSettings, find_overlaps, remov
 from finetune_loop.core.examples import MISSING_SLICE_VALUE, Example, normalize_text
 from finetune_loop.core.files import sha256_file, write_jsonl
 from finetune_loop.core.pii import scrub_pii
+from finetune_loop.core.probes import load_probes
 from finetune_loop.core.specs import TaskSpec
 
 
@@ -569,8 +570,7 @@ def curate_dataset(
     )
     after_near = [by_id[e.id] for e in kept_proxies]
 
-    suite_rows = {suite.name: read_examples(suite.path) for suite in suites}
-    overlaps = find_overlaps(after_near, suite_rows, settings.contamination_threshold)
+    overlaps = find_overlaps(after_near, evaluation_rows(spec, suites), settings.contamination_threshold)
     # A suite split off the labelled file overlaps its own rows (same id, same text): those rows are
     # reserved for evaluation, not leaks. Everything else is a training row repeating a suite row.
     reserved = [o for o in overlaps if o["id"] == o["suite_id"] and o["similarity"] == 1.0]
@@ -648,10 +648,28 @@ def _flow_table(group_name: str, group_of: Callable[[Example], str], stages: Seq
     return "\n".join(lines)
 
 
-def contamination_between(dataset: CuratedDataset, suites: Sequence[FrozenSuite], threshold: float) -> list[dict]:
-    """Overlaps still present between the curated splits and the frozen suites (must be none)."""
+PROBES_SUITE = "probes"
+
+
+def evaluation_rows(spec: TaskSpec, suites: Sequence[FrozenSuite]) -> dict[str, list[Example]]:
+    """Every text the evaluation asks a model about, by suite: the frozen suites' rows and the
+    behaviour probes' texts (each stability variant too). A training row repeating any of them
+    would let the model memorise its own exam."""
+    rows = {suite.name: read_examples(suite.path) for suite in suites}
+    if spec.probes_path is not None:
+        probe_set = load_probes(spec.probes_path, spec)
+        rows[PROBES_SUITE] = [
+            Example(id=f"probe:{probe.name}:{n}", text=text, label=probe.expect_label or "")
+            for probe in probe_set.probes
+            for n, text in enumerate((probe.text, *probe.variants))
+        ]
+    return rows
+
+
+def contamination_between(spec: TaskSpec, dataset: CuratedDataset, suites: Sequence[FrozenSuite]) -> list[dict]:
+    """Overlaps still present between the curated splits and the frozen suites or probes (must be none)."""
     rows = read_examples(dataset.train_path) + read_examples(dataset.validation_path)
-    return find_overlaps(rows, {suite.name: read_examples(suite.path) for suite in suites}, threshold)
+    return find_overlaps(rows, evaluation_rows(spec, suites), spec.curation.contamination_threshold)
 
 
 def reason_kind(reason: str) -> str:

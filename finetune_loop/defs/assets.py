@@ -87,7 +87,7 @@ def regression_suite(context: dg.AssetExecutionContext, loop: LoopResource, hold
 
 @dg.asset(
     deps=[labeled_examples, production_log],
-    check_specs=[dg.AssetCheckSpec("no_contamination", asset="curated_dataset", blocking=True, description="No training or validation row repeats a frozen suite row, exactly or nearly.")],
+    check_specs=[dg.AssetCheckSpec("no_contamination", asset="curated_dataset", blocking=True, description="No training or validation row repeats a frozen suite row or a behaviour probe, exactly or nearly.")],
     description="Validated, PII-scrubbed, licence-filtered, de-duplicated train/validation split; bad rows quarantined with a reason.",
 )
 def curated_dataset(
@@ -128,11 +128,11 @@ def curated_dataset(
             "directory": dg.MetadataValue.path(str(dataset.directory)),
         },
     )
-    remaining = curate.contamination_between(dataset, suites, spec.curation.contamination_threshold)
+    remaining = curate.contamination_between(spec, dataset, suites)
     yield dg.AssetCheckResult(
         check_name="no_contamination",
         passed=not remaining,
-        description=f"{len(remaining)} curated rows overlap a frozen suite" if remaining else "no curated row overlaps a frozen suite",
+        description=f"{len(remaining)} curated rows overlap a frozen suite or probe" if remaining else "no curated row overlaps a frozen suite or probe",
         metadata={
             "removed_during_curation": dg.MetadataValue.json(report.contamination_removed),
             "remaining_overlaps": len(remaining),
