@@ -1,7 +1,7 @@
 """GGUF export checked against llama.cpp itself: the exported file must compute what the HF model does.
 
-Everything runs on a tiny random llama built in-process (finetune_loop_tests.tiny_models), so the
-tests need no download and take seconds on a CPU.
+Everything runs on tiny random llama / Mistral / Qwen2 models built in-process
+(finetune_loop_tests.tiny_models), so the tests need no download and take seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
 from finetune_loop.core import export
 from finetune_loop.core.export import (
+    MergeMismatchError,
     UnsupportedArchitectureError,
     classify_with_llama_cpp,
     merge_adapter,
     quantize_gguf,
     write_gguf,
 )
-from finetune_loop_tests.tiny_models import CHATML_TEMPLATE, build_tiny_llama
+from finetune_loop_tests.tiny_models import CHATML_TEMPLATE, build_tiny_llama, build_tiny_model
 
 CORPUS = [
     "The printer on floor 3 is broken again, error code 500.",
@@ -115,10 +116,28 @@ def _reader_value(reader: gguf.GGUFReader, key: str):
     return field.contents()
 
 
-def test_llama_cpp_matches_hf_logits_and_tokens(f32_gguf, prompts, tokenizer, hf_model):
-    max_diff, top1_agreement = _compare_with_hf(f32_gguf, prompts, tokenizer, hf_model)
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2"])
+def test_llama_cpp_matches_hf_logits_and_tokens(architecture, tmp_path, prompts):
+    model_dir = build_tiny_model(tmp_path / architecture, CORPUS, architecture=architecture)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    path = write_gguf(model_dir, tmp_path / f"{architecture}.gguf", outtype="f32")
+    max_diff, top1_agreement = _compare_with_hf(path, prompts, AutoTokenizer.from_pretrained(model_dir), model)
     assert max_diff < F32_LOGIT_ATOL
     assert top1_agreement == 1.0
+
+
+def test_qwen2_gguf_keeps_biases_tokenizer_and_rope_base(tmp_path):
+    model_dir = build_tiny_model(tmp_path / "qwen2", CORPUS, architecture="qwen2")
+    reader = gguf.GGUFReader(write_gguf(model_dir, tmp_path / "qwen2.gguf", outtype="f16"))
+    assert _reader_value(reader, "general.architecture") == "qwen2"
+    assert _reader_value(reader, "tokenizer.ggml.pre") == "qwen2"
+    assert _reader_value(reader, "qwen2.rope.freq_base") == pytest.approx(1e6)
+    assert _reader_value(reader, "tokenizer.ggml.add_bos_token") is False
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    # q/k/v biases travel (in f32, like norms); tied embeddings leave no output.weight.
+    assert {f"blk.1.attn_{x}.bias" for x in "qkv"} <= set(types)
+    assert types["blk.0.attn_q.bias"] == gguf.GGMLQuantizationType.F32
+    assert "output.weight" not in types
 
 
 def test_export_without_rope_permutation_is_caught(tiny_dir, tmp_path, prompts, tokenizer, hf_model, monkeypatch):
@@ -247,11 +266,11 @@ def test_classify_decides_between_labels_that_prefix_each_other(f32_gguf, prompt
     assert chosen == expected * 2
 
 
-def test_non_llama_model_is_rejected(tmp_path):
+def test_unsupported_architecture_is_rejected_naming_the_supported_ones(tmp_path):
     GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedArchitectureError, match="llama") as error:
+    with pytest.raises(UnsupportedArchitectureError, match="supported model types: llama, mistral, qwen2") as error:
         write_gguf(tmp_path, tmp_path / "out.gguf")
-    assert "gpt2" in str(error.value)
+    assert "'gpt2'" in str(error.value)
 
 
 def test_tokenizer_without_chat_template_is_rejected(tiny_dir, tmp_path):
@@ -311,29 +330,63 @@ def test_unknown_pre_tokenizer_needs_explicit_name(tiny_dir, tmp_path):
     assert _reader_value(gguf.GGUFReader(path), "tokenizer.ggml.pre") == "gpt-2"
 
 
-def test_merge_adapter_equals_base_plus_adapter(tiny_dir, tmp_path, hf_model, tokenizer, prompts):
+def _random_adapter(model_dir: Path, adapter_dir: Path, *, seed: int = 1) -> Path:
+    """A LoRA adapter with random A and B (as trained weights would be), saved like training saves it."""
     import peft
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     lora = peft.LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
         init_lora_weights=False,  # random B as well as A, so the adapter changes the outputs
     )
-    torch.manual_seed(1)
-    adapted = peft.get_peft_model(base, lora).eval()
-    adapter_dir = tmp_path / "adapter"
-    adapted.save_pretrained(adapter_dir)
+    torch.manual_seed(seed)
+    peft.get_peft_model(base, lora).save_pretrained(adapter_dir)
+    return adapter_dir
+
+
+def test_merge_adapter_equals_base_plus_adapter(tiny_dir, tmp_path, hf_model, tokenizer, prompts):
+    import peft
+
+    adapter_dir = _random_adapter(tiny_dir, tmp_path / "adapter")
+    adapted = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32), adapter_dir).eval()
     ids = tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         expected = adapted(input_ids=torch.tensor([ids])).logits[0].numpy()
 
-    merged_dir = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged")
+    merged = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompts)
 
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-    merged_logits = _hf_logits(merged, ids)
+    # The merge measured itself against base + adapter, in fp32, on every position of every prompt.
+    assert merged.prompts_checked == len(prompts)
+    assert 0 <= merged.max_abs_logit_diff < 1e-4
+    assert merged.adapter_was_qlora is False
+    merged_model = AutoModelForCausalLM.from_pretrained(merged.directory, dtype=torch.float32).eval()
+    merged_logits = _hf_logits(merged_model, ids)
     np.testing.assert_allclose(merged_logits, expected, atol=1e-4)
     assert np.abs(merged_logits - _hf_logits(hf_model, ids)).max() > 0.1
     # The merged directory is a complete export source: weights, config and the chat template.
-    merged_gguf = write_gguf(merged_dir, tmp_path / "merged.gguf", outtype="f32")
-    max_diff, _ = _compare_with_hf(merged_gguf, prompts, tokenizer, merged)
+    merged_gguf = write_gguf(merged.directory, tmp_path / "merged.gguf", outtype="f32")
+    max_diff, _ = _compare_with_hf(merged_gguf, prompts, tokenizer, merged_model)
     assert max_diff < F32_LOGIT_ATOL
+
+
+def test_merge_beyond_tolerance_is_an_error_with_the_numbers(tiny_dir, tmp_path, prompts):
+    adapter_dir = _random_adapter(tiny_dir, tmp_path / "adapter")
+    # fp32 summation order alone moves logits by ~1e-6; a tolerance below that must trip.
+    with pytest.raises(MergeMismatchError, match=r"changed the logits by up to .* \(tolerance 1e-12, 4 prompts\)"):
+        merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompts, tolerance=1e-12)
+    assert not (tmp_path / "merged").exists()
+
+
+def test_qlora_adapter_is_merged_into_the_unquantized_base_only(tiny_dir, tmp_path, prompts):
+    adapter_dir = _random_adapter(tiny_dir, tmp_path / "adapter")
+    (adapter_dir / "rebuild_manifest.json").write_text(json.dumps({"plan": {"qlora": True}}))
+    merged = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompts[:1])
+    assert merged.adapter_was_qlora is True
+    assert json.loads((merged.directory / "config.json").read_text()).get("dtype") == "float32"
+    # A base saved in 4-bit would swallow the LoRA update: refused before any merge.
+    quantized_base = shutil.copytree(tiny_dir, tmp_path / "base-4bit")
+    config = json.loads((quantized_base / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (quantized_base / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MergeMismatchError, match="saved quantized \\(bitsandbytes\\)"):
+        merge_adapter(quantized_base, adapter_dir, tmp_path / "merged-4bit")
