@@ -22,6 +22,7 @@ import numpy as np
 from finetune_loop.core.specs import OUTTYPES, QUANT_TYPES
 
 if TYPE_CHECKING:
+    from finetune_loop.core.gguf_checks import CheckOutcome
     from finetune_loop.core.models import BaseModel
     from finetune_loop.core.registry import Tracker
     from finetune_loop.core.specs import TaskSpec
@@ -569,7 +570,7 @@ class GgufExport:
     merge_max_abs_logit_diff: float
     adapter_was_qlora: bool
     variants: list[GgufVariant]  # unquantized first, then every quant type in task order
-    checks: list  # gguf_checks.CheckOutcome, one per check
+    checks: list["CheckOutcome"]  # matches_merged_model, quant_within_budget, chat_template_roundtrip
     model_card_path: Path
     mlflow_run_id: str
     seconds: float
