@@ -58,8 +58,10 @@ def write_model_card(
         "## Training settings\n\n```yaml\n" + yaml.safe_dump(training, sort_keys=True).strip() + "\n```\n\n"
         f"Steps: {manifest.get('steps', 'unknown')}; git commit: `{manifest.get('git_commit') or 'unknown'}`.",
         "## Evaluation (frozen holdout)\n\n| model | accuracy |\n|---|---:|\n"
-        + "\n".join(f"| {name} (HF, evaluation) | {value:.3f} |" for name, value in eval_accuracies.items())
-        + f"\n| merged (HF, export reference) | {export.merged_accuracy:.3f} |",
+        + "\n".join(
+            [f"| {name} (HF, evaluation) | {value:.3f} |" for name, value in eval_accuracies.items()]
+            + [f"| merged (HF, export reference) | {export.merged_accuracy:.3f} |"]
+        ),
         "## GGUF files and quantization deltas\n\n"
         f"Unquantized file: {export.outtype} ({export.outtype_reason}). Shipped: `{shipped.path.name}`. "
         "Each file ran the frozen holdout under llama.cpp on the exporting machine; deltas are against the merged model.\n\n"
