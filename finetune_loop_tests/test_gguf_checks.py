@@ -197,8 +197,9 @@ def test_quant_budget_gate_uses_task_budgets():
     from finetune_loop.core.specs import ExportSettings
 
     settings = ExportSettings(quant_budget_points={"Q4_K_M": 5.0})
-    within = gguf_checks.quant_within_budget(0.80, {"Q8_0": 0.80, "Q4_K_M": 0.76}, settings)
+    within = gguf_checks.quant_within_budget(0.80, {"Q8_0": 0.80, "Q4_K_M": 0.76}, settings, holdout_rows=100)
     assert within.passed and within.metadata["Q4_K_M_delta_points"] == pytest.approx(-4.0)
-    over = gguf_checks.quant_within_budget(0.80, {"Q8_0": 0.79, "Q4_K_M": 0.80}, settings)
+    assert within.metadata["one_row_points"] == 1.0
+    over = gguf_checks.quant_within_budget(0.80, {"Q8_0": 0.79, "Q4_K_M": 0.80}, settings, holdout_rows=100)
     assert not over.passed
     assert over.description == "over budget: Q8_0 -1.00 pt (budget -0.5 pt)"

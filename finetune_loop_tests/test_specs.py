@@ -15,7 +15,7 @@ def test_example_task_loads_with_its_data():
     assert spec.gate.min_accuracy == pytest.approx(0.70)
     assert "billing, refund" in spec.system_prompt()
     assert spec.export.quant_types == ("Q8_0", "Q4_K_M")
-    assert (spec.export.budget_points("Q8_0"), spec.export.budget_points("Q4_K_M")) == (0.5, 2.0)
+    assert (spec.export.budget_points("Q8_0"), spec.export.budget_points("Q4_K_M")) == (1.5, 2.0)
 
 
 def _write(tmp_path: Path, **overrides) -> Path:

@@ -662,7 +662,7 @@ def export_and_verify(
         gguf_checks.matches_merged_model(
             merged_labels, merged_next_tokens, answers[outtype].labels, answers[outtype].next_token_ids, settings
         ),
-        gguf_checks.quant_within_budget(merged_accuracy, {v.name: v.accuracy for v in variants[1:]}, settings),
+        gguf_checks.quant_within_budget(merged_accuracy, {v.name: v.accuracy for v in variants[1:]}, settings, len(holdout)),
         gguf_checks.chat_template_roundtrip(
             unquantized, tokenizer, spec, texts[:ROUNDTRIP_PROMPTS], variants[0].modelfile_path.read_text(), n_ctx=LLAMA_CPP_CONTEXT
         ),

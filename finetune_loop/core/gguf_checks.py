@@ -92,9 +92,13 @@ def matches_merged_model(
     )
 
 
-def quant_within_budget(merged_accuracy: float, accuracy_by_quant: dict[str, float], settings: ExportSettings) -> CheckOutcome:
-    """Each quantized file's holdout accuracy may fall at most its budget (points) below the merged model's."""
-    metadata: dict[str, object] = {"merged_accuracy": merged_accuracy}
+def quant_within_budget(
+    merged_accuracy: float, accuracy_by_quant: dict[str, float], settings: ExportSettings, holdout_rows: int
+) -> CheckOutcome:
+    """Each quantized file's holdout accuracy may fall at most its budget (points) below the merged model's.
+
+    `one_row_points` in the metadata is the resolution: a budget below it allows no flipped answer."""
+    metadata: dict[str, object] = {"merged_accuracy": merged_accuracy, "one_row_points": 100 / holdout_rows}
     over = []
     for quant_type, accuracy in accuracy_by_quant.items():
         delta_points = 100 * (accuracy - merged_accuracy)
