@@ -184,8 +184,11 @@ def _summary(spec, home, run_id: str, materialized: dict, checks: dict[str, bool
     if "gguf_export" in materialized:
         lines.append(
             f"gguf        {value('gguf_export', 'gguf_path')} ({value('gguf_export', 'quant_type')}, {value('gguf_export', 'file_size_mb')} MB); "
-            f"llama.cpp accuracy {value('gguf_export', 'accuracy_gguf', '{:.3f}')} (delta {value('gguf_export', 'accuracy_delta', '{:+.3f}')})"
+            f"llama.cpp accuracy {value('gguf_export', 'accuracy_gguf', '{:.3f}')} (delta {value('gguf_export', 'accuracy_delta', '{:+.3f}')} vs merged model)"
         )
+        gguf_checks = ("matches_merged_model", "quant_within_budget", "chat_template_roundtrip")
+        lines.append("            " + "; ".join(f"{name} {'PASSED' if checks.get(name) else 'FAILED'}" for name in gguf_checks))
+        lines.append("            " + materialized["gguf_export"]["variants"].value.replace("\n", "\n            "))
     else:
         lines.append("gguf        not exported in this run")
     if "drift_report" in materialized:

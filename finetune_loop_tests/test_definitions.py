@@ -31,6 +31,9 @@ def test_definitions_expose_the_public_contract():
     gate = next(key for key in check_keys if key.name == "release_gate")
     assert gate.asset_key == dg.AssetKey("eval_report")
     assert defs.resolve_asset_graph().get_check_spec(gate).blocking
+    export_checks = {key.name for key in check_keys if key.asset_key == dg.AssetKey("gguf_export")}
+    assert export_checks == {"matches_merged_model", "quant_within_budget", "chat_template_roundtrip"}
+    assert all(defs.resolve_asset_graph().get_check_spec(key).blocking for key in check_keys if key.name in export_checks)
 
 
 def _tick(instance, when: datetime, task_path):

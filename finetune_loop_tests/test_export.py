@@ -1,7 +1,7 @@
 """GGUF export checked against llama.cpp itself: the exported file must compute what the HF model does.
 
-Everything runs on a tiny random llama built in-process (finetune_loop_tests.tiny_models), so the
-tests need no download and take seconds on a CPU.
+Everything runs on tiny random llama / Mistral / Qwen2 models built in-process
+(finetune_loop_tests.tiny_models), so the tests need no download and take seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
 from finetune_loop.core import export
 from finetune_loop.core.export import (
+    MergeMismatchError,
     UnsupportedArchitectureError,
     classify_with_llama_cpp,
     merge_adapter,
     quantize_gguf,
     write_gguf,
 )
-from finetune_loop_tests.tiny_models import CHATML_TEMPLATE, build_tiny_llama
+from finetune_loop_tests.tiny_models import CHATML_TEMPLATE, build_tiny_llama, build_tiny_model
 
 CORPUS = [
     "The printer on floor 3 is broken again, error code 500.",
@@ -115,10 +116,28 @@ def _reader_value(reader: gguf.GGUFReader, key: str):
     return field.contents()
 
 
-def test_llama_cpp_matches_hf_logits_and_tokens(f32_gguf, prompts, tokenizer, hf_model):
-    max_diff, top1_agreement = _compare_with_hf(f32_gguf, prompts, tokenizer, hf_model)
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2"])
+def test_llama_cpp_matches_hf_logits_and_tokens(architecture, tmp_path, prompts):
+    model_dir = build_tiny_model(tmp_path / architecture, CORPUS, architecture=architecture)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    path = write_gguf(model_dir, tmp_path / f"{architecture}.gguf", outtype="f32")
+    max_diff, top1_agreement = _compare_with_hf(path, prompts, AutoTokenizer.from_pretrained(model_dir), model)
     assert max_diff < F32_LOGIT_ATOL
     assert top1_agreement == 1.0
+
+
+def test_qwen2_gguf_keeps_biases_tokenizer_and_rope_base(tmp_path):
+    model_dir = build_tiny_model(tmp_path / "qwen2", CORPUS, architecture="qwen2")
+    reader = gguf.GGUFReader(write_gguf(model_dir, tmp_path / "qwen2.gguf", outtype="f16"))
+    assert _reader_value(reader, "general.architecture") == "qwen2"
+    assert _reader_value(reader, "tokenizer.ggml.pre") == "qwen2"
+    assert _reader_value(reader, "qwen2.rope.freq_base") == pytest.approx(1e6)
+    assert _reader_value(reader, "tokenizer.ggml.add_bos_token") is False
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    # q/k/v biases travel (in f32, like norms); tied embeddings leave no output.weight.
+    assert {f"blk.1.attn_{x}.bias" for x in "qkv"} <= set(types)
+    assert types["blk.0.attn_q.bias"] == gguf.GGMLQuantizationType.F32
+    assert "output.weight" not in types
 
 
 def test_export_without_rope_permutation_is_caught(tiny_dir, tmp_path, prompts, tokenizer, hf_model, monkeypatch):
@@ -203,55 +222,35 @@ def test_quantize_rejects_unknown_type(f32_gguf, tmp_path):
         quantize_gguf(f32_gguf, tmp_path / "x.gguf", "Q3_XYZ")
 
 
-def test_classify_returns_the_greedy_label(f32_gguf, prompts, tokenizer, hf_model):
-    labels = ["billing", "printer", "question", "other"]
-    first_ids = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in labels]
-    assert len(set(first_ids)) == len(labels), "labels must start with distinct tokens for this check"
-    chosen = classify_with_llama_cpp(f32_gguf, prompts, labels, n_ctx=512)
-    # With distinct first tokens, constrained greedy decoding is decided by the first step alone.
-    expected = []
-    for prompt in prompts:
-        next_logits = _hf_logits(hf_model, tokenizer(prompt, add_special_tokens=False)["input_ids"])[-1]
-        expected.append(labels[int(np.argmax(next_logits[first_ids]))])
-    assert chosen == expected
-
-
-def _hf_constrained_greedy(model, tokenizer, prompt: str, labels: list[str]) -> str:
-    """Reference: greedy decoding in HF, one full forward pass per step, restricted to the labels."""
-    # llama.cpp ends generation on both; either closes a label that another label extends.
-    stop_ids = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
-    label_ids = {label: tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels}
+def _hf_most_likely_label(model, tokenizer, prompt: str, sequences: dict[str, list[int]]) -> str:
+    """Reference: one full HF forward pass per label over prompt + answer, log-probabilities summed."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    generated: list[int] = []
-    while True:
-        live = {label: ids for label, ids in label_ids.items() if ids[: len(generated)] == generated}
-        if len(live) == 1:
-            return next(iter(live))
-        logits = _hf_logits(model, prompt_ids + generated)[-1]
-        best = max((ids[len(generated)] for ids in live.values() if len(ids) > len(generated)), key=lambda i: logits[i])
-        finished = [label for label, ids in live.items() if len(ids) == len(generated)]
-        if finished and logits[stop_ids].max() > logits[best]:
-            return finished[0]
-        generated.append(best)
+    totals = {}
+    for label, answer in sequences.items():
+        logits = torch.from_numpy(_hf_logits(model, prompt_ids + answer))
+        log_probs = torch.log_softmax(logits.double(), dim=-1)
+        totals[label] = sum(log_probs[len(prompt_ids) - 1 + i, token].item() for i, token in enumerate(answer))
+    return max(sequences, key=totals.__getitem__)
 
 
-def test_classify_decides_between_labels_that_prefix_each_other(f32_gguf, prompts, tokenizer, hf_model):
-    # "printer" is a token prefix of the other two: choosing among them takes extra decoding steps
-    # where the end-of-generation tokens compete with " jam" / " broken".
-    labels = ["printer", "printer jam", "printer broken"]
-    chosen = classify_with_llama_cpp(f32_gguf, prompts * 2, labels, n_ctx=512)
-    assert set(chosen) <= set(labels)
-    expected = [_hf_constrained_greedy(hf_model, tokenizer, prompt, labels) for prompt in prompts]
-    assert set(expected) == set(labels), "these prompts should reach every branch (stop and both continuations)"
-    # The second round reuses cached prompt prefixes; answers must not change.
+def test_classify_picks_the_label_whose_whole_answer_is_most_likely(f32_gguf, prompts, tokenizer, hf_model):
+    # "printer" is a token prefix of two other labels: their answers share forward passes under
+    # llama.cpp, and only the end-of-turn token tells "printer" from "printer jam".
+    labels = ["printer", "printer jam", "printer broken", "billing"]
+    sequences = {label: tokenizer(label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for label in labels}
+    expected = [_hf_most_likely_label(hf_model, tokenizer, prompt, sequences) for prompt in prompts]
+    # The second round reuses cached prompt prefixes and answer prefixes; answers must not change.
+    chosen = classify_with_llama_cpp(f32_gguf, prompts * 2, sequences, n_ctx=512)
     assert chosen == expected * 2
+    with pytest.raises(ValueError, match="answer tokens"):
+        classify_with_llama_cpp(f32_gguf, prompts, {"printer": []}, n_ctx=512)
 
 
-def test_non_llama_model_is_rejected(tmp_path):
+def test_unsupported_architecture_is_rejected_naming_the_supported_ones(tmp_path):
     GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedArchitectureError, match="llama") as error:
+    with pytest.raises(UnsupportedArchitectureError, match="supported model types: llama, mistral, qwen2") as error:
         write_gguf(tmp_path, tmp_path / "out.gguf")
-    assert "gpt2" in str(error.value)
+    assert "'gpt2'" in str(error.value)
 
 
 def test_tokenizer_without_chat_template_is_rejected(tiny_dir, tmp_path):
@@ -311,29 +310,63 @@ def test_unknown_pre_tokenizer_needs_explicit_name(tiny_dir, tmp_path):
     assert _reader_value(gguf.GGUFReader(path), "tokenizer.ggml.pre") == "gpt-2"
 
 
-def test_merge_adapter_equals_base_plus_adapter(tiny_dir, tmp_path, hf_model, tokenizer, prompts):
+def _random_adapter(model_dir: Path, adapter_dir: Path, *, seed: int = 1) -> Path:
+    """A LoRA adapter with random A and B (as trained weights would be), saved like training saves it."""
     import peft
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     lora = peft.LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
         init_lora_weights=False,  # random B as well as A, so the adapter changes the outputs
     )
-    torch.manual_seed(1)
-    adapted = peft.get_peft_model(base, lora).eval()
-    adapter_dir = tmp_path / "adapter"
-    adapted.save_pretrained(adapter_dir)
+    torch.manual_seed(seed)
+    peft.get_peft_model(base, lora).save_pretrained(adapter_dir)
+    return adapter_dir
+
+
+def test_merge_adapter_equals_base_plus_adapter(tiny_dir, tmp_path, hf_model, tokenizer, prompts):
+    import peft
+
+    adapter_dir = _random_adapter(tiny_dir, tmp_path / "adapter")
+    adapted = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32), adapter_dir).eval()
     ids = tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         expected = adapted(input_ids=torch.tensor([ids])).logits[0].numpy()
 
-    merged_dir = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged")
+    merged = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompts)
 
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-    merged_logits = _hf_logits(merged, ids)
+    # The merge measured itself against base + adapter, in fp32, on every position of every prompt.
+    assert merged.prompts_checked == len(prompts)
+    assert 0 <= merged.max_abs_logit_diff < 1e-4
+    assert merged.adapter_was_qlora is False
+    merged_model = AutoModelForCausalLM.from_pretrained(merged.directory, dtype=torch.float32).eval()
+    merged_logits = _hf_logits(merged_model, ids)
     np.testing.assert_allclose(merged_logits, expected, atol=1e-4)
     assert np.abs(merged_logits - _hf_logits(hf_model, ids)).max() > 0.1
     # The merged directory is a complete export source: weights, config and the chat template.
-    merged_gguf = write_gguf(merged_dir, tmp_path / "merged.gguf", outtype="f32")
-    max_diff, _ = _compare_with_hf(merged_gguf, prompts, tokenizer, merged)
+    merged_gguf = write_gguf(merged.directory, tmp_path / "merged.gguf", outtype="f32")
+    max_diff, _ = _compare_with_hf(merged_gguf, prompts, tokenizer, merged_model)
     assert max_diff < F32_LOGIT_ATOL
+
+
+def test_merge_beyond_tolerance_is_an_error_with_the_numbers(tiny_dir, tmp_path, prompts):
+    adapter_dir = _random_adapter(tiny_dir, tmp_path / "adapter")
+    # fp32 summation order alone moves logits by ~1e-6; a tolerance below that must trip.
+    with pytest.raises(MergeMismatchError, match=r"changed the logits by up to .* \(tolerance 1e-12, 4 prompts\)"):
+        merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompts, tolerance=1e-12)
+    assert not (tmp_path / "merged").exists()
+
+
+def test_qlora_adapter_is_merged_into_the_unquantized_base_only(tiny_dir, tmp_path, prompts):
+    adapter_dir = _random_adapter(tiny_dir, tmp_path / "adapter")
+    (adapter_dir / "rebuild_manifest.json").write_text(json.dumps({"plan": {"qlora": True}}))
+    merged = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompts[:1])
+    assert merged.adapter_was_qlora is True
+    assert json.loads((merged.directory / "config.json").read_text()).get("dtype") == "float32"
+    # A base saved in 4-bit would swallow the LoRA update: refused before any merge.
+    quantized_base = shutil.copytree(tiny_dir, tmp_path / "base-4bit")
+    config = json.loads((quantized_base / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (quantized_base / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MergeMismatchError, match="saved quantized \\(bitsandbytes\\)"):
+        merge_adapter(quantized_base, adapter_dir, tmp_path / "merged-4bit")

@@ -135,7 +135,21 @@ def test_gguf_export_runs_under_llama_cpp(loop_state):
     assert gguf_path.stat().st_size < Path(meta["unquantized_path"].value).stat().st_size
     first_eval = instance.fetch_materializations(dg.AssetKey("eval_report"), limit=1, ascending=True).records[0]
     candidate = first_eval.event_log_entry.asset_materialization.metadata["candidate_accuracy"].value
-    assert meta["accuracy_delta"].value == pytest.approx(meta["accuracy_gguf"].value - candidate)
+    # The merged model is the reference; it answers as base + adapter did in evaluation.
+    assert meta["merged_accuracy"].value == pytest.approx(candidate)
+    assert meta["accuracy_delta"].value == pytest.approx(meta["accuracy_gguf"].value - meta["merged_accuracy"].value)
+    assert meta["outtype"].value == "f32"
+    assert "| tiny_triage-Q8_0.gguf |" in meta["variants"].value
+    assert meta["size_mb_Q8_0"].value < meta["size_mb_f32"].value
+    assert meta["generation_tokens_per_second_Q8_0"].value > 0
+    assert Path(meta["modelfile"].value).read_text().startswith("FROM ./tiny_triage-Q8_0.gguf")
+    assert Path(meta["model_card"].value).read_text().startswith("---\nbase_model:")
+    first_run_id = instance.get_runs(ascending=True)[0].run_id
+    for check in ("matches_merged_model", "quant_within_budget", "chat_template_roundtrip"):
+        key = dg.AssetCheckKey(dg.AssetKey("gguf_export"), check)
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=5)
+        [record] = [r for r in history if r.run_id == first_run_id]
+        assert record.evaluation.passed, record.evaluation.description
 
 
 def test_drift_report_flags_shifted_traffic(loop_state):

@@ -14,6 +14,8 @@ def test_example_task_loads_with_its_data():
     assert spec.labeled_examples_path.is_file() and spec.production_log_path.is_file()
     assert spec.gate.min_accuracy == pytest.approx(0.70)
     assert "billing, refund" in spec.system_prompt()
+    assert spec.export.quant_types == ("Q8_0", "Q4_K_M")
+    assert (spec.export.budget_points("Q8_0"), spec.export.budget_points("Q4_K_M")) == (1.5, 2.0)
 
 
 def _write(tmp_path: Path, **overrides) -> Path:
@@ -40,6 +42,12 @@ def _write(tmp_path: Path, **overrides) -> Path:
         ({"gate": {"min_acuracy": 0.5}}, "unknown key(s) under gate: ['min_acuracy']"),
         ({"training": {"batch_size": "eight"}}, "training.batch_size must be an integer"),
         ({"export": {"quant_types": ["Q3_XXS"]}}, "export.quant_types must be a non-empty list"),
+        ({"export": {"quant_types": ["Q8_0", "Q8_0"]}}, "export.quant_types must be a non-empty list of distinct types"),
+        ({"export": {"outtype": "q8"}}, "export.outtype must be one of auto, f32, f16, bf16, got 'q8'"),
+        ({"export": {"quant_budget_points": {"Q3_XXS": 1}}}, "export.quant_budget_points names unknown quant type 'Q3_XXS'"),
+        ({"export": {"quant_budget_points": {"Q8_0": -1}}}, "export.quant_budget_points.Q8_0 must be a number of points in [0, 100], got -1"),
+        ({"export": {"quant_budget_points": [1]}}, "export.quant_budget_points must be a mapping"),
+        ({"export": {"min_top1_agreement": 1.2}}, "export.min_top1_agreement must be in [0, 1], got 1.2"),
         ({"kind": "regression"}, "kind must be one of ['classification', 'generation'], got 'regression'"),
         ({"kind": "generation"}, "labels apply to kind 'classification' only"),
         ({"target_format": "json"}, "target_format applies to kind 'generation' only"),

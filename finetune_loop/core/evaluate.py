@@ -24,8 +24,7 @@ from finetune_loop.core import frontier as frontier_models
 from finetune_loop.core.curate import read_examples
 from finetune_loop.core.examples import Example
 from finetune_loop.core.gate import GateEvidence, GateVerdict, decide_release
-# `score` stays importable from here: the GGUF export scores llama.cpp's answers with it.
-from finetune_loop.core.metrics import Scores, score, score_suite  # noqa: F401
+from finetune_loop.core.metrics import Scores, score_suite
 from finetune_loop.core.probes import ProbeReport, ProbeSet, judge_probes, load_probes
 from finetune_loop.core.registry import Tracker
 from finetune_loop.core.scoring import generate_answers, predict_labels

@@ -1,16 +1,18 @@
-"""From a LoRA adapter to files llama.cpp serves: merge, write GGUF, quantize, classify.
+"""From a LoRA adapter to files llama.cpp serves: merge, write GGUF, quantize, run under llama.cpp.
 
-`write_gguf` is a small, llama-only re-implementation of llama.cpp's `convert_hf_to_gguf.py`
-(that script is not shipped on PyPI): the same metadata keys, tensor names, Q/K row permutation and
-byte-level BPE vocabulary, written with the `gguf` package. `classify_with_llama_cpp` runs the
-exported file the way production does, so evaluation measures the artifact that ships.
+`write_gguf` is a small re-implementation of llama.cpp's `convert_hf_to_gguf.py` (that script is
+not shipped on PyPI) for the llama family (Llama, SmolLM2, Mistral) and Qwen2: the same metadata
+keys, tensor names, Q/K row permutation where the architecture needs it and byte-level BPE
+vocabulary, written with the `gguf` package. `run_with_llama_cpp` runs an exported file the way
+production does, so the numbers reported are those of the artifact that ships.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,65 +22,138 @@ import numpy as np
 from finetune_loop.core.specs import OUTTYPES, QUANT_TYPES
 
 if TYPE_CHECKING:
+    from finetune_loop.core.gguf_checks import CheckOutcome
     from finetune_loop.core.models import BaseModel
     from finetune_loop.core.registry import Tracker
     from finetune_loop.core.specs import TaskSpec
 
-SUPPORTED_MODEL_TYPES = ("llama",)
 
+@dataclass(frozen=True)
+class _Architecture:
+    gguf_arch: str  # member name of gguf.MODEL_ARCH
+    # HF llama checkpoints rotate half-split RoPE pairs, llama.cpp's LLAMA arch adjacent pairs, so Q/K
+    # rows are reordered on export; llama.cpp's QWEN2 arch uses HF's (NeoX) layout as it is.
+    permute_qk: bool
+
+
+# HF model_type -> how llama.cpp runs it. Mistral is the llama architecture in GGUF.
+_ARCHITECTURES = {
+    "llama": _Architecture("LLAMA", permute_qk=True),
+    "mistral": _Architecture("LLAMA", permute_qk=True),
+    "qwen2": _Architecture("QWEN2", permute_qk=False),
+}
+SUPPORTED_MODEL_TYPES = tuple(_ARCHITECTURES)
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+# Qwen2's pre-tokenizer split (its tokenizer.json Split regex); llama.cpp implements it as "qwen2".
+QWEN2_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 class UnsupportedArchitectureError(ValueError):
     """The model directory holds an architecture this exporter cannot write as GGUF."""
 
 
-def merge_adapter(base_model_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
-    """Fold a LoRA adapter into its base weights and save a plain HF model directory."""
+class MergeMismatchError(RuntimeError):
+    """The merged model does not compute what base + adapter computed."""
+
+
+@dataclass(frozen=True)
+class MergedModel:
+    directory: Path
+    # Largest |logit| difference between the merged model and base + adapter (PeftModel) over
+    # every position of the sampled prompts.
+    max_abs_logit_diff: float
+    prompts_checked: int
+    # The adapter was trained against 4-bit weights; it was merged into the unquantized base.
+    adapter_was_qlora: bool
+
+
+def adapter_was_trained_with_qlora(adapter_dir: Path) -> bool:
+    """What the adapter's rebuild manifest says training actually did (the plan, after any CPU fallback)."""
+    manifest_path = Path(adapter_dir) / "rebuild_manifest.json"
+    if not manifest_path.is_file():
+        return False
+    return bool(json.loads(manifest_path.read_text()).get("plan", {}).get("qlora", False))
+
+
+def merge_adapter(
+    base_model_dir: Path,
+    adapter_dir: Path,
+    out_dir: Path,
+    *,
+    check_prompts: Sequence[str] = (),
+    tolerance: float = 1e-3,
+) -> MergedModel:
+    """Fold a LoRA adapter into its full-precision base, check it, and save a plain HF model directory.
+
+    The merge adds B @ A * scale to every adapted weight. Doing it in fp32 keeps that small update
+    intact; merging into fp16/bf16 or 4-bit weights rounds much of it away, and the merged model
+    would no longer behave like base + adapter did in evaluation. A QLoRA adapter is therefore
+    merged into the unquantized base too: the base directory holds full-precision weights, loaded
+    here without any quantization config. `check_prompts` are run through base + adapter before the
+    merge and through the merged model after; a logit difference above `tolerance` is an error.
+    """
     import peft
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # The merge adds B @ A * scale to every adapted weight. Doing it in fp32 keeps that small update
-    # intact; merging into fp16/bf16 (or dequantized 4-bit) weights rounds much of it away, and the
-    # merged model would no longer behave like base + adapter did in evaluation.
+    base_model_dir, adapter_dir = Path(base_model_dir), Path(adapter_dir)
+    base_config = json.loads((base_model_dir / "config.json").read_text())
+    if "quantization_config" in base_config:
+        raise MergeMismatchError(
+            f"the base in {base_model_dir} is saved quantized ({base_config['quantization_config'].get('quant_method', '?')}); "
+            "merging a LoRA update into quantized weights loses it. Point base_model at the unquantized checkpoint."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(training_tokenizer_dir(adapter_dir, base_model_dir))
     base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    merged = peft.PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    adapted = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
+    token_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in check_prompts]
+
+    def logits(model) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [model(input_ids=torch.tensor([ids])).logits[0] for ids in token_ids]
+
+    expected = logits(adapted)
+    merged = adapted.merge_and_unload()
+    max_diff = max((float((a - b).abs().max()) for a, b in zip(expected, logits(merged))), default=0.0)
+    if max_diff > tolerance:
+        raise MergeMismatchError(
+            f"merging {adapter_dir} into {base_model_dir} changed the logits by up to {max_diff:.3g} "
+            f"(tolerance {tolerance:g}, {len(token_ids)} prompts): the merged model is not base + adapter"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir, safe_serialization=True)
-
-    # Training may have changed the tokenizer (pad token, chat template); when it saved one beside
-    # the adapter, that is the one the adapter was trained with.
-    adapter_has_tokenizer = any((Path(adapter_dir) / name).is_file() for name in _TOKENIZER_FILES)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if adapter_has_tokenizer else base_model_dir)
     tokenizer.save_pretrained(out_dir)
-    return out_dir
+    return MergedModel(out_dir, max_diff, len(token_ids), adapter_was_trained_with_qlora(adapter_dir))
 
 
 def write_gguf(
     model_dir: Path, out_path: Path, *, outtype: str = "f16", tokenizer_pre: str | None = None
 ) -> Path:
-    """Write a saved HF llama-family model (weights + tokenizer) as a GGUF file llama.cpp loads.
+    """Write a saved HF model (weights + tokenizer) of a supported architecture as a GGUF file.
 
     `tokenizer_pre` names llama.cpp's pre-tokenizer (the regex split before BPE); when None it is
     inferred from tokenizer.json, and an unrecognised pre-tokenizer is an error rather than a guess,
     because a wrong one tokenizes differently from training without any visible failure.
     """
     import gguf
-    from transformers import AutoTokenizer, LlamaConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     model_dir = Path(model_dir)
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in _ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"cannot export model_type {model_type!r} from {model_dir} to GGUF; "
             f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    config = LlamaConfig.from_pretrained(model_dir)
+    architecture = _ARCHITECTURES[model_type]
+    config = AutoConfig.from_pretrained(model_dir)
     rope = config.rope_parameters or {}
     if rope.get("rope_type", "default") != "default":
         raise UnsupportedArchitectureError(
@@ -99,12 +174,13 @@ def write_gguf(
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    arch = gguf.MODEL_ARCH.LLAMA
+    arch = gguf.MODEL_ARCH[architecture.gguf_arch]
     writer = gguf.GGUFWriter(out_path, gguf.MODEL_ARCH_NAMES[arch])
     try:
         _add_hparams(writer, config, outtype, name=model_dir.name)
         _add_vocab(writer, model_dir, tokenizer, config.vocab_size, pre, chat_template)
-        _add_tensors(writer, model_dir, config, outtype, gguf.get_tensor_name_map(arch, config.num_hidden_layers))
+        tensor_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+        _add_tensors(writer, model_dir, config, outtype, tensor_map, architecture)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -129,52 +205,95 @@ def quantize_gguf(source: Path, dest: Path, quant_type: str) -> Path:
     return dest
 
 
-def classify_with_llama_cpp(
+@dataclass(frozen=True)
+class LlamaCppAnswers:
+    labels: list[str]
+    # Per prompt, llama.cpp's top-1 next token after the prompt (before any label constraint).
+    next_token_ids: list[int]
+    # Speed of this file on this machine: one prompt evaluated from an empty cache, then greedy
+    # generation of SPEED_GENERATED_TOKENS tokens one at a time.
+    prompt_tokens_per_second: float
+    generation_tokens_per_second: float
+
+
+SPEED_GENERATED_TOKENS = 32
+
+
+def run_with_llama_cpp(
     gguf_path: Path,
     prompts: Sequence[str],
-    labels: Sequence[str],
+    label_sequences: Mapping[str, Sequence[int]],
     *,
     n_ctx: int = 1024,
     n_threads: int | None = None,
-) -> list[str]:
-    """Greedy-decode exactly one of `labels` after each already chat-rendered prompt.
+) -> LlamaCppAnswers:
+    """Answer each already chat-rendered prompt with one label, and time the file.
 
-    Decoding walks a trie of the labels' token sequences: at each step only tokens that continue
-    some label compete, and where a label is complete but another label extends it, the
-    end-of-generation tokens compete too. That is greedy decoding restricted to the label set (what
-    a GBNF grammar of the labels gives) without a grammar engine, and it stops as soon as a single
-    label remains, so most prompts cost one forward pass. Prompts sharing a prefix (the system
-    prompt) reuse its KV cache.
+    The decision rule is the evaluation's (`scoring.predict_labels`): the label whose answer tokens
+    (`label_sequences`, ending on the end-of-turn token) have the highest total log-probability
+    after the prompt; ties go to the label listed first. The same rule on both runtimes makes the
+    GGUF's accuracy comparable with the HF model's. Answers that share leading tokens share their
+    forward passes, and prompts sharing a prefix (the system prompt) reuse its KV cache.
     """
     import llama_cpp
 
-    if not labels or len(set(labels)) != len(labels) or not all(labels):
-        raise ValueError(f"labels must be distinct non-empty strings, got {list(labels)!r}")
+    if not label_sequences or not all(label_sequences.values()):
+        raise ValueError(f"every label needs its answer tokens, got {dict(label_sequences)!r}")
+    if not prompts:
+        raise ValueError("no prompts to run")
 
     llm = llama_cpp.Llama(
         model_path=str(gguf_path), n_ctx=n_ctx, n_threads=n_threads, logits_all=False, verbose=False
     )
     try:
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        # A label in the training data sits right after "<|im_start|>assistant\n"; the pre-tokenizer
-        # always splits there, so tokenizing a label on its own gives its in-context tokens.
-        label_tokens = {label: tuple(llm.tokenize(label.encode(), add_bos=False, special=False)) for label in labels}
-        # Every token llama.cpp ends generation on (for ChatML both <|im_end|> and <|endoftext|>).
-        stop_ids = {token_id for token_id in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, token_id)}
-        bos = [llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(vocab) else []
-        longest_label = max(len(tokens) for tokens in label_tokens.values())
-
-        chosen = []
+        longest_label = max(len(tokens) for tokens in label_sequences.values())
+        chosen, next_tokens = [], []
         for prompt in prompts:
-            # Tokenize without llama.cpp's automatic specials so no EOS is ever appended to a prompt.
-            tokens = bos + llm.tokenize(prompt.encode(), add_bos=False, special=True)
-            if len(tokens) + longest_label > n_ctx:
-                raise ValueError(f"a prompt of {len(tokens)} tokens plus a label does not fit n_ctx={n_ctx}")
+            tokens = serving_tokens(llm, prompt)
+            if len(tokens) + max(longest_label, SPEED_GENERATED_TOKENS) > n_ctx:
+                raise ValueError(f"a prompt of {len(tokens)} tokens plus an answer does not fit n_ctx={n_ctx}")
             _eval_reusing_prefix(llm, tokens)
-            chosen.append(_decode_label(llm, label_tokens, stop_ids))
-        return chosen
+            next_tokens.append(int(np.argmax(_last_logits(llm))))
+            chosen.append(_most_likely_label(llm, label_sequences))
+        prompt_speed, generation_speed = _measure_speed(llm, serving_tokens(llm, prompts[0]))
+        return LlamaCppAnswers(chosen, next_tokens, prompt_speed, generation_speed)
     finally:
         llm.close()
+
+
+def classify_with_llama_cpp(gguf_path: Path, prompts: Sequence[str], label_sequences: Mapping[str, Sequence[int]], **kwargs) -> list[str]:
+    """The label llama.cpp picks for each chat-rendered prompt (see run_with_llama_cpp)."""
+    return run_with_llama_cpp(gguf_path, prompts, label_sequences, **kwargs).labels
+
+
+def serving_tokens(llm, rendered: str) -> list[int]:
+    """Token ids of an already chat-rendered text as a llama.cpp server feeds them: special tokens
+    parsed, BOS prepended exactly when the GGUF says the model adds one, never an EOS."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    bos = [llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(vocab) else []
+    return bos + llm.tokenize(rendered.encode(), add_bos=False, special=True)
+
+
+def _last_logits(llm) -> np.ndarray:
+    import llama_cpp
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+
+
+def _measure_speed(llm, prompt_tokens: list[int]) -> tuple[float, float]:
+    """(prompt tokens/s from an empty cache, greedy generation tokens/s); EOS does not stop the
+    timing loop, so every file is timed over the same number of tokens."""
+    llm.n_tokens = 0  # drop the cache: time the whole prompt
+    started = time.perf_counter()
+    llm.eval(prompt_tokens)
+    prompt_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(SPEED_GENERATED_TOKENS):
+        llm.eval([int(np.argmax(_last_logits(llm)))])
+    generation_seconds = time.perf_counter() - started
+    return len(prompt_tokens) / prompt_seconds, SPEED_GENERATED_TOKENS / generation_seconds
 
 
 def _permute_for_rope(weights: np.ndarray, n_heads: int) -> np.ndarray:
@@ -238,9 +357,10 @@ def _pre_tokenizer_steps(tokenizer_json: dict) -> list[dict]:
 
 
 def _infer_tokenizer_pre(tokenizer_json: dict, model_dir: Path) -> str:
-    """Map the two pre-tokenizer layouts we can recognise with certainty to llama.cpp's names."""
+    """Map the pre-tokenizer layouts we can recognise with certainty to llama.cpp's names."""
     steps = _pre_tokenizer_steps(tokenizer_json)
     types = [step.get("type") for step in steps]
+    normalizer = tokenizer_json.get("normalizer") or {}
 
     def gpt2_byte_level(step: dict) -> bool:
         # add_prefix_space would prepend a space llama.cpp never adds.
@@ -251,6 +371,18 @@ def _infer_tokenizer_pre(tokenizer_json: dict, model_dir: Path) -> str:
             return "gpt-2"
         if types == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and gpt2_byte_level(steps[1]):
             return "smollm"
+    # Qwen2: its own split regex, then bytes without the GPT-2 regex. The NFC normalizer it declares
+    # only changes text that is not already composed; llama.cpp's qwen2 pre-tokenizer skips it too.
+    if normalizer.get("type") in (None, "NFC") and types == ["Split", "ByteLevel"]:
+        split, byte_level = steps
+        if (
+            split.get("pattern", {}).get("Regex") == QWEN2_SPLIT_REGEX
+            and split.get("behavior") == "Isolated"
+            and not split.get("invert", False)
+            and not byte_level.get("use_regex", True)
+            and not byte_level.get("add_prefix_space", False)
+        ):
+            return "qwen2"
     raise ValueError(
         f"cannot infer llama.cpp's pre-tokenizer for {model_dir} "
         f"(pre_tokenizer={json.dumps(tokenizer_json.get('pre_tokenizer'))}); "
@@ -310,7 +442,7 @@ def _add_vocab(writer, model_dir: Path, tokenizer, vocab_size: int, pre: str, ch
     writer.add_chat_template(chat_template)
 
 
-def _add_tensors(writer, model_dir: Path, config, outtype: str, tensor_map) -> None:
+def _add_tensors(writer, model_dir: Path, config, outtype: str, tensor_map, architecture: _Architecture) -> None:
     import gguf
     from safetensors import safe_open
 
@@ -328,11 +460,13 @@ def _add_tensors(writer, model_dir: Path, config, outtype: str, tensor_map) -> N
                     continue
                 gguf_name = tensor_map.get_name(name, try_suffixes=(".weight", ".bias"))
                 if gguf_name is None:
-                    raise UnsupportedArchitectureError(f"tensor {name!r} in {file} has no GGUF name for llama")
+                    raise UnsupportedArchitectureError(
+                        f"tensor {name!r} in {file} has no GGUF name for {architecture.gguf_arch.lower()}"
+                    )
                 data = weights.get_tensor(name).float().numpy()
-                if name.endswith(("q_proj.weight", "q_proj.bias")):
+                if architecture.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
                     data = _permute_for_rope(data, n_heads)
-                elif name.endswith(("k_proj.weight", "k_proj.bias")):
+                elif architecture.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
                     data = _permute_for_rope(data, n_kv_heads)
                 seen.add(gguf_name)
                 # Norms and biases are tiny and precision-sensitive: llama.cpp expects them in F32.
@@ -364,37 +498,100 @@ def _eval_reusing_prefix(llm, tokens: list[int]) -> None:
     llm.eval(tokens[shared:])
 
 
-def _decode_label(llm, label_tokens: dict[str, tuple[int, ...]], stop_ids: set[int]) -> str:
-    """Walk the label trie greedily, starting from the logits of the last evaluated prompt token."""
-    import llama_cpp
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
 
-    candidates = dict(label_tokens)
-    depth = 0
-    while len(candidates) > 1:
-        logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-        continuations = sorted({tokens[depth] for tokens in candidates.values() if len(tokens) > depth})
-        best = max(continuations, key=lambda token_id: logits[token_id])
-        complete = [label for label, tokens in candidates.items() if len(tokens) == depth]
-        if complete and stop_ids and max(logits[token_id] for token_id in stop_ids) > logits[best]:
-            return complete[0]
-        candidates = {label: tokens for label, tokens in candidates.items() if tokens[depth : depth + 1] == (best,)}
-        llm.eval([best])
-        depth += 1
-    return next(iter(candidates))
+
+def _most_likely_label(llm, label_sequences: Mapping[str, Sequence[int]]) -> str:
+    """Score every label's answer tokens after the prompt just evaluated; return the most likely.
+
+    Each distinct answer prefix is evaluated once, one token at a time (only the last position's
+    logits are kept), rewinding the cache to the prompt plus the prefix it shares with the last one."""
+    prompt_length = llm.n_tokens
+    log_probs = {(): _log_softmax(_last_logits(llm))}
+    in_cache: tuple[int, ...] = ()
+    totals = {}
+    for label, sequence in label_sequences.items():
+        total = 0.0
+        for depth, token in enumerate(sequence):
+            prefix = tuple(sequence[:depth])
+            if prefix not in log_probs:
+                shared = next((i for i, (a, b) in enumerate(zip(in_cache, prefix)) if a != b), min(len(in_cache), len(prefix)))
+                llm.n_tokens = prompt_length + shared
+                for cut in range(shared, len(prefix)):
+                    llm.eval([prefix[cut]])
+                    log_probs[prefix[: cut + 1]] = _log_softmax(_last_logits(llm))
+                in_cache = prefix
+            total += log_probs[prefix][token]
+        totals[label] = total
+    return max(label_sequences, key=totals.__getitem__)
+
+
+# Enough context for a chat-rendered ticket plus the answer; llama.cpp allocates the KV cache for it.
+LLAMA_CPP_CONTEXT = 2048
+# Holdout prompts run through base + adapter and the merged model to check the merge (all positions).
+MERGE_CHECK_PROMPTS = 8
+# Holdout prompts the chat template round trip renders three ways and generates from.
+ROUNDTRIP_PROMPTS = 16
+
+
+def resolve_outtype(outtype: str) -> tuple[str, str]:
+    """(outtype, why): "auto" keeps the merged weights bit for bit."""
+    if outtype == "auto":
+        return "f32", (
+            "auto: the merged weights are fp32 (base + LoRA update computed in fp32); f16/bf16 would round "
+            "the update whatever dtype the base was published in, so the unquantized file is f32"
+        )
+    return outtype, f"set in the task (export.outtype: {outtype}); quantized files are made from this file"
+
+
+@dataclass(frozen=True)
+class GgufVariant:
+    """One GGUF file of the export, measured under llama.cpp on the frozen holdout."""
+
+    name: str  # the quant type, or the unquantized outtype
+    path: Path
+    size_bytes: int
+    accuracy: float
+    accuracy_delta: float  # against the merged HF model on the same holdout
+    per_label_accuracy: dict[str, float]  # recall of each label on the holdout
+    prompt_tokens_per_second: float
+    generation_tokens_per_second: float
+    modelfile_path: Path
 
 
 @dataclass(frozen=True)
 class GgufExport:
-    gguf_path: Path
+    gguf_path: Path  # the shipped (first configured) quantized file
     quant_type: str
     file_size_bytes: int
     unquantized_path: Path
+    outtype: str
+    outtype_reason: str
     accuracy_gguf: float
     accuracy_delta: float
-    # quant type -> holdout accuracy under llama.cpp, for every quantized file written
-    accuracy_by_quant: dict[str, float]
+    merged_accuracy: float
+    merge_max_abs_logit_diff: float
+    adapter_was_qlora: bool
+    variants: list[GgufVariant]  # unquantized first, then every quant type in task order
+    checks: list["CheckOutcome"]  # matches_merged_model, quant_within_budget, chat_template_roundtrip
+    model_card_path: Path
     mlflow_run_id: str
     seconds: float
+
+    def variants_markdown(self) -> str:
+        lines = [
+            "| file | size MB | holdout accuracy | delta vs merged (pt) | prompt tok/s | generation tok/s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {v.path.name} | {v.size_bytes / 2**20:.1f} | {v.accuracy:.3f} | {100 * v.accuracy_delta:+.2f} | "
+            f"{v.prompt_tokens_per_second:.0f} | {v.generation_tokens_per_second:.1f} |"
+            for v in self.variants
+        ]
+        lines.append(f"| merged HF model (reference) | | {self.merged_accuracy:.3f} | | | |")
+        return "\n".join(lines)
 
 
 def export_and_verify(
@@ -405,60 +602,133 @@ def export_and_verify(
     out_dir: Path,
     tracker: "Tracker",
     *,
-    reference_accuracy: float,
+    eval_accuracies: dict[str, float],
+    model_version: tuple[str, str] | None = None,
     run_tags: dict[str, str] | None = None,
 ) -> GgufExport:
-    """Merge, write GGUF, quantize every configured type, and re-run the frozen holdout under
-    llama.cpp: the accuracy reported is the accuracy of the file that ships. The first quant type
-    in the task is the shipped one."""
+    """Merge (checked against base + adapter), write the unquantized GGUF, quantize every configured
+    type, run the frozen holdout through every file under llama.cpp, run the three checks, and ship
+    an Ollama Modelfile per file and a model card. `eval_accuracies` (base/candidate from the
+    evaluation) go into the model card; `model_version` (registered name, version) gets the export's
+    tags and the model card as its description. A failing check is reported in `checks`, not raised."""
     import shutil
-    import time
 
-    from transformers import AutoTokenizer
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from finetune_loop.core import gguf_checks
     from finetune_loop.core.curate import read_examples
-    from finetune_loop.core.evaluate import score
+    from finetune_loop.core.metrics import score
+    from finetune_loop.core.scoring import label_token_sequences, predict_labels
+    from finetune_loop.core.model_card import write_model_card
+    from finetune_loop.core.modelfile import build_modelfile
     from finetune_loop.core.models import render_prompt
 
+    if not spec.is_classification:
+        raise ValueError(f"task {spec.name} is {spec.kind!r}: GGUF verification scores label answers, classification only")
     started = time.perf_counter()
-    merged_dir = merge_adapter(base.directory, adapter_dir, out_dir / "merged")
-    unquantized = write_gguf(
-        merged_dir, out_dir / f"{spec.name}-{spec.export.outtype}.gguf", outtype=spec.export.outtype, tokenizer_pre=base.gguf_tokenizer_pre
-    )
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    settings = spec.export
     holdout = read_examples(holdout_path)
-    prompts = [render_prompt(tokenizer, spec, e.text) for e in holdout]
-    # The unquantized GGUF holds every merged weight; the HF copy is only an intermediate.
-    shutil.rmtree(merged_dir)
+    texts = [e.text for e in holdout]
+    out_dir = Path(out_dir)
 
-    quantized: dict[str, Path] = {}
-    accuracy_by_quant: dict[str, float] = {}
-    for quant_type in spec.export.quant_types:
-        path = quantize_gguf(unquantized, out_dir / f"{spec.name}-{quant_type}.gguf", quant_type)
-        quantized[quant_type] = path
-        accuracy_by_quant[quant_type] = score(holdout, classify_with_llama_cpp(path, prompts, spec.labels), spec.labels).accuracy
-    shipped_type = spec.export.quant_types[0]
-    shipped = quantized[shipped_type]
-    accuracy = accuracy_by_quant[shipped_type]
+    tokenizer = AutoTokenizer.from_pretrained(training_tokenizer_dir(adapter_dir, base.directory))
+    prompts = [render_prompt(tokenizer, spec, text) for text in texts]
+    merged = merge_adapter(
+        base.directory, adapter_dir, out_dir / "merged", tolerance=settings.merge_logit_tolerance,
+        check_prompts=prompts[:MERGE_CHECK_PROMPTS],
+    )
+    # The reference every GGUF is judged against: the merged model in fp32, as HF runs it.
+    merged_model = AutoModelForCausalLM.from_pretrained(merged.directory, dtype=torch.float32)
+    merged_labels = predict_labels(merged_model, tokenizer, spec, texts)
+    label_sequences = label_token_sequences(tokenizer, spec)
+    merged_next_tokens = gguf_checks.hf_next_token_ids(merged_model, tokenizer, prompts)
+    merged_accuracy = score(holdout, merged_labels, spec.labels).accuracy
+    del merged_model
+
+    outtype, outtype_reason = resolve_outtype(settings.outtype)
+    unquantized = write_gguf(
+        merged.directory, out_dir / f"{spec.name}-{outtype}.gguf", outtype=outtype, tokenizer_pre=base.gguf_tokenizer_pre
+    )
+    paths = {outtype: unquantized}
+    for quant_type in settings.quant_types:
+        paths[quant_type] = quantize_gguf(unquantized, out_dir / f"{spec.name}-{quant_type}.gguf", quant_type)
+
+    variants, answers = [], {}
+    for name, path in paths.items():
+        answers[name] = run_with_llama_cpp(path, prompts, label_sequences, n_ctx=LLAMA_CPP_CONTEXT)
+        scores = score(holdout, answers[name].labels, spec.labels)
+        modelfile = build_modelfile(tokenizer, path.name, spec.system_prompt()).write(path.with_suffix(".Modelfile"))
+        variants.append(
+            GgufVariant(
+                name, path, path.stat().st_size, scores.accuracy, scores.accuracy - merged_accuracy,
+                {label: stats.recall for label, stats in scores.per_label.items()},
+                answers[name].prompt_tokens_per_second, answers[name].generation_tokens_per_second, modelfile,
+            )
+        )
+    checks = [
+        gguf_checks.matches_merged_model(
+            merged_labels, merged_next_tokens, answers[outtype].labels, answers[outtype].next_token_ids, settings
+        ),
+        gguf_checks.quant_within_budget(merged_accuracy, {v.name: v.accuracy for v in variants[1:]}, settings, len(holdout)),
+        gguf_checks.chat_template_roundtrip(
+            unquantized, tokenizer, spec, texts[:ROUNDTRIP_PROMPTS], variants[0].modelfile_path.read_text(), n_ctx=LLAMA_CPP_CONTEXT
+        ),
+    ]
+    # The unquantized GGUF holds every merged weight; the HF copy is only an intermediate.
+    shutil.rmtree(merged.directory)
+    shipped = variants[1]
     seconds = time.perf_counter() - started
 
     with tracker.run(f"export-{spec.name}", tags={"stage": "export", **(run_tags or {})}) as run_id:
-        tracker.log_params(run_id, {"outtype": spec.export.outtype, "quant_types": ",".join(spec.export.quant_types), "shipped_quant_type": shipped_type})
-        metrics = {"reference_accuracy": reference_accuracy, "export_seconds": seconds, f"size_mb_{spec.export.outtype}": unquantized.stat().st_size / 2**20}
-        for quant_type, quant_accuracy in accuracy_by_quant.items():
-            metrics[f"accuracy_gguf_{quant_type}"] = quant_accuracy
-            metrics[f"accuracy_delta_{quant_type}"] = quant_accuracy - reference_accuracy
-            metrics[f"size_mb_{quant_type}"] = quantized[quant_type].stat().st_size / 2**20
+        tracker.log_params(
+            run_id,
+            {"outtype": outtype, "outtype_reason": outtype_reason, "quant_types": ",".join(settings.quant_types),
+             "shipped_quant_type": shipped.name, "adapter_was_qlora": merged.adapter_was_qlora,
+             "quant_budget_points": {q: settings.budget_points(q) for q in settings.quant_types}},
+        )
+        metrics = {
+            "merged_accuracy": merged_accuracy,
+            "merge_max_abs_logit_diff": merged.max_abs_logit_diff,
+            "export_seconds": seconds,
+            **{f"check_{c.name}_passed": float(c.passed) for c in checks},
+            **{f"{c.name}.{k}": v for c in checks for k, v in c.metadata.items() if isinstance(v, (int, float))},
+        }
+        for variant in variants:
+            metrics |= {
+                f"accuracy_gguf_{variant.name}": variant.accuracy,
+                f"accuracy_delta_{variant.name}": variant.accuracy_delta,
+                f"size_mb_{variant.name}": variant.size_bytes / 2**20,
+                f"prompt_tokens_per_second_{variant.name}": variant.prompt_tokens_per_second,
+                f"generation_tokens_per_second_{variant.name}": variant.generation_tokens_per_second,
+            }
         tracker.log_metrics(run_id, metrics)
-        tracker.log_artifact(run_id, shipped, "gguf")
-    return GgufExport(
-        gguf_path=shipped,
-        quant_type=shipped_type,
-        file_size_bytes=shipped.stat().st_size,
-        unquantized_path=unquantized,
-        accuracy_gguf=accuracy,
-        accuracy_delta=accuracy - reference_accuracy,
-        accuracy_by_quant=accuracy_by_quant,
-        mlflow_run_id=run_id,
-        seconds=seconds,
-    )
+        result = GgufExport(
+            gguf_path=shipped.path, quant_type=shipped.name, file_size_bytes=shipped.size_bytes,
+            unquantized_path=unquantized, outtype=outtype, outtype_reason=outtype_reason,
+            accuracy_gguf=shipped.accuracy, accuracy_delta=shipped.accuracy_delta, merged_accuracy=merged_accuracy,
+            merge_max_abs_logit_diff=merged.max_abs_logit_diff, adapter_was_qlora=merged.adapter_was_qlora,
+            variants=variants, checks=checks, model_card_path=out_dir / "README.md", mlflow_run_id=run_id, seconds=seconds,
+        )
+        card = write_model_card(result.model_card_path, spec, base, adapter_dir, result, eval_accuracies)
+        tracker.log_artifact(run_id, card, "gguf")
+        for variant in variants:
+            tracker.log_artifact(run_id, variant.modelfile_path, "gguf")
+        tracker.log_artifact(run_id, shipped.path, "gguf")
+        tracker.log_text(run_id, json.dumps([c.__dict__ for c in checks], indent=2, default=str), "gguf/checks.json")
+        if model_version is not None:
+            name, version = model_version
+            tracker.tag_version(name, version, {
+                "gguf_export_run_id": run_id, "gguf_quant_type": shipped.name, "gguf_accuracy": f"{shipped.accuracy:.4f}",
+                "gguf_checks_passed": all(c.passed for c in checks),
+            })
+            tracker.describe_version(name, version, card.read_text(encoding="utf-8"))
+    return result
+
+
+
+def training_tokenizer_dir(adapter_dir: Path, base_dir: Path) -> Path:
+    """Training may have changed the tokenizer (pad token, chat template); when it saved one beside
+    the adapter, that is the one the adapter was trained with."""
+    adapter_has_tokenizer = any((Path(adapter_dir) / name).is_file() for name in _TOKENIZER_FILES)
+    return Path(adapter_dir) if adapter_has_tokenizer else Path(base_dir)

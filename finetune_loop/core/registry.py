@@ -168,6 +168,9 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_model_version_tag(model_name, version, key, str(value))
 
+    def describe_version(self, model_name: str, version: str, description: str) -> None:
+        self.client.update_model_version(model_name, version, description=description)
+
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, alias, version)
 

@@ -114,12 +114,29 @@ class GateSettings:
     min_probe_pass_rate: float = 0.8
 
 
+# Accuracy (in percentage points of the holdout) a quantized file may lose against the merged
+# model before quant_within_budget fails. 8-bit is near-lossless; 4/5-bit k-quants trade a little.
+DEFAULT_QUANT_BUDGET_POINTS = {"Q8_0": 0.5, "Q6_K": 0.5, "Q5_K_M": 1.0, "Q4_K_M": 2.0, "Q4_0": 3.0}
+
+
 @dataclass(frozen=True)
 class ExportSettings:
-    # f16 halves the file against f32 and is lossless enough for fp32-trained small models;
-    # f32 keeps every bit.
-    outtype: str = "f16"
-    quant_types: tuple[str, ...] = ("Q8_0",)
+    # Precision of the unquantized GGUF. "auto" keeps every bit of the merged weights: they are
+    # fp32 (base + LoRA delta), and f16/bf16 would round away part of the delta whatever dtype the
+    # base was published in. f16/bf16 halve the file when that loss is acceptable.
+    outtype: str = "auto"
+    # Every type is written and verified; the first one ships (model card, summary).
+    quant_types: tuple[str, ...] = ("Q8_0", "Q4_K_M")
+    # Per quant type, overriding DEFAULT_QUANT_BUDGET_POINTS.
+    quant_budget_points: dict[str, float] = field(default_factory=dict)
+    # matches_merged_model: llama.cpp on the unquantized file vs the merged HF model.
+    min_top1_agreement: float = 0.99
+    min_greedy_agreement: float = 0.98
+    # Largest |logit| difference allowed between the merged model and base + adapter (fp32).
+    merge_logit_tolerance: float = 1e-3
+
+    def budget_points(self, quant_type: str) -> float:
+        return self.quant_budget_points.get(quant_type, DEFAULT_QUANT_BUDGET_POINTS[quant_type])
 
 
 @dataclass(frozen=True)
@@ -229,8 +246,9 @@ _SECTIONS = {
 # Named as in llama.cpp (LLAMA_FTYPE_MOSTLY_<name>). K-quants need rows that are multiples of 256;
 # llama.cpp falls back to a compatible type per tensor where a row is shorter (SmolLM2's are 576).
 DESCRIPTOR_METHODS = ("ks", "wasserstein", "psi")
-QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q5_K_M", "Q4_0", "Q6_K")
+QUANT_TYPES = tuple(DEFAULT_QUANT_BUDGET_POINTS)
 OUTTYPES = ("f32", "f16", "bf16")
+OUTTYPE_CHOICES = ("auto", *OUTTYPES)
 
 
 def load_task_spec(path: str | Path) -> TaskSpec:
@@ -363,6 +381,10 @@ def _section(raw: Any, cls: type, key: str, spec_path: Path) -> Any:
             # to the source's licence.
             if value is not None and not isinstance(value, str):
                 raise TaskSpecError(f"{spec_path}: {key}.{name} must be a column name or null, got {value!r}")
+        elif isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise TaskSpecError(f"{spec_path}: {key}.{name} must be a mapping, got {value!r}")
+            value = dict(value)
         elif isinstance(default, str) and not isinstance(value, str):
             raise TaskSpecError(f"{spec_path}: {key}.{name} must be a string, got {value!r}")
         values[name] = value
@@ -391,11 +413,7 @@ def _check_ranges(spec: TaskSpec) -> None:
     if training.max_train_examples is not None and training.max_train_examples < len(spec.labels):
         problems.append(f"training.max_train_examples must be at least the number of labels ({len(spec.labels)})")
     problems.extend(_gate_problems(spec.gate))
-    if spec.export.outtype not in OUTTYPES:
-        problems.append(f"export.outtype must be one of {', '.join(OUTTYPES)}, got {spec.export.outtype!r}")
-    bad_quants = [q for q in spec.export.quant_types if q not in QUANT_TYPES]
-    if bad_quants or not spec.export.quant_types:
-        problems.append(f"export.quant_types must be a non-empty list from {list(QUANT_TYPES)}, got {list(spec.export.quant_types)}")
+    problems.extend(_export_problems(spec.export))
     if not (0 < spec.drift.drift_share <= 1):
         problems.append(f"drift.drift_share must be in (0, 1], got {spec.drift.drift_share}")
     if spec.drift.cadence_days <= 0:
@@ -422,6 +440,26 @@ def _gate_problems(gate: GateSettings) -> list[str]:
         problems.append(f"gate.bootstrap_resamples must be at least 100, got {gate.bootstrap_resamples}")
     if gate.min_slice_rows < 1:
         problems.append(f"gate.min_slice_rows must be at least 1, got {gate.min_slice_rows}")
+    return problems
+
+
+def _export_problems(export: ExportSettings) -> list[str]:
+    problems = []
+    if export.outtype not in OUTTYPE_CHOICES:
+        problems.append(f"export.outtype must be one of {', '.join(OUTTYPE_CHOICES)}, got {export.outtype!r}")
+    bad_quants = [q for q in export.quant_types if q not in QUANT_TYPES]
+    if bad_quants or not export.quant_types or len(set(export.quant_types)) != len(export.quant_types):
+        problems.append(f"export.quant_types must be a non-empty list of distinct types from {list(QUANT_TYPES)}, got {list(export.quant_types)}")
+    for quant_type, points in export.quant_budget_points.items():
+        if quant_type not in QUANT_TYPES:
+            problems.append(f"export.quant_budget_points names unknown quant type {quant_type!r}; known: {list(QUANT_TYPES)}")
+        elif isinstance(points, bool) or not isinstance(points, (int, float)) or not (0 <= points <= 100):
+            problems.append(f"export.quant_budget_points.{quant_type} must be a number of points in [0, 100], got {points!r}")
+    for name in ("min_top1_agreement", "min_greedy_agreement"):
+        if not (0 <= getattr(export, name) <= 1):
+            problems.append(f"export.{name} must be in [0, 1], got {getattr(export, name)}")
+    if export.merge_logit_tolerance <= 0:
+        problems.append(f"export.merge_logit_tolerance must be positive, got {export.merge_logit_tolerance}")
     return problems
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from finetune_loop.core import curate, drift, evaluate, export, files, models, production, promotion, train
+from finetune_loop.core import curate, drift, evaluate, export, files, gguf_checks, models, production, promotion, train
 from finetune_loop.core.registry import CHAMPION_ALIAS, ModelVersionRef, Tracker
 from finetune_loop.defs.resources import LoopResource
 
@@ -334,7 +334,17 @@ def champion_model(context: dg.AssetExecutionContext, loop: LoopResource, eval_r
     return champion
 
 
-@dg.asset(description="Merged model as GGUF (unquantized + quantized), re-evaluated on the holdout under llama.cpp.")
+GGUF_CHECKS = {
+    gguf_checks.MATCHES_MERGED_MODEL: "The unquantized GGUF under llama.cpp agrees with the merged HF model: top-1 next token and greedy label on the holdout.",
+    gguf_checks.QUANT_WITHIN_BUDGET: "Every quantized file's holdout accuracy is within the task's budget (points) of the merged model.",
+    gguf_checks.CHAT_TEMPLATE_ROUNDTRIP: "Training prompt tokens = GGUF chat template = Ollama Modelfile TEMPLATE; generation stops at EOS.",
+}
+
+
+@dg.asset(
+    check_specs=[dg.AssetCheckSpec(name, asset="gguf_export", blocking=True, description=text) for name, text in GGUF_CHECKS.items()],
+    description="Merged model as GGUF (unquantized + quantized) with Ollama Modelfiles and a model card, verified under llama.cpp.",
+)
 def gguf_export(
     context: dg.AssetExecutionContext,
     loop: LoopResource,
@@ -342,7 +352,7 @@ def gguf_export(
     eval_report: EvalReport,
     lora_adapter: train.TrainedAdapter,
     holdout_suite: curate.FrozenSuite,
-) -> export.GgufExport:
+):
     spec = loop.spec()
     home = loop.loop_home()
     tracker = loop.tracker(spec)
@@ -350,22 +360,43 @@ def gguf_export(
     out_dir = home.task_dir(spec.name, "exports") / f"v{champion_model.version}"
     result = export.export_and_verify(
         spec, base, lora_adapter.directory, holdout_suite.path, out_dir, tracker,
-        reference_accuracy=eval_report.candidate_accuracy,
+        eval_accuracies={"base": eval_report.base_accuracy, "candidate": eval_report.candidate_accuracy},
+        model_version=(champion_model.model_name, champion_model.version),
         run_tags={**_run_tags(context), "model_version": champion_model.version},
     )
-    context.add_output_metadata(
-        {
+    per_variant = {}
+    for variant in result.variants:
+        per_variant |= {
+            f"size_mb_{variant.name}": round(variant.size_bytes / 2**20, 1),
+            f"accuracy_{variant.name}": variant.accuracy,
+            f"generation_tokens_per_second_{variant.name}": round(variant.generation_tokens_per_second, 1),
+        }
+    yield dg.Output(
+        result,
+        metadata={
             "gguf_path": dg.MetadataValue.path(str(result.gguf_path)),
             "quant_type": result.quant_type,
             "file_size_mb": round(result.file_size_bytes / 2**20, 1),
             "unquantized_path": dg.MetadataValue.path(str(result.unquantized_path)),
+            "outtype": result.outtype,
+            "outtype_reason": result.outtype_reason,
             "accuracy_gguf": result.accuracy_gguf,
             "accuracy_delta": result.accuracy_delta,
+            "merged_accuracy": result.merged_accuracy,
+            "candidate_accuracy": eval_report.candidate_accuracy,
+            "merge_max_abs_logit_diff": result.merge_max_abs_logit_diff,
+            "adapter_was_qlora": result.adapter_was_qlora,
+            "variants": dg.MetadataValue.md(result.variants_markdown()),
+            **per_variant,
+            "modelfile": dg.MetadataValue.path(str(result.variants[1].modelfile_path)),
+            "model_card": dg.MetadataValue.path(str(result.model_card_path)),
+            "export_seconds": result.seconds,
             "mlflow_run_id": result.mlflow_run_id,
             "mlflow_run": _mlflow_link(tracker, result.mlflow_run_id),
-        }
+        },
     )
-    return result
+    for check in result.checks:
+        yield dg.AssetCheckResult(check_name=check.name, passed=check.passed, description=check.description, metadata=check.metadata)
 
 
 def _champion_eval_accuracy(instance: dg.DagsterInstance) -> float | None:

@@ -1,0 +1,104 @@
+"""What GGUF export costs and keeps on the bundled SmolLM2-135M-Instruct base: file size, llama.cpp
+speed, agreement with the merged HF model and holdout accuracy per file (f32, Q8_0, Q4_K_M), and the
+three gguf_export checks.
+
+The adapter is a freshly initialised LoRA (r=16 on all attention/MLP projections) whose B matrices
+get small random values (std --lora-std) instead of PEFT's zeros, so the merge really changes every
+adapted weight; it is not a trained adapter, so accuracies are the base model's zero-shot ones.
+Rows: a seeded sample of the support_triage tickets (--rows). Everything runs through
+`export_and_verify`, the function the gguf_export asset calls; state goes to a temporary
+FINETUNE_LOOP_HOME. Prints the variants table, the checks and one JSON line.
+
+    python benchmarks/export_quality.py                 # 100 rows
+    python benchmarks/export_quality.py --rows 182 --home /tmp/export_bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100, help="tickets sampled as the holdout")
+    parser.add_argument("--lora-std", type=float, default=0.002, help="std of the random LoRA B matrices")
+    parser.add_argument("--home", type=Path, default=None, help="FINETUNE_LOOP_HOME (default: a new temporary directory)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    home_dir = args.home or Path(tempfile.mkdtemp(prefix="export_quality_"))
+    os.environ["FINETUNE_LOOP_HOME"] = str(home_dir)
+
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetune_loop.core.curate import read_labeled_examples
+    from finetune_loop.core.export import export_and_verify
+    from finetune_loop.core.home import LoopHome
+    from finetune_loop.core.models import prepare_base_model
+    from finetune_loop.core.registry import Tracker
+    from finetune_loop.core.specs import load_task_spec
+    from finetune_loop.defs.resources import EXAMPLE_TASK
+
+    started = time.perf_counter()
+    spec = load_task_spec(EXAMPLE_TASK)
+    home = LoopHome.from_env()
+    base = prepare_base_model(spec.base_model, home.artifacts / "base_models")
+
+    examples, _ = read_labeled_examples(spec)
+    rows = random.Random(args.seed).sample(examples, min(args.rows, len(examples)))
+    holdout = home_dir / "holdout.jsonl"
+    holdout.write_text("".join(json.dumps({"id": e.id, "text": e.text, "label": e.label}) + "\n" for e in rows))
+
+    torch.manual_seed(args.seed)
+    model = AutoModelForCausalLM.from_pretrained(base.directory, dtype=torch.float32)
+    adapted = peft.get_peft_model(model, peft.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, args.lora_std)
+    adapter_dir = home_dir / "adapter"
+    adapted.save_pretrained(adapter_dir)
+    del adapted, model
+
+    tracker = Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", spec.name)
+    export_started = time.perf_counter()
+    result = export_and_verify(spec, base, adapter_dir, holdout, home_dir / "export", tracker, eval_accuracies={})
+    export_seconds = time.perf_counter() - export_started
+
+    print(f"\n{len(rows)} support_triage tickets, SmolLM2-135M-Instruct + random LoRA (B std {args.lora_std}), {os.cpu_count()} CPUs")
+    print(f"merge: max |logit diff| merged vs base + adapter = {result.merge_max_abs_logit_diff:.2e}")
+    print(result.variants_markdown())
+    for check in result.checks:
+        print(f"{check.name}: {'PASSED' if check.passed else 'FAILED'} - {check.description}")
+    print(json.dumps({
+        "rows": len(rows),
+        "merge_max_abs_logit_diff": result.merge_max_abs_logit_diff,
+        "merged_accuracy": result.merged_accuracy,
+        "variants": {
+            v.name: {"size_mb": round(v.size_bytes / 2**20, 1), "accuracy": v.accuracy, "delta_points": round(100 * v.accuracy_delta, 2),
+                     "prompt_tokens_per_second": round(v.prompt_tokens_per_second), "generation_tokens_per_second": round(v.generation_tokens_per_second, 1)}
+            for v in result.variants
+        },
+        "checks": {c.name: {"passed": c.passed, **{k: v for k, v in c.metadata.items() if isinstance(v, (int, float))}} for c in result.checks},
+        "export_seconds": round(export_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".strip(),
+        "torch": torch.__version__,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""The three verifications of a GGUF export, as plain functions over measured results.
+
+- `matches_merged_model`: the unquantized GGUF under llama.cpp computes what the merged HF model
+  computes (top-1 next token after each holdout prompt, and the label the evaluation's rule picks).
+- `quant_within_budget`: every quantized file loses at most its budget of holdout accuracy
+  (percentage points) against the merged HF model.
+- `chat_template_roundtrip`: the prompt tokens training used, the GGUF's embedded chat template as
+  llama.cpp renders it, and the Ollama Modelfile's TEMPLATE give the same token ids; the EOS that
+  ends every training answer is the GGUF's EOS and a Modelfile stop; llama.cpp generation stops there.
+
+Each returns a CheckOutcome whose metadata carries the numbers a failing check is judged on; the
+Dagster layer turns it into an asset check result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finetune_loop.core.export import serving_tokens
+from finetune_loop.core.modelfile import ModelfileError, parse_modelfile, render_go_template
+from finetune_loop.core.models import chat_messages, render_completion, render_prompt
+from finetune_loop.core.specs import ExportSettings, TaskSpec
+
+MATCHES_MERGED_MODEL = "matches_merged_model"
+QUANT_WITHIN_BUDGET = "quant_within_budget"
+CHAT_TEMPLATE_ROUNDTRIP = "chat_template_roundtrip"
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+def hf_next_token_ids(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 8) -> list[int]:
+    """The HF model's top-1 next token after each prompt (batched, left-padded, positions corrected)."""
+    import torch
+
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    model.eval()
+    result: list[int] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            encoded = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False)
+            mask = encoded["attention_mask"]
+            # Left padding shifts every row; positions must count real tokens only, as unpadded.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad():
+                logits = model(input_ids=encoded["input_ids"], attention_mask=mask, position_ids=positions).logits[:, -1]
+            result.extend(int(i) for i in logits.argmax(-1))
+    finally:
+        tokenizer.padding_side = previous_side
+    return result
+
+
+def matches_merged_model(
+    merged_labels: Sequence[str],
+    merged_next_tokens: Sequence[int],
+    gguf_labels: Sequence[str],
+    gguf_next_tokens: Sequence[int],
+    settings: ExportSettings,
+) -> CheckOutcome:
+    """Agreement of the unquantized GGUF under llama.cpp with the merged HF model on the same prompts.
+
+    Greedy-output agreement (`min_greedy_agreement`) is read on the answer both runtimes serve the
+    task with: the label whose answer tokens are most likely after the prompt."""
+    rows = len(merged_labels)
+    top1 = sum(a == b for a, b in zip(merged_next_tokens, gguf_next_tokens)) / rows
+    labels_agree = sum(a == b for a, b in zip(merged_labels, gguf_labels)) / rows
+    passed = top1 >= settings.min_top1_agreement and labels_agree >= settings.min_greedy_agreement
+    description = (
+        f"top-1 next-token agreement {top1:.3f} (min {settings.min_top1_agreement}), "
+        f"label agreement {labels_agree:.3f} (min {settings.min_greedy_agreement}) over {rows} holdout prompts"
+    )
+    return CheckOutcome(
+        MATCHES_MERGED_MODEL,
+        passed,
+        description,
+        {
+            "top1_agreement": top1,
+            "label_agreement": labels_agree,
+            "min_top1_agreement": settings.min_top1_agreement,
+            "min_greedy_agreement": settings.min_greedy_agreement,
+            "prompts": rows,
+            "label_disagreements": sum(a != b for a, b in zip(merged_labels, gguf_labels)),
+        },
+    )
+
+
+def quant_within_budget(
+    merged_accuracy: float, accuracy_by_quant: dict[str, float], settings: ExportSettings, holdout_rows: int
+) -> CheckOutcome:
+    """Each quantized file's holdout accuracy may fall at most its budget (points) below the merged model's.
+
+    `one_row_points` in the metadata is the resolution: a budget below it allows no flipped answer."""
+    metadata: dict[str, object] = {"merged_accuracy": merged_accuracy, "one_row_points": 100 / holdout_rows}
+    over = []
+    for quant_type, accuracy in accuracy_by_quant.items():
+        delta_points = 100 * (accuracy - merged_accuracy)
+        budget = settings.budget_points(quant_type)
+        metadata[f"{quant_type}_accuracy"] = accuracy
+        metadata[f"{quant_type}_delta_points"] = delta_points
+        metadata[f"{quant_type}_budget_points"] = budget
+        if -delta_points > budget + 1e-9:
+            over.append(f"{quant_type} {delta_points:+.2f} pt (budget -{budget} pt)")
+    summary = ", ".join(f"{q} {metadata[f'{q}_delta_points']:+.2f} pt" for q in accuracy_by_quant)
+    description = f"over budget: {'; '.join(over)}" if over else f"within budget vs merged accuracy {merged_accuracy:.3f}: {summary}"
+    return CheckOutcome(QUANT_WITHIN_BUDGET, not over, description, metadata)
+
+
+def chat_template_roundtrip(
+    gguf_path: Path,
+    tokenizer,
+    spec: TaskSpec,
+    texts: Sequence[str],
+    modelfile_text: str,
+    *,
+    n_ctx: int,
+) -> CheckOutcome:
+    """Training, the GGUF's own template and the Modelfile agree token for token, and generation ends at EOS.
+
+    Generation is checked twice under llama.cpp: constrained to the labels by a GBNF grammar (the
+    gate: once a label is complete the grammar admits only end-of-generation tokens, so the run
+    must stop before max_tokens on a token llama.cpp treats as EOS), and free greedy generation,
+    whose stop rate is recorded but not gated (an untrained or weak model may ramble)."""
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    problems: list[str] = []
+    llm = llama_cpp.Llama(str(gguf_path), n_ctx=n_ctx, verbose=False)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+
+        def token_text(token_id: int) -> str:
+            return llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")
+
+        # The end of an answer, as training saw it, and as llama.cpp and Ollama will stop on it.
+        training_eos = tokenizer.eos_token_id
+        answer_ids = tokenizer(render_completion(tokenizer, spec, texts[0], spec.labels[0]), add_special_tokens=False)["input_ids"]
+        if answer_ids[-1] != training_eos:
+            problems.append(f"training answers end with token {answer_ids[-1]}, not the EOS {training_eos}")
+        if llm.token_eos() != training_eos:
+            problems.append(f"GGUF eos id {llm.token_eos()} ({token_text(llm.token_eos())!r}) != training EOS {training_eos} ({tokenizer.eos_token!r})")
+        if not llama_cpp.llama_vocab_is_eog(vocab, training_eos):
+            problems.append(f"llama.cpp does not end generation on the training EOS {tokenizer.eos_token!r}")
+        try:
+            modelfile = parse_modelfile(modelfile_text)
+        except ModelfileError as exc:
+            problems.append(f"Modelfile: {exc}")
+            modelfile = None
+        if modelfile is not None:
+            if tokenizer.eos_token not in modelfile.stops:
+                problems.append(f"Modelfile stops {list(modelfile.stops)} miss the EOS {tokenizer.eos_token!r}")
+            for stop in modelfile.stops:
+                ids = llm.tokenize(stop.encode(), add_bos=False, special=True)
+                if len(ids) != 1 or not llama_cpp.llama_vocab_is_eog(vocab, ids[0]):
+                    problems.append(f"Modelfile stop {stop!r} is not one end-of-generation token in the GGUF (tokens {ids})")
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            problems.append("the GGUF has no tokenizer.chat_template: llama.cpp servers would format chats their own way")
+        formatter = (
+            Jinja2ChatFormatter(template, eos_token=token_text(llm.token_eos()), bos_token=token_text(llm.token_bos()))
+            if template else None
+        )
+        mismatches = {"gguf_template": 0, "modelfile_template": 0}
+        first_mismatch = ""
+        for text in texts:
+            messages = chat_messages(spec, text)
+            # What training and evaluation fed the model, and what a server gets from each template.
+            expected = tokenizer(render_prompt(tokenizer, spec, text), add_special_tokens=False)["input_ids"]
+            rendered = {}
+            if formatter is not None:
+                rendered["gguf_template"] = formatter(messages=messages).prompt
+            if modelfile is not None:
+                try:
+                    rendered["modelfile_template"] = render_go_template(modelfile.template, messages)
+                except ModelfileError as exc:
+                    problems.append(f"Modelfile TEMPLATE: {exc}")
+                    modelfile = None
+            for source, prompt in rendered.items():
+                ids = serving_tokens(llm, prompt)
+                if ids != expected:
+                    mismatches[source] += 1
+                    first_mismatch = first_mismatch or _first_difference(source, expected, ids, token_text)
+        for source, count in mismatches.items():
+            if count:
+                problems.append(f"{source} tokens differ from training on {count}/{len(texts)} prompts")
+
+        stopped, free_stopped = _generation_stops(llm, tokenizer, spec, texts, formatter)
+    finally:
+        llm.close()
+    if stopped < len(texts):
+        problems.append(f"constrained generation reached max tokens without EOS on {len(texts) - stopped}/{len(texts)} prompts")
+    metadata = {
+        "prompts": len(texts),
+        "gguf_template_mismatches": mismatches["gguf_template"],
+        "modelfile_template_mismatches": mismatches["modelfile_template"],
+        "training_eos_id": training_eos,
+        "constrained_generation_stop_rate": stopped / len(texts),
+        "free_generation_stop_rate": free_stopped / len(texts),
+        "problems": json.dumps(problems),
+    }
+    if first_mismatch:
+        metadata["first_mismatch"] = first_mismatch
+    description = "; ".join(problems) if problems else (
+        f"training, GGUF template and Modelfile give identical prompt tokens on {len(texts)} prompts; "
+        f"generation stops at {tokenizer.eos_token!r}"
+    )
+    return CheckOutcome(CHAT_TEMPLATE_ROUNDTRIP, not problems, description, metadata)
+
+
+def _first_difference(source: str, expected: list[int], got: list[int], token_text) -> str:
+    position = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+    window = slice(max(0, position - 3), position + 3)
+    return (
+        f"{source} at token {position}: training {[token_text(t) for t in expected[window]]} "
+        f"vs {[token_text(t) for t in got[window]]}"
+    )
+
+
+# Room after the longest label for the grammar to reach its end-of-generation token.
+_GENERATION_SLACK = 4
+_FREE_GENERATION_TOKENS = 32
+
+
+def _generation_stops(llm, tokenizer, spec: TaskSpec, texts, formatter) -> tuple[int, int]:
+    """(prompts whose label-constrained greedy generation ended on EOS, same for free greedy generation)."""
+    from llama_cpp import LlamaGrammar
+
+    # GBNF string literals share JSON's escapes for the characters labels can hold.
+    grammar = LlamaGrammar.from_string("root ::= " + " | ".join(json.dumps(label) for label in spec.labels), verbose=False)
+    longest = max(len(llm.tokenize(label.encode(), add_bos=False, special=False)) for label in spec.labels)
+    stopped = free_stopped = 0
+    for text in texts:
+        prompt = formatter(messages=chat_messages(spec, text)).prompt if formatter else render_prompt(tokenizer, spec, text)
+        tokens = serving_tokens(llm, prompt)
+        constrained = llm.create_completion(tokens, max_tokens=longest + _GENERATION_SLACK, temperature=0.0, grammar=grammar)
+        stopped += constrained["choices"][0]["finish_reason"] == "stop"
+        free = llm.create_completion(tokens, max_tokens=_FREE_GENERATION_TOKENS, temperature=0.0)
+        free_stopped += free["choices"][0]["finish_reason"] == "stop"
+    return stopped, free_stopped
+
