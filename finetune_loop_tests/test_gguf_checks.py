@@ -116,7 +116,9 @@ def test_model_card_and_mlflow_carry_the_export(llama_export):
     assert run.data.metrics["check_matches_merged_model_passed"] == 1.0
     assert run.data.params["outtype"] == "f32"
     logged = {a.path for a in client.list_artifacts(result.mlflow_run_id, "gguf")}
-    assert {"gguf/README.md", "gguf/checks.json", "gguf/tiny_triage-Q8_0.gguf", "gguf/tiny_triage-Q8_0.Modelfile"} <= logged
+    assert {"gguf/README.md", "gguf/checks.json", "gguf/tiny_triage-Q8_0.Modelfile"} <= logged
+    # The GGUF itself goes to the version's bundle (gguf_export does that), not a second copy here.
+    assert "gguf/tiny_triage-Q8_0.gguf" not in logged
     version = client.get_model_version(spec.registered_model_name, "1")
     assert version.tags["gguf_export_run_id"] == result.mlflow_run_id
     assert version.tags["gguf_checks_passed"] == "True"

@@ -104,7 +104,10 @@ def test_champion_bundle_is_complete_enough_to_serve(loop_state):
     home = loop_state["home"]
     tracker = Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", "tiny_triage")
     bundle = tracker.download_version(tracker.version_by_alias("tiny_triage-adapter", "champion"))
-    assert missing_bundle_files(bundle) == []
+    shipped = ("tiny_triage-Q8_0.gguf", "tiny_triage-Q8_0.Modelfile", "README.md")
+    assert missing_bundle_files(bundle, extra=shipped) == []
+    assert (bundle / "tiny_triage-Q8_0.gguf").read_bytes()[:4] == b"GGUF"
+    assert "FROM ./tiny_triage-Q8_0.gguf" in (bundle / "tiny_triage-Q8_0.Modelfile").read_text()
     assert json.loads((bundle / "eval_report.json").read_text())["gate"]["passed"] is True
 
 

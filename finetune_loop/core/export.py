@@ -580,6 +580,11 @@ class GgufExport:
     mlflow_run_id: str
     seconds: float
 
+    def shipped_files(self) -> tuple[Path, Path, Path]:
+        """What serves this version without anything else: the shipped GGUF, its Ollama Modelfile
+        (FROM names the GGUF beside it) and the model card."""
+        return self.gguf_path, self.variants[1].modelfile_path, self.model_card_path
+
     def variants_markdown(self) -> str:
         lines = [
             "| file | size MB | holdout accuracy | delta vs merged (pt) | prompt tok/s | generation tok/s |",
@@ -714,7 +719,6 @@ def export_and_verify(
         tracker.log_artifact(run_id, card, "gguf")
         for variant in variants:
             tracker.log_artifact(run_id, variant.modelfile_path, "gguf")
-        tracker.log_artifact(run_id, shipped.path, "gguf")
         tracker.log_text(run_id, json.dumps([c.__dict__ for c in checks], indent=2, default=str), "gguf/checks.json")
         if model_version is not None:
             name, version = model_version

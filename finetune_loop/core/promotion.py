@@ -48,8 +48,8 @@ ROLLBACK_BUNDLE_FILES = (
     "adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
     "task_spec.yaml", "rebuild_manifest.json", "eval_report.json",
 )
-# Hook for the GGUF export (issue 6): once it logs the shipped GGUF and Modelfile into the same
-# bundle, pass their names as `extra` so the check covers them.
+# gguf_export adds the shipped GGUF, its Modelfile and the model card (GgufExport.shipped_files);
+# their names depend on the task and quant type, so callers pass them as `extra`.
 
 
 def missing_bundle_files(directory: Path, extra: tuple[str, ...] = ()) -> list[str]:

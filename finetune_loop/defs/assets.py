@@ -364,6 +364,10 @@ def gguf_export(
         model_version=(champion_model.model_name, champion_model.version),
         run_tags={**_run_tags(context), "model_version": champion_model.version},
     )
+    # The shipped GGUF, its Modelfile and the model card join the version's rollback bundle (the
+    # version's source), so rolling back to this version serves the very file these checks passed.
+    for path in result.shipped_files():
+        tracker.log_artifact(lora_adapter.model_version.run_id, path, promotion.BUNDLE_ARTIFACT_PATH)
     per_variant = {}
     for variant in result.variants:
         per_variant |= {
