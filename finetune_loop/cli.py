@@ -166,8 +166,10 @@ def _summary(spec, home, run_id: str, materialized: dict, checks: dict[str, bool
             f"accuracy    base {value('eval_report', 'base_accuracy', '{:.3f}')} -> tuned {value('eval_report', 'candidate_accuracy', '{:.3f}')} "
             f"on {value('eval_report', 'holdout_rows')} frozen holdout rows"
         )
+        champion_version = value("eval_report", "champion_version")
+        champion = "none yet" if champion_version == "none" else f"v{champion_version} ({value('eval_report', 'champion_accuracy', '{:.3f}')})"
         lines.append(
-            f"layers      champion {value('eval_report', 'champion_version')} ({value('eval_report', 'champion_accuracy', '{:.3f}')}); "
+            f"layers      champion {champion}; "
             f"regression pass rate {value('eval_report', 'candidate_regression_pass_rate', '{:.3f}')}; "
             f"probe pass rate {value('eval_report', 'candidate_probe_pass_rate', '{:.3f}')}; frontier {value('eval_report', 'frontier')}"
         )
