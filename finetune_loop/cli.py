@@ -310,10 +310,15 @@ def monitor(task_path: Path, home_dir: Path | None = None) -> int:
                 tags = {**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": sensor.name}
                 print(f"{sensor.name}: retrain requested, tags {json.dumps(request.tags)}", flush=True)
                 result = defs.resolve_job_def("retrain_job").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
-                gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "release_gate"]
-                print(f"retrain     run {result.run_id}: {'succeeded' if result.success else 'failed'}; "
-                      f"release_gate {'PASSED' if gate and gate[0].passed else 'FAILED or not run'}")
-                exit_code = exit_code if result.success else EXIT_FAILED
+                gate = next((e for e in result.get_asset_check_evaluations() if e.check_name == "release_gate"), None)
+                verdict = "not run" if gate is None else "PASSED" if gate.passed else f"refused the candidate: {gate.description}"
+                print(f"retrain     run {result.run_id}: {'succeeded' if result.success else 'failed'}; release_gate {verdict}")
+                # A gate that refuses a candidate is the loop working (the champion keeps serving),
+                # told apart from a broken step as `run` does; a broken step wins over a refusal.
+                if gate is not None and not gate.passed:
+                    exit_code = exit_code if exit_code == EXIT_FAILED else EXIT_GATE_REFUSED
+                elif not result.success:
+                    exit_code = EXIT_FAILED
             if not tick.run_requests:
                 print(f"{sensor.name}: {tick.skip_message}")
     cursors_path.write_text(json.dumps(cursors))

@@ -87,3 +87,31 @@ def test_drift_triggers_one_tagged_retrain_that_gates_a_new_candidate(loop):
     assert str(client.get_model_version_by_alias("tiny_triage-adapter", "champion").version) == "2"
     eval_run = client.get_run(eval_event.asset_materialization.metadata["mlflow_run_id"].value)
     assert 0.0 <= eval_run.data.metrics["shadow_disagreement"] <= 1.0
+
+
+def test_a_retrain_the_gate_refuses_exits_2_and_leaves_the_champion_serving(tmp_path, tiny_base_model, monkeypatch, capsys):
+    from finetune_loop.cli import EXIT_GATE_REFUSED
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    monkeypatch.setenv("FINETUNE_LOOP_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    task = write_tiny_task(tmp_path / "task", tiny_base_model)
+    task.write_text(task.read_text().replace("production.jsonl", "production_log"))
+    week0 = [{"request_id": f"w0-{i}", "timestamp": "2026-10-01T09:00:00+00:00", "text": r["text"]} for i, r in enumerate(tiny_rows(10, seed=5))]
+    append_log_file(tmp_path / "task" / "production_log", "week-00.jsonl", week0)
+    (tmp_path / "new_kind.jsonl").write_text("".join(json.dumps(r) + "\n" for r in NEW_KIND))
+    assert run_loop(task) == EXIT_OK
+    assert main(["simulate-traffic", "--task", str(task), "--rows", "60", "--shift", "new_kind", "--strength", "0.9",
+                 "--new-kind-file", str(tmp_path / "new_kind.jsonl"), "--seed", "3"]) == EXIT_OK
+    # A bar no tiny random model reaches: the drift-triggered retrain must be refused.
+    task.write_text(task.read_text().replace("min_accuracy: 0.0", "min_accuracy: 1.0"))
+    capsys.readouterr()
+
+    assert monitor(task) == EXIT_GATE_REFUSED
+    out = capsys.readouterr().out
+    assert "release_gate refused the candidate: FAILED" in out and "min_accuracy" in out
+    home_state = LoopHome(home)
+    client = MlflowClient(home_state.mlflow_tracking_uri, registry_uri=home_state.mlflow_tracking_uri)
+    assert str(client.get_model_version_by_alias("tiny_triage-adapter", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("tiny_triage-adapter", "challenger").version) == "2"
