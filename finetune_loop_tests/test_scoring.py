@@ -42,6 +42,14 @@ def test_batched_label_scores_equal_one_full_forward_per_label(tiny):
         assert scores == pytest.approx(expected, abs=1e-3)
     predictions = scoring.predict_labels(model, tokenizer, spec, texts, batch_size=4)
     assert predictions == [max(spec.labels, key=s.__getitem__) for s in batched]
+    # The same passes give the model's unconstrained top-1 next token (what the GGUF check compares).
+    next_tokens = [s.next_token_id for s in scoring.score_prompts(model, tokenizer, spec, texts, batch_size=4)]
+    with torch.no_grad():
+        expected_next = [
+            int(model(torch.tensor([tokenizer(render_prompt(tokenizer, spec, t), add_special_tokens=False)["input_ids"]])).logits[0, -1].argmax())
+            for t in texts
+        ]
+    assert next_tokens == expected_next
 
 
 def test_scores_through_a_lora_adapter_equal_the_brute_force(tiny):

@@ -624,7 +624,7 @@ def export_and_verify(
     from finetune_loop.core import gguf_checks
     from finetune_loop.core.curate import read_examples
     from finetune_loop.core.metrics import score
-    from finetune_loop.core.scoring import label_token_sequences, predict_labels
+    from finetune_loop.core.scoring import label_token_sequences, score_prompts
     from finetune_loop.core.model_card import write_model_card
     from finetune_loop.core.modelfile import build_modelfile
     from finetune_loop.core.models import render_prompt
@@ -645,9 +645,10 @@ def export_and_verify(
     )
     # The reference every GGUF is judged against: the merged model in fp32, as HF runs it.
     merged_model = AutoModelForCausalLM.from_pretrained(merged.directory, dtype=torch.float32)
-    merged_labels = predict_labels(merged_model, tokenizer, spec, texts)
+    merged_scores = score_prompts(merged_model, tokenizer, spec, texts)
+    merged_labels = [scores.best_label for scores in merged_scores]
+    merged_next_tokens = [scores.next_token_id for scores in merged_scores]
     label_sequences = label_token_sequences(tokenizer, spec)
-    merged_next_tokens = gguf_checks.hf_next_token_ids(merged_model, tokenizer, prompts)
     merged_accuracy = score(holdout, merged_labels, spec.labels).accuracy
     del merged_model
 

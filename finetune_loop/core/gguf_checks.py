@@ -37,28 +37,6 @@ class CheckOutcome:
     metadata: dict[str, object] = field(default_factory=dict)
 
 
-def hf_next_token_ids(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 8) -> list[int]:
-    """The HF model's top-1 next token after each prompt (batched, left-padded, positions corrected)."""
-    import torch
-
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    model.eval()
-    result: list[int] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            encoded = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False)
-            mask = encoded["attention_mask"]
-            # Left padding shifts every row; positions must count real tokens only, as unpadded.
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.no_grad():
-                logits = model(input_ids=encoded["input_ids"], attention_mask=mask, position_ids=positions).logits[:, -1]
-            result.extend(int(i) for i in logits.argmax(-1))
-    finally:
-        tokenizer.padding_side = previous_side
-    return result
-
-
 def matches_merged_model(
     merged_labels: Sequence[str],
     merged_next_tokens: Sequence[int],

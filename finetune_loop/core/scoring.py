@@ -22,6 +22,7 @@ brute-force per-label computation.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Sequence
 
 from finetune_loop.core.models import render_completion, render_prompt
@@ -55,8 +56,27 @@ def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return max(common, 0)
 
 
+@dataclass(frozen=True)
+class PromptScores:
+    # label -> total log-probability of that label's answer tokens after the prompt, in task order.
+    labels: dict[str, float]
+    # The model's own top-1 next token after the prompt, before any label is scored.
+    next_token_id: int
+
+    @property
+    def best_label(self) -> str:
+        """The most likely label (ties go to the label listed first in the task)."""
+        return max(self.labels, key=self.labels.__getitem__)
+
+
 def label_log_likelihoods(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, float]]:
     """For every text, label -> total log-probability of that label's answer tokens after the prompt."""
+    return [scores.labels for scores in score_prompts(model, tokenizer, spec, texts, batch_size=batch_size)]
+
+
+def score_prompts(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[PromptScores]:
+    """Every label's answer log-likelihood and the top-1 next token after each text's prompt, from
+    the same batched forward passes."""
     import torch
     from transformers import DynamicCache
 
@@ -75,7 +95,7 @@ def label_log_likelihoods(model, tokenizer, spec: TaskSpec, texts: Sequence[str]
     starts = [sum(len(f) for f in feeds[:j]) for j in range(len(labels))]
 
     model.eval()
-    results: list[dict[str, float] | None] = [None] * len(prompts)
+    results: list[PromptScores | None] = [None] * len(prompts)
     with torch.no_grad():
         prefix_cache = DynamicCache(config=model.config)
         if prefix_length:
@@ -96,7 +116,7 @@ def label_log_likelihoods(model, tokenizer, spec: TaskSpec, texts: Sequence[str]
                     for k in range(1, len(answer)):
                         total = total + log_probs[r, starts[j] + k, answer[k]]
                     row[label] = float(total)
-                results[index] = row
+                results[index] = PromptScores(row, int(log_probs[r, 0].argmax()))
     return results  # type: ignore[return-value]
 
 
@@ -150,8 +170,7 @@ def _packed_forward(model, prefix_cache, prefix_length, suffixes, pad_id, packed
 
 def predict_labels(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
     """The most likely label per text (ties go to the label listed first in the task)."""
-    scores = label_log_likelihoods(model, tokenizer, spec, texts, batch_size=batch_size)
-    return [max(spec.labels, key=lambda label: row[label]) for row in scores]
+    return [scores.best_label for scores in score_prompts(model, tokenizer, spec, texts, batch_size=batch_size)]
 
 
 def generate_answers(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
