@@ -335,7 +335,7 @@ def champion_model(context: dg.AssetExecutionContext, loop: LoopResource, eval_r
 
 
 GGUF_CHECKS = {
-    gguf_checks.MATCHES_MERGED_MODEL: "The unquantized GGUF under llama.cpp agrees with the merged HF model: top-1 next token and greedy label on the holdout.",
+    gguf_checks.MATCHES_MERGED_MODEL: "The unquantized GGUF under llama.cpp agrees with the merged HF model: top-1 next token and the label picked by the evaluation's rule (most likely whole answer) on the holdout.",
     gguf_checks.QUANT_WITHIN_BUDGET: "Every quantized file's holdout accuracy is within the task's budget (points) of the merged model.",
     gguf_checks.CHAT_TEMPLATE_ROUNDTRIP: "Training prompt tokens = GGUF chat template = Ollama Modelfile TEMPLATE; generation stops at EOS.",
 }
