@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from finetune_loop.core import curate, models
-from finetune_loop.core.specs import load_task_spec
+from finetune_loop.core.common.spec import load_task_spec
+from finetune_loop.core.data import contamination, curation, suites
+from finetune_loop.core.train import base_model, prompts
 
 TASK = Path(__file__).with_name("banking77_task.yaml")
 TARGET_SECONDS = 60.0
@@ -33,22 +34,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         home = Path(scratch)
         started = time.perf_counter()
-        base = models.prepare_base_model(spec.base_model, home / "base_models")
-        token_length = models.rendered_length(spec, base.directory)
+        base = base_model.prepare_base_model(spec.base_model, home / "base_models")
+        token_length = prompts.rendered_length(spec, base.directory)
         print(f"base model prepared + tokenizer loaded (not counted): {time.perf_counter() - started:.1f} s")
 
         timings = {}
         clock = time.perf_counter()
-        holdout = curate.freeze_suite(spec, "holdout", home / "suites")
+        holdout = suites.freeze_suite(spec, "holdout", home / "suites")
         timings["freeze holdout_suite"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        regression = curate.freeze_suite(spec, "regression", home / "suites", exclude=[holdout])
+        regression = suites.freeze_suite(spec, "regression", home / "suites", exclude=[holdout])
         timings["freeze regression_suite"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        dataset = curate.curate_dataset(spec, [holdout, regression], home / "datasets", token_length=token_length)
+        dataset = curation.curate_dataset(spec, [holdout, regression], home / "datasets", token_length=token_length)
         timings["curate_dataset"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        remaining = curate.contamination_between(spec, dataset, [holdout, regression])
+        remaining = contamination.contamination_between(spec, dataset, [holdout, regression])
         timings["no_contamination check"] = time.perf_counter() - clock
         total = sum(timings.values())
 

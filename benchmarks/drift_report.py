@@ -53,9 +53,9 @@ def main() -> int:
     started = time.perf_counter()
     import evidently  # noqa: F401  (timed apart: a one-off cost per process)
 
-    from finetune_loop.core.drift import build_drift_report
-    from finetune_loop.core.production import ProductionRecord
-    from finetune_loop.core.specs import DriftSettings
+    from finetune_loop.core.common.spec import DriftSettings
+    from finetune_loop.core.data.production_log import ProductionRecord
+    from finetune_loop.core.monitor.drift import build_drift_report
 
     import_seconds = time.perf_counter() - started
     train, test = _read(args.data / "train.csv"), _read(args.data / "test.csv")

@@ -45,10 +45,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from finetune_loop.core.home import LoopHome
-from finetune_loop.core.models import prepare_base_model, render_prompt
-from finetune_loop.core.scoring import label_token_sequences, predict_labels
-from finetune_loop.core.specs import load_task_spec
+from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.common.spec import load_task_spec
+from finetune_loop.core.evaluate.scoring import label_token_sequences, predict_labels
+from finetune_loop.core.train.base_model import prepare_base_model
+from finetune_loop.core.train.prompts import render_prompt
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "finetune_loop" / "tasks" / "support_triage.yaml"

@@ -47,12 +47,13 @@ def main() -> None:
 
     import torch
 
-    from finetune_loop.core.curate import read_examples, read_labeled_examples
-    from finetune_loop.core.export import export_and_verify
-    from finetune_loop.core.home import LoopHome
-    from finetune_loop.core.models import prepare_base_model
-    from finetune_loop.core.registry import Tracker
-    from finetune_loop.core.specs import load_task_spec
+    from finetune_loop.core.common.home import LoopHome
+    from finetune_loop.core.common.spec import load_task_spec
+    from finetune_loop.core.common.tracker import Tracker
+    from finetune_loop.core.data.readers import read_examples
+    from finetune_loop.core.data.validation import read_labeled_examples
+    from finetune_loop.core.ship.export import export_and_verify
+    from finetune_loop.core.train.base_model import prepare_base_model
     from finetune_loop.defs.resources import EXAMPLE_TASK
 
     started = time.perf_counter()

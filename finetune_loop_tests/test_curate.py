@@ -4,9 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from finetune_loop.core import curate
-from finetune_loop.core.files import sha256_file
-from finetune_loop.core.specs import load_task_spec
+from finetune_loop.core.common import examples
+from finetune_loop.core.common.files import sha256_file
+from finetune_loop.core.common.spec import TaskSpec, load_task_spec
+from finetune_loop.core.data import (
+    contamination,
+    curation,
+    exact_dedup,
+    readers,
+    suites,
+    validation,
+)
 from finetune_loop_tests.conftest import tiny_rows, write_tiny_task
 
 
@@ -34,7 +42,7 @@ def test_bad_rows_are_quarantined_with_their_reason(spec):
         b'{"id": "b10", "text": "no label at all"}',
     ]
     _write_lines(spec.labeled_examples_path, good + bad)
-    examples, quarantine = curate.read_labeled_examples(spec)
+    examples, quarantine = validation.read_labeled_examples(spec)
     assert len(examples) == len(good)
     reasons = [q["reason"] for q in quarantine]
     assert reasons[0].startswith("malformed JSON")
@@ -48,7 +56,7 @@ def test_bad_rows_are_quarantined_with_their_reason(spec):
     assert reasons[8] == "duplicate id: 'billing-0' already used by an earlier row"
     assert reasons[9] == "missing label: field 'label' is absent or empty"
     assert [q["line"] for q in quarantine] == list(range(len(good) + 1, len(good) + len(bad) + 1))
-    assert [curate.reason_kind(r) for r in reasons] == [
+    assert [validation.reason_kind(r) for r in reasons] == [
         "malformed JSON", "not a JSON object", "missing input", "empty input", "unknown label",
         "input not a string", "control characters in input", "not valid UTF-8", "duplicate id", "missing label",
     ]
@@ -57,7 +65,7 @@ def test_bad_rows_are_quarantined_with_their_reason(spec):
 def test_csv_rows_with_wrong_cell_counts_are_quarantined(spec, tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text('id,text,label\n1,"where is my parcel",shipping\n2,too,many,cells,billing\n3,short\n')
-    examples, quarantine = curate.read_labeled_examples(replace(spec, labeled_examples_path=path))
+    examples, quarantine = validation.read_labeled_examples(replace(spec, labeled_examples_path=path))
     assert [e.id for e in examples] == ["1"]
     assert [q["reason"] for q in quarantine] == [
         "malformed CSV: more cells than header columns",
@@ -66,27 +74,27 @@ def test_csv_rows_with_wrong_cell_counts_are_quarantined(spec, tmp_path):
 
 
 def test_missing_or_unsupported_files_fail_clearly(spec, tmp_path):
-    with pytest.raises(curate.CurationError, match="labeled examples file not found"):
-        curate.read_labeled_examples(replace(spec, labeled_examples_path=tmp_path / "gone.jsonl"))
+    with pytest.raises(readers.CurationError, match="labeled examples file not found"):
+        validation.read_labeled_examples(replace(spec, labeled_examples_path=tmp_path / "gone.jsonl"))
     excel = tmp_path / "rows.xlsx"
     excel.write_bytes(b"PK")
-    with pytest.raises(curate.CurationError, match="unsupported labeled examples format '.xlsx'"):
-        curate.read_labeled_examples(replace(spec, labeled_examples_path=excel))
+    with pytest.raises(readers.CurationError, match="unsupported labeled examples format '.xlsx'"):
+        validation.read_labeled_examples(replace(spec, labeled_examples_path=excel))
     damaged = tmp_path / "rows.parquet"
     damaged.write_bytes(b"PAR1")
-    with pytest.raises(curate.CurationError, match="rows.parquet is not a readable Parquet file"):
-        curate.read_labeled_examples(replace(spec, labeled_examples_path=damaged))
+    with pytest.raises(readers.CurationError, match="rows.parquet is not a readable Parquet file"):
+        validation.read_labeled_examples(replace(spec, labeled_examples_path=damaged))
 
 
 def test_dedup_keeps_one_per_normalised_text_and_quarantines_conflicts():
     rows = [
-        curate.Example("a", "Where is my parcel?", "shipping"),
-        curate.Example("b", "  where IS my   parcel?", "shipping"),
-        curate.Example("c", "I was charged twice", "billing"),
-        curate.Example("d", "i was charged twice", "shipping"),
-        curate.Example("e", "cannot log in", "login"),
+        examples.Example("a", "Where is my parcel?", "shipping"),
+        examples.Example("b", "  where IS my   parcel?", "shipping"),
+        examples.Example("c", "I was charged twice", "billing"),
+        examples.Example("d", "i was charged twice", "shipping"),
+        examples.Example("e", "cannot log in", "login"),
     ]
-    kept, duplicates, conflicts = curate.deduplicate(rows)
+    kept, duplicates, conflicts = exact_dedup.deduplicate(rows)
     assert [e.id for e in kept] == ["a", "e"]
     assert duplicates == [{"id": "b", "duplicate_of": "a", "row": {"id": "b", "text": "  where IS my   parcel?", "label": "shipping", "source": "unspecified", "licence": "unspecified", "slices": {}}}]
     assert sorted(c["id"] for c in conflicts) == ["c", "d"]
@@ -98,9 +106,9 @@ def test_every_row_is_accounted_for(spec, tmp_path):
     rows.append({**rows[0], "id": "copy-of-first"})
     lines = [json.dumps(r).encode() for r in rows] + [b"{broken"]
     _write_lines(spec.labeled_examples_path, lines)
-    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
-    regression = curate.freeze_suite(spec, "regression", tmp_path / "suites", exclude=[holdout])
-    dataset = curate.curate_dataset(spec, [holdout, regression], tmp_path / "datasets")
+    holdout = suites.freeze_suite(spec, "holdout", tmp_path / "suites")
+    regression = suites.freeze_suite(spec, "regression", tmp_path / "suites", exclude=[holdout])
+    dataset = curation.curate_dataset(spec, [holdout, regression], tmp_path / "datasets")
     report = dataset.report
     assert report.rows_read == len(lines)
     assert report.duplicates_removed == 1
@@ -112,10 +120,10 @@ def test_every_row_is_accounted_for(spec, tmp_path):
     # already folded into another row shows up as that row's overlap instead).
     assert 0 < report.suite_rows_reserved["holdout"] <= holdout.size
     assert 0 < report.suite_rows_reserved["regression"] <= regression.size
-    assert curate.contamination_between(spec, dataset, [holdout, regression]) == []
+    assert curation.contamination_between(spec, dataset, [holdout, regression]) == []
     assert set(report.per_label_train) == set(spec.labels) and all(report.per_label_train.values())
-    train_texts = {curate.normalize_text(e.text) for e in curate.read_examples(dataset.train_path)}
-    holdout_texts = {curate.normalize_text(e.text) for e in curate.read_examples(holdout.path)}
+    train_texts = {examples.normalize_text(e.text) for e in readers.read_examples(dataset.train_path)}
+    holdout_texts = {examples.normalize_text(e.text) for e in readers.read_examples(holdout.path)}
     assert not train_texts & holdout_texts
     assert json.loads(dataset.duplicates_path.read_text())["duplicate_of"] == rows[0]["id"]
 
@@ -131,44 +139,44 @@ probes:
     variants: ["{variant.upper()}  "]
 """
     spec = load_task_spec(write_tiny_task(tmp_path / "task", Path("unused-base"), probes=probes))
-    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
-    regression = curate.freeze_suite(spec, "regression", tmp_path / "suites", exclude=[holdout])
-    dataset = curate.curate_dataset(spec, [holdout, regression], tmp_path / "datasets")
+    holdout = suites.freeze_suite(spec, "holdout", tmp_path / "suites")
+    regression = suites.freeze_suite(spec, "regression", tmp_path / "suites", exclude=[holdout])
+    dataset = curation.curate_dataset(spec, [holdout, regression], tmp_path / "datasets")
 
-    suite_texts = {curate.normalize_text(e.text) for suite in (holdout, regression) for e in curate.read_examples(suite.path)}
-    leaked = {curate.normalize_text(t) for t in (clean, variant)} - suite_texts
+    suite_texts = {examples.normalize_text(e.text) for suite in (holdout, regression) for e in readers.read_examples(suite.path)}
+    leaked = {examples.normalize_text(t) for t in (clean, variant)} - suite_texts
     assert leaked, "the probe texts must come from rows no frozen suite already reserves"
     removed = [json.loads(line) for line in (dataset.directory / "contamination.jsonl").read_text().splitlines()]
     # A leaked row may have been folded into a near-duplicate first; then that representative is
     # the row removed, still naming the probe it repeats.
-    by_probe = [r for r in removed if r["suite"] == curate.PROBES_SUITE]
+    by_probe = [r for r in removed if r["suite"] == contamination.PROBES_SUITE]
     assert by_probe and all(r["suite_id"].startswith("probe:copied_from_training:") for r in by_probe)
-    assert dataset.report.contamination_removed[curate.PROBES_SUITE] == len(by_probe)
-    curated = curate.read_examples(dataset.train_path) + curate.read_examples(dataset.validation_path)
-    assert not leaked & {curate.normalize_text(e.text) for e in curated}
-    assert curate.contamination_between(spec, dataset, [holdout, regression]) == []
+    assert dataset.report.contamination_removed[contamination.PROBES_SUITE] == len(by_probe)
+    curated = readers.read_examples(dataset.train_path) + readers.read_examples(dataset.validation_path)
+    assert not leaked & {examples.normalize_text(e.text) for e in curated}
+    assert curation.contamination_between(spec, dataset, [holdout, regression]) == []
 
 
 def test_holdout_is_frozen_and_a_changed_file_is_an_error(spec, tmp_path):
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows()])
     suites = tmp_path / "suites"
-    first = curate.freeze_suite(spec, "holdout", suites)
+    first = suites.freeze_suite(spec, "holdout", suites)
     assert first.created and first.size > 0 and set(first.per_label) == set(spec.labels)
     # New data does not regenerate the holdout.
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows(seed=7)])
-    again = curate.freeze_suite(spec, "holdout", suites)
+    again = suites.freeze_suite(spec, "holdout", suites)
     assert not again.created and again.content_hash == first.content_hash
     with first.path.open("a") as handle:
         handle.write(json.dumps({"id": "x", "text": "sneaked in", "label": "billing"}) + "\n")
-    with pytest.raises(curate.SuiteChangedError) as error:
-        curate.freeze_suite(spec, "holdout", suites)
+    with pytest.raises(suites.SuiteChangedError) as error:
+        suites.freeze_suite(spec, "holdout", suites)
     assert f"expected content hash {first.content_hash}" in str(error.value)
     assert sha256_file(first.path) in str(error.value)
 
     # Replacing is explicit and versioned: the old suite is archived, the next freeze is version 2.
-    archived = curate.archive_suite(suites, "holdout")
+    archived = suites.archive_suite(suites, "holdout")
     assert archived.name == "holdout.v1.jsonl"
-    replaced = curate.freeze_suite(spec, "holdout", suites)
+    replaced = suites.freeze_suite(spec, "holdout", suites)
     assert replaced.created
     assert json.loads((suites / "holdout.manifest.json").read_text())["version"] == 2
 
@@ -176,11 +184,11 @@ def test_holdout_is_frozen_and_a_changed_file_is_an_error(spec, tmp_path):
 def test_regression_suite_never_overlaps_the_holdout(spec, tmp_path):
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows(count_per_label=30)])
     suites = tmp_path / "suites"
-    holdout = curate.freeze_suite(spec, "holdout", suites)
-    regression = curate.freeze_suite(spec, "regression", suites, exclude=[holdout])
+    holdout = suites.freeze_suite(spec, "holdout", suites)
+    regression = suites.freeze_suite(spec, "regression", suites, exclude=[holdout])
     assert regression.size > 0
-    holdout_texts = {curate.normalize_text(e.text) for e in curate.read_examples(holdout.path)}
-    assert not holdout_texts & {curate.normalize_text(e.text) for e in curate.read_examples(regression.path)}
+    holdout_texts = {examples.normalize_text(e.text) for e in readers.read_examples(holdout.path)}
+    assert not holdout_texts & {examples.normalize_text(e.text) for e in readers.read_examples(regression.path)}
 
 
 def test_designated_suite_file_is_validated_like_any_data(spec, tmp_path):
@@ -188,9 +196,9 @@ def test_designated_suite_file_is_validated_like_any_data(spec, tmp_path):
     rows = tiny_rows(count_per_label=3, seed=5)
     _write_lines(designated, [json.dumps(r).encode() for r in rows] + [b'{"id": "bad", "text": "x", "label": "nope"}'])
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows()])
-    suite = curate.freeze_suite(replace(spec, holdout_path=designated), "holdout", tmp_path / "suites")
-    assert suite.size == len({curate.normalize_text(r["text"]) for r in rows})
-    assert "bad" not in {e.id for e in curate.read_examples(suite.path)}
+    suite = suites.freeze_suite(replace(spec, holdout_path=designated), "holdout", tmp_path / "suites")
+    assert suite.size == len({examples.normalize_text(r["text"]) for r in rows})
+    assert "bad" not in {e.id for e in readers.read_examples(suite.path)}
 
 
 def test_revoked_sources_are_excluded_and_unknown_sources_quarantined(spec, tmp_path):
@@ -202,11 +210,11 @@ def test_revoked_sources_are_excluded_and_unknown_sources_quarantined(spec, tmp_
     sources = tmp_path / "sources.yaml"
     sources.write_text("sources:\n  vendor-a: {licence: CC-BY-4.0, status: revoked}\n  in-house: {licence: proprietary, status: active}\n")
     spec = replace(spec, sources_path=sources)
-    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
-    dataset = curate.curate_dataset(spec, [holdout], tmp_path / "datasets")
+    holdout = suites.freeze_suite(spec, "holdout", tmp_path / "suites")
+    dataset = curation.curate_dataset(spec, [holdout], tmp_path / "datasets")
     assert dataset.report.revoked_removed == {"vendor-a": sum(1 for r in rows if r["source"] == "vendor-a")}
     assert dataset.report.quarantined == {"unknown source": 1}
-    assert {e.source for e in curate.read_examples(dataset.train_path)} == {"in-house"}
+    assert {e.source for e in readers.read_examples(dataset.train_path)} == {"in-house"}
 
 
 def test_pii_is_scrubbed_and_over_long_rows_are_quarantined(spec, tmp_path):
@@ -214,8 +222,8 @@ def test_pii_is_scrubbed_and_over_long_rows_are_quarantined(spec, tmp_path):
     rows[0]["text"] = "reach me at jane.doe@example.com or +1 202-555-0143 " + rows[0]["text"]
     rows[1]["text"] = "word " * 200
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in rows])
-    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
-    dataset = curate.curate_dataset(spec, [holdout], tmp_path / "datasets", token_length=lambda e: len(e.text.split()))
+    holdout = suites.freeze_suite(spec, "holdout", tmp_path / "suites")
+    dataset = curation.curate_dataset(spec, [holdout], tmp_path / "datasets", token_length=lambda e: len(e.text.split()))
     report = dataset.report
     assert report.quarantined == {"over-long input": 1}
     assert report.truncation_rate == pytest.approx(1 / len(rows))
@@ -228,9 +236,9 @@ def test_too_many_bad_rows_fail_the_curation_naming_the_top_reasons(spec, tmp_pa
     good = [json.dumps(r).encode() for r in tiny_rows(count_per_label=4)]
     bad = [json.dumps({"id": f"x{i}", "text": "hello", "label": "refunds"}).encode() for i in range(10)]
     _write_lines(spec.labeled_examples_path, good + bad)
-    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
-    with pytest.raises(curate.CurationError) as error:
-        curate.curate_dataset(spec, [holdout], tmp_path / "datasets")
+    holdout = suites.freeze_suite(spec, "holdout", tmp_path / "suites")
+    with pytest.raises(readers.CurationError) as error:
+        curation.curate_dataset(spec, [holdout], tmp_path / "datasets")
     assert "above curation.max_quarantine_share 20.0%" in str(error.value)
     assert "unknown label (10)" in str(error.value)
 
@@ -246,7 +254,7 @@ def test_parquet_and_saved_hf_datasets_are_read_like_jsonl(spec, tmp_path):
     hf_dir = tmp_path / "hf"
     DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(hf_dir))
     for path in (parquet, hf_dir):
-        examples, quarantine = curate.read_labeled_examples(spec, path)
+        examples, quarantine = validation.read_labeled_examples(spec, path)
         assert [e.id for e in examples] == [r["id"] for r in rows[:-1]]
         assert [q["reason"] for q in quarantine] == ["missing label: field 'label' is absent or empty"]
 
@@ -261,7 +269,7 @@ def test_more_bad_rows_are_quarantined_with_their_reason(spec):
         b'{"id": "c5", "text": "charged twice", "label": 7}',
     ]
     _write_lines(spec.labeled_examples_path, good + bad)
-    _, quarantine = curate.read_labeled_examples(spec)
+    _, quarantine = validation.read_labeled_examples(spec)
     assert [q["reason"] for q in quarantine] == [
         "id not a string or integer: field 'id' is list",
         "no content: the input has no letters or digits ('?!? ...')",
@@ -274,19 +282,20 @@ def test_more_bad_rows_are_quarantined_with_their_reason(spec):
 def test_a_csv_row_with_undecodable_bytes_is_quarantined_alone(spec, tmp_path):
     path = tmp_path / "rows.csv"
     path.write_bytes(b'id,text,label\n1,where is my parcel,shipping\n2,caf\xe9 login broken,login\n3,charged twice,billing\n')
-    examples, quarantine = curate.read_labeled_examples(replace(spec, labeled_examples_path=path))
+    examples, quarantine = validation.read_labeled_examples(replace(spec, labeled_examples_path=path))
     assert [e.id for e in examples] == ["1", "3"]
     assert [q["reason"] for q in quarantine] == ["not valid UTF-8: the input holds bytes that do not decode"]
     # The quarantine file keeps the row losslessly and stays valid UTF-8.
-    from finetune_loop.core.files import write_jsonl
+    from finetune_loop.core.common.files import write_jsonl
 
     write_jsonl(tmp_path / "q.jsonl", quarantine)
     assert json.loads((tmp_path / "q.jsonl").read_text(encoding="utf-8"))["row"]["text"] == "caf\udce9 login broken"
 
 
-def _generation_spec(tmp_path, rows: list[dict], target_format: str) -> "curate.TaskSpec":
-    from finetune_loop.core.specs import load_task_spec
+def _generation_spec(tmp_path, rows: list[dict], target_format: str) -> "TaskSpec":
     import yaml
+
+    from finetune_loop.core.common.spec import load_task_spec
 
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "task.yaml").write_text(yaml.safe_dump({
@@ -326,7 +335,7 @@ def test_generation_targets_are_validated_canonicalised_and_scrubbed(tmp_path):
     rows.append({"id": "as-string", "language": "en", "email": "order 80 has a dent", "extracted": '{ "order" : 80, "problem": "dent" }'})
     rows.append({"id": "bad-slice", "language": ["en"], "email": "order 81 has a dent", "extracted": {"order": 81}})
     spec = _generation_spec(tmp_path, rows, "json")
-    examples, quarantine = curate.read_labeled_examples(spec)
+    examples, quarantine = validation.read_labeled_examples(spec)
     assert [(q["row"]["id"], q["reason"]) for q in quarantine] == [
         ("bad-json", "malformed JSON target: Expecting value at column 26"),
         ("scalar", "JSON target not an object or array: got int"),
@@ -337,11 +346,11 @@ def test_generation_targets_are_validated_canonicalised_and_scrubbed(tmp_path):
     assert by_id["as-string"].label == '{"order":80,"problem":"dent"}'
     assert by_id["e3"].slices == {"language": "de"}
 
-    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
+    holdout = suites.freeze_suite(spec, "holdout", tmp_path / "suites")
     # Stratified per language (every target is unique, so a per-target split would pick nothing).
     assert holdout.per_label == {"de": 2, "en": 4} and holdout.per_slice == {"language": {"de": 2, "en": 4}}
-    dataset = curate.curate_dataset(spec, [holdout], tmp_path / "datasets")
-    train = curate.read_examples(dataset.train_path)
+    dataset = curation.curate_dataset(spec, [holdout], tmp_path / "datasets")
+    train = readers.read_examples(dataset.train_path)
     for example in train:
         target = json.loads(example.label)  # still valid JSON after scrubbing
         assert target.get("contact", "[EMAIL]") == "[EMAIL]" and "@" not in example.text
@@ -360,7 +369,7 @@ def test_licences_come_from_the_row_or_else_from_its_source(spec, tmp_path):
     sources = tmp_path / "sources.yaml"
     sources.write_text("sources:\n  vendor-a: {licence: CC-BY-4.0, status: active}\n  in-house: {licence: proprietary, status: active}\n")
     spec = replace(spec, sources_path=sources, fields=replace(spec.fields, licence="licence"))
-    examples, _ = curate.read_labeled_examples(spec)
+    examples, _ = validation.read_labeled_examples(spec)
     licences = {e.id: e.licence for e in examples}
     assert licences[rows[0]["id"]] == "CC0-1.0"
     assert licences[rows[1]["id"]] == "CC-BY-4.0" and licences[rows[2]["id"]] == "proprietary"
@@ -375,8 +384,8 @@ def test_curation_audit_shows_every_stage_per_label_and_keeps_slices_above_the_f
         row.setdefault("tier", "standard")
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in rows])
     spec = replace(spec, fields=replace(spec.fields, slices=("tier",)), curation=replace(spec.curation, min_rows_per_label=3))
-    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
-    dataset = curate.curate_dataset(spec, [holdout], tmp_path / "datasets")
+    holdout = suites.freeze_suite(spec, "holdout", tmp_path / "suites")
+    dataset = curation.curate_dataset(spec, [holdout], tmp_path / "datasets")
     markdown = dataset.report.dedup_audit_markdown
     assert "| label | valid | after exact dedup | after near dedup | after suite overlap | train | validation |" in markdown
     assert "| tier | valid |" in markdown and "#### Per slice: tier" in markdown
@@ -389,8 +398,8 @@ def test_an_unreachable_hub_dataset_is_a_clear_error(spec, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub_spec = replace(spec, labeled_examples_path=None, labeled_examples_hub_id="no-such-owner/no-such-dataset")
-    with pytest.raises(curate.CurationError, match="cannot load Hugging Face dataset 'no-such-owner/no-such-dataset'"):
-        curate.read_labeled_examples(hub_spec)
+    with pytest.raises(readers.CurationError, match="cannot load Hugging Face dataset 'no-such-owner/no-such-dataset'"):
+        validation.read_labeled_examples(hub_spec)
 
 
 BANKING77_TASK = Path(__file__).parents[1] / "benchmarks" / "banking77_task.yaml"
@@ -400,9 +409,9 @@ def test_banking77_curates_every_intent_with_an_audit_and_no_contamination(tmp_p
     spec = load_task_spec(BANKING77_TASK)
     if not spec.labeled_examples_path.is_file():
         pytest.skip(f"Banking77 is not at {spec.labeled_examples_path} (../shared/datasets/banking77 beside the checkout)")
-    holdout = curate.freeze_suite(spec, "holdout", tmp_path / "suites")
-    regression = curate.freeze_suite(spec, "regression", tmp_path / "suites", exclude=[holdout])
-    dataset = curate.curate_dataset(spec, [holdout, regression], tmp_path / "datasets")
+    holdout = suites.freeze_suite(spec, "holdout", tmp_path / "suites")
+    regression = suites.freeze_suite(spec, "regression", tmp_path / "suites", exclude=[holdout])
+    dataset = curation.curate_dataset(spec, [holdout, regression], tmp_path / "datasets")
     report = dataset.report
     assert report.rows_read == 10003 and holdout.size >= 3000 and len(holdout.per_label) == 77
     assert set(report.per_label_train) == set(spec.labels)
@@ -411,4 +420,4 @@ def test_banking77_curates_every_intent_with_an_audit_and_no_contamination(tmp_p
     assert report.dedup_audit_markdown.count("| card_arrival |") == 2  # rows-per-stage table and near-dup table
     # Banking77's train split nearly repeats some of its test queries: those rows leave training.
     assert report.contamination_removed.get("holdout", 0) > 0
-    assert curate.contamination_between(spec, dataset, [holdout, regression]) == []
+    assert curation.contamination_between(spec, dataset, [holdout, regression]) == []

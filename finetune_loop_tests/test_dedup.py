@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_loop.core.dedup import (
+from finetune_loop.core.common.examples import Example
+from finetune_loop.core.data.dedup import (
     DedupAudit,
     NearDuplicateSettings,
     find_overlaps,
@@ -14,7 +15,6 @@ from finetune_loop.core.dedup import (
     shingle_text,
     shingles,
 )
-from finetune_loop.core.examples import Example
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
 

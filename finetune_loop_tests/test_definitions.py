@@ -10,8 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from finetune_loop.defs.automation import six_week_retrain_schedule
 from finetune_loop.definitions import build_definitions, defs
+from finetune_loop.defs.automation import six_week_retrain_schedule
 
 PUBLIC_ASSETS = {
     "labeled_examples", "production_log", "holdout_suite", "regression_suite", "curated_dataset", "lora_adapter",
@@ -44,7 +44,11 @@ def _tick(instance, when: datetime, task_path):
 
 def _record_champion_at(instance, when: datetime):
     """A champion_model materialization stamped at `when` (the schedule reads its timestamp)."""
-    from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+    from dagster._core.events import (
+        DagsterEvent,
+        DagsterEventType,
+        StepMaterializationData,
+    )
     from dagster._core.events.log import EventLogEntry
 
     event = DagsterEvent(

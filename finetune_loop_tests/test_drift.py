@@ -3,15 +3,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from finetune_loop.core.drift import build_drift_report
-from finetune_loop.core.production import (
+from finetune_loop.core.common.spec import DriftSettings, FieldMapping
+from finetune_loop.core.data.production_log import (
     ProductionRecord,
     append_log_file,
     feedback_rows,
     log_data_version,
     read_production_log,
 )
-from finetune_loop.core.specs import DriftSettings, FieldMapping
+from finetune_loop.core.monitor.drift import build_drift_report
 from finetune_loop_tests.conftest import TINY_LABELS, tiny_rows
 
 GDPR = "please delete all personal data you hold about me under gdpr article 17, request number {}"
@@ -89,7 +89,7 @@ def test_the_log_is_append_only_and_its_version_changes_when_a_file_arrives(tmp_
 def test_window_keeps_the_last_days_ending_at_the_newest_request():
     rows = [{"text": f"t{i}"} for i in range(10)]
     records = [ProductionRecord(f"r{i}", START + timedelta(days=i), r["text"]) for i, r in enumerate(rows)]
-    from finetune_loop.core.production import ProductionLog
+    from finetune_loop.core.data.production_log import ProductionLog
 
     window = ProductionLog(records, []).window(3)
     assert [r.request_id for r in window.records] == ["r7", "r8", "r9"]
@@ -138,9 +138,9 @@ def test_prediction_label_and_feedback_accuracy_signals(tmp_path):
 
 
 def test_labelled_feedback_joins_curation_through_the_same_checks(tmp_path):
-    from finetune_loop.core import curate
-    from finetune_loop.core.production import write_feedback_examples
-    from finetune_loop.core.specs import load_task_spec
+    from finetune_loop.core.common.spec import load_task_spec
+    from finetune_loop.core.data import curation, readers, suites
+    from finetune_loop.core.data.production_log import write_feedback_examples
     from finetune_loop_tests.conftest import write_tiny_task
 
     task = write_tiny_task(tmp_path / "task", tmp_path / "no-model")
@@ -154,10 +154,10 @@ def test_labelled_feedback_joins_curation_through_the_same_checks(tmp_path):
     ])
     feedback = write_feedback_examples(spec, tmp_path / "feedback")
     suites_dir = tmp_path / "suites"
-    holdout = curate.freeze_suite(spec, "holdout", suites_dir)
-    regression = curate.freeze_suite(spec, "regression", suites_dir, exclude=[holdout])
-    dataset = curate.curate_dataset(spec, [holdout, regression], tmp_path / "datasets", extra_inputs=[feedback])
-    train = {e.id: e for e in curate.read_examples(dataset.train_path) + curate.read_examples(dataset.validation_path)}
+    holdout = suites.freeze_suite(spec, "holdout", suites_dir)
+    regression = suites.freeze_suite(spec, "regression", suites_dir, exclude=[holdout])
+    dataset = curation.curate_dataset(spec, [holdout, regression], tmp_path / "datasets", extra_inputs=[feedback])
+    train = {e.id: e for e in readers.read_examples(dataset.train_path) + readers.read_examples(dataset.validation_path)}
     assert train["feedback-ok"].label == "shipping" and train["feedback-ok"].source == "production_feedback"
     assert "feedback-flag-only" not in train
     quarantined = [json.loads(line) for line in dataset.quarantine_path.read_text().splitlines()]

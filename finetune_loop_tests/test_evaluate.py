@@ -13,13 +13,13 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from finetune_loop.core import evaluate
-from finetune_loop.core.examples import Example
-from finetune_loop.core.files import write_jsonl
-from finetune_loop.core.home import LoopHome
-from finetune_loop.core.registry import Tracker
-from finetune_loop.core.scoring import predict_labels
-from finetune_loop.core.specs import load_task_spec
+from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.files import write_jsonl
+from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.common.spec import load_task_spec
+from finetune_loop.core.common.tracker import Tracker
+from finetune_loop.core.evaluate import report
+from finetune_loop.core.evaluate.scoring import predict_labels
 from finetune_loop_tests.conftest import TINY_PROBES, tiny_rows, write_tiny_task
 
 
@@ -39,7 +39,7 @@ def _adapter_answering(base_dir: Path, out_dir: Path, spec, texts: list[str], an
     adapters answer differently, so mixing them up would show."""
     from peft import LoraConfig, get_peft_model
 
-    from finetune_loop.core.models import render_completion, render_prompt
+    from finetune_loop.core.train.prompts import render_completion, render_prompt
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -112,9 +112,9 @@ def test_base_candidate_champion_and_frontier_on_the_same_suites(tmp_path, tiny_
     monkeypatch.setenv("FINETUNE_LOOP_FRONTIER_API_KEY", "sk-test")
     monkeypatch.setenv("FINETUNE_LOOP_FRONTIER_COST_PER_1K", "0.5")
     try:
-        result = evaluate.evaluate_candidate(
+        result = report.evaluate_candidate(
             spec, tiny_base_model, candidate_dir, "2", holdout, regression, tmp_path / "eval", tracker,
-            champion=evaluate.ChampionAdapter("1", champion_dir),
+            champion=report.ChampionAdapter("1", champion_dir),
         )
     finally:
         server.shutdown()
@@ -157,7 +157,7 @@ def test_frontier_skipped_and_said_without_its_settings(tmp_path, tiny_base_mode
     monkeypatch.delenv("FINETUNE_LOOP_FRONTIER_BASE_URL", raising=False)
     spec = load_task_spec(write_tiny_task(tmp_path / "task", tiny_base_model))
     rows = tiny_rows(2, seed=9)
-    result = evaluate.evaluate_candidate(
+    result = report.evaluate_candidate(
         spec, tiny_base_model, _random_adapter(tiny_base_model, tmp_path / "a", 3), "1",
         _suite(tmp_path / "h.jsonl", rows[:4]), _suite(tmp_path / "r.jsonl", rows[4:]), tmp_path / "eval", tracker,
     )
@@ -180,7 +180,7 @@ def test_generation_task_uses_greedy_answers_and_generation_metrics(tmp_path, ti
     suite = [Example(id=r["id"], text=r["email"], label=json.dumps(r["target"], separators=(",", ":"))) for r in rows]
     write_jsonl(tmp_path / "h.jsonl", [{"id": e.id, "text": e.text, "label": e.label} for e in suite[:4]])
     write_jsonl(tmp_path / "r.jsonl", [{"id": e.id, "text": e.text, "label": e.label} for e in suite[4:]])
-    result = evaluate.evaluate_candidate(
+    result = report.evaluate_candidate(
         spec, tiny_base_model, _random_adapter(tiny_base_model, tmp_path / "a", 4), "1",
         tmp_path / "h.jsonl", tmp_path / "r.jsonl", tmp_path / "eval", tracker,
     )

@@ -17,16 +17,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
-from finetune_loop.core import export
-from finetune_loop.core.export import (
-    MergeMismatchError,
-    UnsupportedArchitectureError,
-    classify_with_llama_cpp,
-    merge_adapter,
-    quantize_gguf,
-    write_gguf,
+from finetune_loop.core.ship import gguf_writer
+from finetune_loop.core.ship.gguf_writer import UnsupportedArchitectureError, write_gguf
+from finetune_loop.core.ship.llama_runtime import classify_with_llama_cpp, quantize_gguf
+from finetune_loop.core.ship.merge import MergeMismatchError, merge_adapter
+from finetune_loop_tests.tiny_models import (
+    CHATML_TEMPLATE,
+    build_tiny_llama,
+    build_tiny_model,
 )
-from finetune_loop_tests.tiny_models import CHATML_TEMPLATE, build_tiny_llama, build_tiny_model
 
 CORPUS = [
     "The printer on floor 3 is broken again, error code 500.",
@@ -142,7 +141,7 @@ def test_qwen2_gguf_keeps_biases_tokenizer_and_rope_base(tmp_path):
 
 def test_export_without_rope_permutation_is_caught(tiny_dir, tmp_path, prompts, tokenizer, hf_model, monkeypatch):
     # Proves the comparison above can fail: HF's Q/K row order fed to llama.cpp unchanged.
-    monkeypatch.setattr(export, "_permute_for_rope", lambda weights, n_heads: weights)
+    monkeypatch.setattr(gguf_writer, "_permute_for_rope", lambda weights, n_heads: weights)
     broken = write_gguf(tiny_dir, tmp_path / "broken.gguf", outtype="f32")
     max_diff, top1_agreement = _compare_with_hf(broken, prompts, tokenizer, hf_model)
     assert max_diff > 100 * F32_LOGIT_ATOL

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_loop.core.examples import Example
-from finetune_loop.core.gate import GateEvidence, decide_release, paired_bootstrap
-from finetune_loop.core.metrics import score, score_generation
-from finetune_loop.core.probes import ProbeError, load_probes, judge_probes
-from finetune_loop.core.specs import GateSettings, TaskSpecError, load_task_spec
+from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.spec import GateSettings, TaskSpecError, load_task_spec
+from finetune_loop.core.data.probe_set import ProbeError, load_probes
+from finetune_loop.core.evaluate.gate import (
+    GateEvidence,
+    decide_release,
+    paired_bootstrap,
+)
+from finetune_loop.core.evaluate.metrics import score, score_generation
+from finetune_loop.core.evaluate.probes import judge_probes
 from finetune_loop_tests.conftest import TINY_PROBES, write_tiny_task
 
 LABELS = ("billing", "shipping", "login")

@@ -11,17 +11,21 @@ from pathlib import Path
 import gguf
 import pytest
 import yaml
-from mlflow import MlflowClient
 from transformers import AutoTokenizer
 
-from finetune_loop.core import export, gguf_checks
-from finetune_loop.core.curate import read_examples
-from finetune_loop.core.export import export_and_verify, write_gguf
-from finetune_loop.core.home import LoopHome
-from finetune_loop.core.modelfile import build_modelfile, parse_modelfile, render_go_template
-from finetune_loop.core.models import BaseModel, chat_messages, render_prompt
-from finetune_loop.core.registry import Tracker
-from finetune_loop.core.specs import load_task_spec
+from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.common.spec import load_task_spec
+from finetune_loop.core.common.tracker import Tracker
+from finetune_loop.core.ship import gguf_checks, gguf_writer
+from finetune_loop.core.ship.export import export_and_verify
+from finetune_loop.core.ship.gguf_writer import write_gguf
+from finetune_loop.core.ship.modelfile import (
+    build_modelfile,
+    parse_modelfile,
+    render_go_template,
+)
+from finetune_loop.core.train.base_model import BaseModel
+from finetune_loop.core.train.prompts import chat_messages, render_prompt
 from finetune_loop_tests.conftest import TINY_LABELS, tiny_rows, write_tiny_task
 from finetune_loop_tests.test_export import _random_adapter
 from finetune_loop_tests.tiny_models import build_tiny_model
@@ -126,7 +130,7 @@ def test_model_card_and_mlflow_carry_the_export(llama_export):
 
 
 def test_wrong_qk_permutation_fails_matches_merged_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "_permute_for_rope", lambda weights, n_heads: weights)
+    monkeypatch.setattr(gguf_writer, "_permute_for_rope", lambda weights, n_heads: weights)
     result, _, _ = _export(tmp_path, "llama")
     check = next(c for c in result.checks if c.name == "matches_merged_model")
     assert not check.passed
@@ -196,7 +200,7 @@ def test_go_template_renders_like_the_chat_template(tiny_task):
 
 
 def test_quant_budget_gate_uses_task_budgets():
-    from finetune_loop.core.specs import ExportSettings
+    from finetune_loop.core.common.spec import ExportSettings
 
     settings = ExportSettings(quant_budget_points={"Q4_K_M": 5.0})
     within = gguf_checks.quant_within_budget(0.80, {"Q8_0": 0.80, "Q4_K_M": 0.76}, settings, holdout_rows=100)

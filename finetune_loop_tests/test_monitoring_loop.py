@@ -11,8 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from finetune_loop.cli import EXIT_OK, main, monitor, run_loop
-from finetune_loop.core.home import LoopHome
-from finetune_loop.core.production import append_log_file, read_production_log
+from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.data.production_log import append_log_file, read_production_log
 from finetune_loop_tests.conftest import tiny_rows, write_tiny_task
 
 NEW_KIND = [

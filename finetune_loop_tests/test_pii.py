@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from finetune_loop.core.pii import PII_KINDS, ScrubResult, scrub_pii
+from finetune_loop.core.data.pii import PII_KINDS, ScrubResult, scrub_pii
 
 PLACEHOLDER = {"email": "[EMAIL]", "phone": "[PHONE]", "card": "[CARD]", "iban": "[IBAN]", "ip": "[IP]"}
 

@@ -11,9 +11,9 @@ import pytest
 from mlflow import MlflowClient
 
 from finetune_loop.cli import EXIT_GATE_REFUSED, EXIT_OK, run_loop
-from finetune_loop.core.home import LoopHome
-from finetune_loop.defs.automation import drift_retrain_sensor
+from finetune_loop.core.common.home import LoopHome
 from finetune_loop.definitions import build_definitions
+from finetune_loop.defs.automation import drift_retrain_sensor
 from finetune_loop_tests.conftest import TINY_PROBES, write_tiny_task
 
 MATERIALIZED = ["holdout_suite", "curated_dataset", "lora_adapter", "eval_report", "champion_model", "gguf_export", "drift_report"]
@@ -98,8 +98,8 @@ def test_first_run_materializes_every_asset_with_its_metadata(loop_state):
 
 
 def test_champion_bundle_is_complete_enough_to_serve(loop_state):
-    from finetune_loop.core.promotion import missing_bundle_files
-    from finetune_loop.core.registry import Tracker
+    from finetune_loop.core.common.tracker import Tracker
+    from finetune_loop.core.ship.registry import missing_bundle_files
 
     home = loop_state["home"]
     tracker = Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", "tiny_triage")

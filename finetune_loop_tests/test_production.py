@@ -227,7 +227,10 @@ def production(tmp_path_factory, tiny_base_model, databases):
 def _backdate_schedule(instance: dg.DagsterInstance, days: int) -> None:
     """Start the schedule `days` ago, so the daemon owes it the weekly tick that fell in between
     (it catches up the latest missed tick) instead of waiting for next Monday 03:00."""
-    from dagster._core.scheduler.instigation import InstigatorType, ScheduleInstigatorData
+    from dagster._core.scheduler.instigation import (
+        InstigatorType,
+        ScheduleInstigatorData,
+    )
 
     (state,) = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE) if s.name == "six_week_retrain_schedule"]
     started = (datetime.now(timezone.utc) - timedelta(days=days)).timestamp()
@@ -235,7 +238,11 @@ def _backdate_schedule(instance: dg.DagsterInstance, days: int) -> None:
 
 
 def test_dagster_storage_is_the_fresh_postgres_database(production):
-    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+    from dagster_postgres import (
+        PostgresEventLogStorage,
+        PostgresRunStorage,
+        PostgresScheduleStorage,
+    )
 
     instance = production["instance"]
     assert isinstance(instance.run_storage, PostgresRunStorage)

@@ -8,11 +8,15 @@ import threading
 import pytest
 
 from finetune_loop.cli import EXIT_FAILED, EXIT_OK, main
-from finetune_loop.core.home import LoopHome
-from finetune_loop.core.promotion import (
-    AliasState, PromotionError, alias_state, promote, rollback,
+from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.common.tracker import Tracker
+from finetune_loop.core.ship.registry import (
+    AliasState,
+    PromotionError,
+    alias_state,
+    promote,
+    rollback,
 )
-from finetune_loop.core.registry import Tracker
 from finetune_loop_tests.conftest import write_tiny_task
 
 MODEL = "tiny_triage-adapter"

@@ -3,15 +3,16 @@ prompts rendered the way training sees them, and the GGUF export answering like 
 
 Marked slow (about a minute on 2 cores: the base is dequantized from its Q4_1 GGUF); CI runs it."""
 
-from dataclasses import replace
 
 import pytest
 
-from finetune_loop.core.curate import read_labeled_examples
-from finetune_loop.core.scoring import label_token_sequences, predict_labels
-from finetune_loop.core.export import classify_with_llama_cpp, write_gguf
-from finetune_loop.core.models import prepare_base_model, render_completion, render_prompt
-from finetune_loop.core.specs import load_task_spec
+from finetune_loop.core.common.spec import load_task_spec
+from finetune_loop.core.data.validation import read_labeled_examples
+from finetune_loop.core.evaluate.scoring import label_token_sequences, predict_labels
+from finetune_loop.core.ship.gguf_writer import write_gguf
+from finetune_loop.core.ship.llama_runtime import classify_with_llama_cpp
+from finetune_loop.core.train.base_model import prepare_base_model
+from finetune_loop.core.train.prompts import render_completion, render_prompt
 from finetune_loop.defs.resources import EXAMPLE_TASK
 
 pytestmark = pytest.mark.slow
@@ -79,8 +80,8 @@ def test_loss_mask_covers_exactly_the_answer_tokens_on_the_real_chat_template(re
     an answer token (the label and the closing <|im_end|>), and every answer token is trained."""
     from transformers import AutoTokenizer
 
-    from finetune_loop.core.examples import Example
-    from finetune_loop.core.train import build_trainer
+    from finetune_loop.core.common.examples import Example
+    from finetune_loop.core.train.trainer import build_trainer
 
     rows = [Example("a", "my card got charged twice for order #A12345", "billing"), Example("b", "parcel never came", "shipping")]
     trainer = build_trainer(spec, real_base.directory, rows, [], tmp_path)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from finetune_loop.core import scoring
-from finetune_loop.core.models import render_prompt
-from finetune_loop.core.specs import load_task_spec
+from finetune_loop.core.common.spec import load_task_spec
+from finetune_loop.core.evaluate import scoring
+from finetune_loop.core.train.prompts import render_prompt
 from finetune_loop_tests.conftest import tiny_rows, write_tiny_task
 
 

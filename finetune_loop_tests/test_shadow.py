@@ -2,9 +2,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from finetune_loop.core.production import ProductionRecord
-from finetune_loop.core.shadow import compare_on_traffic, shadow_inputs
-from finetune_loop.core.specs import ShadowSettings
+from finetune_loop.core.common.spec import ShadowSettings
+from finetune_loop.core.data.production_log import ProductionRecord
+from finetune_loop.core.evaluate.shadow import compare_on_traffic, shadow_inputs
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_loop.core.specs import TaskSpecError, load_task_spec
+from finetune_loop.core.common.spec import TaskSpecError, load_task_spec
 from finetune_loop.defs.resources import EXAMPLE_TASK
 
 

@@ -16,10 +16,11 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from finetune_loop.core import curate, models, train
-from finetune_loop.core.home import LoopHome
-from finetune_loop.core.registry import Tracker
-from finetune_loop.core.specs import TaskSpecError, load_task_spec
+from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.common.spec import TaskSpecError, load_task_spec
+from finetune_loop.core.common.tracker import Tracker
+from finetune_loop.core.data import curation, readers, suites, validation
+from finetune_loop.core.train import base_model, trainer
 from finetune_loop_tests.conftest import write_tiny_task
 
 
@@ -31,11 +32,11 @@ def _task(tmp_path: Path, base: Path, **training) -> Path:
     return path
 
 
-def _curated(spec, home: LoopHome) -> tuple[curate.CuratedDataset, curate.FrozenSuite]:
+def _curated(spec, home: LoopHome) -> tuple[curation.CuratedDataset, suites.FrozenSuite]:
     suites_dir = home.task_dir(spec.name, "suites")
-    holdout = curate.freeze_suite(spec, "holdout", suites_dir)
-    regression = curate.freeze_suite(spec, "regression", suites_dir, exclude=[holdout])
-    dataset = curate.curate_dataset(spec, [holdout, regression], home.task_dir(spec.name, "datasets"))
+    holdout = suites.freeze_suite(spec, "holdout", suites_dir)
+    regression = suites.freeze_suite(spec, "regression", suites_dir, exclude=[holdout])
+    dataset = curation.curate_dataset(spec, [holdout, regression], home.task_dir(spec.name, "datasets"))
     return dataset, holdout
 
 
@@ -72,9 +73,9 @@ def test_bad_training_config_fails_before_any_work(tmp_path, tiny_base_model, tr
     home = LoopHome(tmp_path / "home")
     dataset, holdout = _curated(spec, home)
     tracker = _tracker(home, spec)
-    base = models.prepare_base_model(str(tiny_base_model), home.artifacts / "base_models")
-    with pytest.raises(train.TrainingConfigError) as error:
-        train.train_adapter(spec, base, dataset, holdout.content_hash, tmp_path / "out", tracker, cuda_available=False)
+    base = base_model.prepare_base_model(str(tiny_base_model), home.artifacts / "base_models")
+    with pytest.raises(trainer.TrainingConfigError) as error:
+        trainer.train_adapter(spec, base, dataset, holdout.content_hash, tmp_path / "out", tracker, cuda_available=False)
     assert message in str(error.value) and "task.yaml" in str(error.value)
     # Before any work: no MLflow run, no checkpoint directory, no adapter.
     assert tracker.client.search_runs([tracker.experiment_id]) == []
@@ -83,15 +84,15 @@ def test_bad_training_config_fails_before_any_work(tmp_path, tiny_base_model, tr
 
 def test_qlora_without_cuda_falls_back_only_when_the_task_allows_it(tmp_path, tiny_base_model):
     spec = load_task_spec(_task(tmp_path, tiny_base_model, qlora=True, qlora_cpu_fallback=True))
-    plan = train.plan_training(spec, tiny_base_model, cuda_available=False)
+    plan = trainer.plan_training(spec, tiny_base_model, cuda_available=False)
     assert (plan.qlora, plan.device, plan.precision) == (False, "cpu", "fp32")
     assert "qlora_cpu_fallback" in plan.note
 
 
 def test_two_steps_change_lora_weights_and_leave_every_base_weight_untouched(tmp_path, tiny_base_model):
     spec = load_task_spec(_task(tmp_path, tiny_base_model, learning_rate=0.01, checkpoint_every_steps=1000))
-    rows, _ = curate.read_labeled_examples(spec)
-    trainer = train.build_trainer(spec, tiny_base_model, rows[:16], [], tmp_path / "checkpoints")
+    rows, _ = validation.read_labeled_examples(spec)
+    trainer = trainer.build_trainer(spec, tiny_base_model, rows[:16], [], tmp_path / "checkpoints")
     trainer.args.max_steps = 2
     trainer.args.warmup_steps = 0  # a warm-up would make step 1's learning rate zero
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
@@ -111,8 +112,8 @@ def test_two_steps_change_lora_weights_and_leave_every_base_weight_untouched(tmp
 
 def test_shared_prefix_loss_and_gradients_equal_the_plain_batch(tmp_path, tiny_base_model):
     spec = load_task_spec(_task(tmp_path, tiny_base_model, lora_dropout=0.0, shared_prefix=True, learning_rate=0.05))
-    rows, _ = curate.read_labeled_examples(spec)
-    trainer = train.build_trainer(spec, tiny_base_model, rows[:12], [], tmp_path / "checkpoints")
+    rows, _ = validation.read_labeled_examples(spec)
+    trainer = trainer.build_trainer(spec, tiny_base_model, rows[:12], [], tmp_path / "checkpoints")
     assert type(trainer).__name__ == "SharedPrefixSFTTrainer"
     # The instruction is most of each prompt: that is what gets computed once.
     assert trainer.prefix_length >= 10
@@ -145,14 +146,14 @@ run_training(sys.argv[1], sys.argv[2])
 """
 
 
-def run_training(task_path: str, home_dir: str) -> train.TrainedAdapter:
+def run_training(task_path: str, home_dir: str) -> trainer.TrainedAdapter:
     """One `lora_adapter` materialization's worth of work, callable in a subprocess."""
     spec = load_task_spec(task_path)
     home = LoopHome(Path(home_dir))
     dataset, holdout = _curated(spec, home)
-    base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
+    base = base_model.prepare_base_model(spec.base_model, home.artifacts / "base_models")
     out_dir = home.task_dir(spec.name, "adapters") / f"attempt-{os.getpid()}"
-    return train.train_adapter(
+    return trainer.train_adapter(
         spec, base, dataset, holdout.content_hash, out_dir, _tracker(home, spec), {"dagster_run_id": f"pid-{os.getpid()}"},
         checkpoints_root=home.task_dir(spec.name, "checkpoints"),
     )
@@ -168,7 +169,7 @@ def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path,
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(task), str(home.root)], env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     try:
-        while train.last_complete_checkpoint(next(checkpoints.glob("*"), checkpoints / "none")) is None:
+        while trainer.last_complete_checkpoint(next(checkpoints.glob("*"), checkpoints / "none")) is None:
             assert child.poll() is None, f"training exited before its first checkpoint: {child.stderr.read().decode()[-2000:]}"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.05)
@@ -178,14 +179,14 @@ def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path,
         child.wait()
     assert child.returncode == -signal.SIGKILL
     (key_dir,) = list(checkpoints.iterdir())
-    killed_at = int(train.last_complete_checkpoint(key_dir).name.split("-")[1])
+    killed_at = int(trainer.last_complete_checkpoint(key_dir).name.split("-")[1])
     dead_run_id = json.loads((key_dir / "mlflow_run.json").read_text())["mlflow_run_id"]
     client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
     assert client.get_run(dead_run_id).info.status == "RUNNING"  # nobody closed it: the process died
 
     adapter = run_training(str(task), str(home.root))
 
-    train_rows = len(curate.read_examples(_curated(spec, home)[0].train_path))
+    train_rows = len(readers.read_examples(_curated(spec, home)[0].train_path))
     expected_steps = -(-train_rows // 4) * 6
     assert adapter.resumed_from_step == killed_at and 0 < killed_at < expected_steps
     assert adapter.steps == expected_steps
@@ -239,11 +240,11 @@ def test_training_asset_carries_what_a_gpu_worker_and_a_retry_need():
 @pytest.mark.parametrize("qlora", [False, True], ids=["lora-bf16", "qlora-nf4"])
 def test_gpu_training_uses_bf16_and_qlora_loads_the_base_in_4bit(tmp_path, tiny_base_model, qlora):
     spec = load_task_spec(_task(tmp_path, tiny_base_model, qlora=qlora, learning_rate=0.01))
-    plan = train.plan_training(spec, tiny_base_model)
+    plan = trainer.plan_training(spec, tiny_base_model)
     assert plan.device == "cuda" and plan.qlora == qlora
     assert plan.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
-    rows, _ = curate.read_labeled_examples(spec)
-    trainer = train.build_trainer(spec, tiny_base_model, rows[:16], [], tmp_path / "checkpoints", plan=plan)
+    rows, _ = validation.read_labeled_examples(spec)
+    trainer = trainer.build_trainer(spec, tiny_base_model, rows[:16], [], tmp_path / "checkpoints", plan=plan)
     if qlora:
         import bitsandbytes as bnb
 

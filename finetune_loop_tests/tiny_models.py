@@ -12,7 +12,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -23,7 +32,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from finetune_loop.core.export import QWEN2_SPLIT_REGEX
+from finetune_loop.core.ship.gguf_writer import QWEN2_SPLIT_REGEX
 
 # SmolLM2-Instruct's ChatML layout, without its default system prompt.
 CHATML_TEMPLATE = (

@@ -6,8 +6,19 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from finetune_loop.core import curate, drift, evaluate, export, files, gguf_checks, models, production, promotion, train
-from finetune_loop.core.registry import CHAMPION_ALIAS, ModelVersionRef, Tracker
+from finetune_loop.core.common import files
+from finetune_loop.core.common.tracker import CHAMPION_ALIAS, ModelVersionRef, Tracker
+from finetune_loop.core.data import (
+    contamination,
+    curation,
+    production_log,
+    readers,
+    suites,
+)
+from finetune_loop.core.evaluate import report
+from finetune_loop.core.monitor import drift
+from finetune_loop.core.ship import export, gguf_checks, registry
+from finetune_loop.core.train import base_model, prompts, trainer
 from finetune_loop.defs.resources import LoopResource
 
 MLFLOW_UI_ENV_VAR = "FINETUNE_LOOP_MLFLOW_UI"
@@ -36,7 +47,7 @@ def labeled_examples(loop: LoopResource) -> dg.ObserveResult:
     spec = loop.spec()
     if spec.labeled_examples_hub_id:
         return dg.ObserveResult(
-            data_version=dg.DataVersion(curate.hub_dataset_fingerprint(spec.labeled_examples_hub_id)),
+            data_version=dg.DataVersion(readers.hub_dataset_fingerprint(spec.labeled_examples_hub_id)),
             metadata={"hub_dataset": spec.labeled_examples_hub_id},
         )
     return dg.ObserveResult(
@@ -50,15 +61,15 @@ def production_log(loop: LoopResource) -> dg.ObserveResult:
     spec = loop.spec()
     if spec.production_log_path is None:
         return dg.ObserveResult(data_version=dg.DataVersion("not-configured"), metadata={"path": "the task names no data.production_log"})
-    files = production.log_files(spec.production_log_path)
+    files = production_log.log_files(spec.production_log_path)
     # The version hashes every file's name and content: it changes when a new file arrives.
     return dg.ObserveResult(
-        data_version=dg.DataVersion(production.log_data_version(spec.production_log_path)),
+        data_version=dg.DataVersion(production_log.log_data_version(spec.production_log_path)),
         metadata={"path": dg.MetadataValue.path(str(spec.production_log_path)), "files": len(files)},
     )
 
 
-def _suite_metadata(suite: curate.FrozenSuite) -> dict:
+def _suite_metadata(suite: suites.FrozenSuite) -> dict:
     return {
         "content_hash": suite.content_hash,
         "size": suite.size,
@@ -70,17 +81,17 @@ def _suite_metadata(suite: curate.FrozenSuite) -> dict:
 
 
 @dg.asset(deps=[labeled_examples], description="Frozen holdout: created once (designated file or seeded split), hash-checked ever after.")
-def holdout_suite(context: dg.AssetExecutionContext, loop: LoopResource) -> curate.FrozenSuite:
+def holdout_suite(context: dg.AssetExecutionContext, loop: LoopResource) -> suites.FrozenSuite:
     spec = loop.spec()
-    suite = curate.freeze_suite(spec, "holdout", loop.loop_home().task_dir(spec.name, "suites"))
+    suite = suites.freeze_suite(spec, "holdout", loop.loop_home().task_dir(spec.name, "suites"))
     context.add_output_metadata(_suite_metadata(suite))
     return suite
 
 
 @dg.asset(deps=[labeled_examples], description="Frozen regression cases: created once, never overlapping the holdout, hash-checked ever after.")
-def regression_suite(context: dg.AssetExecutionContext, loop: LoopResource, holdout_suite: curate.FrozenSuite) -> curate.FrozenSuite:
+def regression_suite(context: dg.AssetExecutionContext, loop: LoopResource, holdout_suite: suites.FrozenSuite) -> suites.FrozenSuite:
     spec = loop.spec()
-    suite = curate.freeze_suite(spec, "regression", loop.loop_home().task_dir(spec.name, "suites"), exclude=[holdout_suite])
+    suite = suites.freeze_suite(spec, "regression", loop.loop_home().task_dir(spec.name, "suites"), exclude=[holdout_suite])
     context.add_output_metadata(_suite_metadata(suite))
     return suite
 
@@ -91,15 +102,15 @@ def regression_suite(context: dg.AssetExecutionContext, loop: LoopResource, hold
     description="Validated, PII-scrubbed, licence-filtered, de-duplicated train/validation split; bad rows quarantined with a reason.",
 )
 def curated_dataset(
-    context: dg.AssetExecutionContext, loop: LoopResource, holdout_suite: curate.FrozenSuite, regression_suite: curate.FrozenSuite
+    context: dg.AssetExecutionContext, loop: LoopResource, holdout_suite: suites.FrozenSuite, regression_suite: suites.FrozenSuite
 ):
     spec = loop.spec()
-    base = models.prepare_base_model(spec.base_model, loop.loop_home().artifacts / "base_models")
+    base = base_model.prepare_base_model(spec.base_model, loop.loop_home().artifacts / "base_models")
     suites = [holdout_suite, regression_suite]
     # Labelled production feedback (never a bare thumbs-down) joins the labelled examples.
-    feedback = production.write_feedback_examples(spec, loop.loop_home().task_dir(spec.name, "feedback"))
-    dataset = curate.curate_dataset(
-        spec, suites, loop.loop_home().task_dir(spec.name, "datasets"), token_length=models.rendered_length(spec, base.directory),
+    feedback = production_log.write_feedback_examples(spec, loop.loop_home().task_dir(spec.name, "feedback"))
+    dataset = curation.curate_dataset(
+        spec, suites, loop.loop_home().task_dir(spec.name, "datasets"), token_length=prompts.rendered_length(spec, base.directory),
         extra_inputs=[feedback] if feedback else [],
     )
     report = dataset.report
@@ -128,7 +139,7 @@ def curated_dataset(
             "directory": dg.MetadataValue.path(str(dataset.directory)),
         },
     )
-    remaining = curate.contamination_between(spec, dataset, suites)
+    remaining = contamination.contamination_between(spec, dataset, suites)
     yield dg.AssetCheckResult(
         check_name="no_contamination",
         passed=not remaining,
@@ -164,19 +175,19 @@ TRAINING_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backo
     retry_policy=TRAINING_RETRY_POLICY,
 )
 def lora_adapter(
-    context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curate.CuratedDataset, holdout_suite: curate.FrozenSuite
-) -> train.TrainedAdapter:
+    context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curation.CuratedDataset, holdout_suite: suites.FrozenSuite
+) -> trainer.TrainedAdapter:
     spec = loop.spec()
     home = loop.loop_home()
     tracker = loop.tracker(spec)
-    base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
+    base = base_model.prepare_base_model(spec.base_model, home.artifacts / "base_models")
     out_dir = home.task_dir(spec.name, "adapters") / context.run.run_id
     try:
-        adapter = train.train_adapter(
+        adapter = trainer.train_adapter(
             spec, base, curated_dataset, holdout_suite.content_hash, out_dir, tracker, _run_tags(context),
             checkpoints_root=home.task_dir(spec.name, "checkpoints"),
         )
-    except train.TrainingConfigError as exc:
+    except trainer.TrainingConfigError as exc:
         # A retry cannot fix the task file; only crashes and kills are worth retrying.
         raise dg.Failure(str(exc), allow_retries=False) from exc
     context.add_output_metadata(
@@ -230,27 +241,27 @@ class EvalReport:
 def eval_report(
     context: dg.AssetExecutionContext,
     loop: LoopResource,
-    lora_adapter: train.TrainedAdapter,
-    holdout_suite: curate.FrozenSuite,
-    regression_suite: curate.FrozenSuite,
+    lora_adapter: trainer.TrainedAdapter,
+    holdout_suite: suites.FrozenSuite,
+    regression_suite: suites.FrozenSuite,
 ):
     spec = loop.spec()
     home = loop.loop_home()
     tracker = loop.tracker(spec)
-    base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
+    base = base_model.prepare_base_model(spec.base_model, home.artifacts / "base_models")
     out_dir = home.task_dir(spec.name, "evals") / context.run.run_id
     champion_ref = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
     champion = (
-        evaluate.ChampionAdapter(champion_ref.version, tracker.download_version(champion_ref, out_dir / "champion_bundle"))
+        report.ChampionAdapter(champion_ref.version, tracker.download_version(champion_ref, out_dir / "champion_bundle"))
         if champion_ref else None
     )
-    result = evaluate.evaluate_candidate(
+    result = report.evaluate_candidate(
         spec, base.directory, lora_adapter.directory, lora_adapter.model_version.version, holdout_suite.path, regression_suite.path,
         out_dir, tracker, champion,
         {**_run_tags(context), "model_version": lora_adapter.model_version.version},
     )
     # The evaluation joins the candidate's bundle, so a rollback target carries its own evidence.
-    tracker.log_artifact(lora_adapter.model_version.run_id, result.report_path, promotion.BUNDLE_ARTIFACT_PATH)
+    tracker.log_artifact(lora_adapter.model_version.run_id, result.report_path, registry.BUNDLE_ARTIFACT_PATH)
     verdict = result.verdict
     candidate = result.models["candidate"]
     report = EvalReport(
@@ -285,7 +296,7 @@ def eval_report(
             "candidate_model_version": lora_adapter.model_version.version,
             "eval_seconds": result.seconds,
             "table": dg.MetadataValue.md(result.table_markdown),
-            "chart": dg.MetadataValue.md(evaluate.chart_markdown(result.chart_path)),
+            "chart": dg.MetadataValue.md(report.chart_markdown(result.chart_path)),
             "chart_path": dg.MetadataValue.path(str(result.chart_path)),
             "report_path": dg.MetadataValue.path(str(result.report_path)),
         },
@@ -315,11 +326,11 @@ def champion_model(context: dg.AssetExecutionContext, loop: LoopResource, eval_r
     spec = loop.spec()
     candidate = eval_report.candidate_version
     try:
-        result = promotion.promote(
+        result = registry.promote(
             loop.tracker(spec), loop.loop_home().task_dir(spec.name, "locks"), candidate.name, candidate.version,
             evaluated_against=eval_report.champion_version, holdout_primary=eval_report.candidate_accuracy, holdout_hash=eval_report.holdout_hash,
         )
-    except promotion.PromotionError as exc:
+    except registry.PromotionError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
     champion = Champion(result.model_name, result.version, result.previous_version)
     context.add_output_metadata(
@@ -350,13 +361,13 @@ def gguf_export(
     loop: LoopResource,
     champion_model: Champion,
     eval_report: EvalReport,
-    lora_adapter: train.TrainedAdapter,
-    holdout_suite: curate.FrozenSuite,
+    lora_adapter: trainer.TrainedAdapter,
+    holdout_suite: suites.FrozenSuite,
 ):
     spec = loop.spec()
     home = loop.loop_home()
     tracker = loop.tracker(spec)
-    base = models.prepare_base_model(spec.base_model, home.artifacts / "base_models")
+    base = base_model.prepare_base_model(spec.base_model, home.artifacts / "base_models")
     out_dir = home.task_dir(spec.name, "exports") / f"v{champion_model.version}"
     result = export.export_and_verify(
         spec, base, lora_adapter.directory, holdout_suite.path, out_dir, tracker,
@@ -367,7 +378,7 @@ def gguf_export(
     # The shipped GGUF, its Modelfile and the model card join the version's rollback bundle (the
     # version's source), so rolling back to this version serves the very file these checks passed.
     for path in result.shipped_files():
-        tracker.log_artifact(lora_adapter.model_version.run_id, path, promotion.BUNDLE_ARTIFACT_PATH)
+        tracker.log_artifact(lora_adapter.model_version.run_id, path, registry.BUNDLE_ARTIFACT_PATH)
     per_variant = {}
     for variant in result.variants:
         per_variant |= {
@@ -411,19 +422,19 @@ def _champion_eval_accuracy(instance: dg.DagsterInstance) -> float | None:
 
 
 @dg.asset(deps=[production_log], description="Evidently drift of the latest production window against the training data: inputs, predictions, feedback labels, feedback accuracy.")
-def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curate.CuratedDataset) -> drift.DriftResult:
+def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: curation.CuratedDataset) -> drift.DriftResult:
     spec = loop.spec()
     tracker = loop.tracker(spec)
     if spec.production_log_path is None:
         raise dg.Failure(f"task {spec.name} names no data.production_log in {spec.spec_path}: nothing to monitor")
     report_path = loop.loop_home().task_dir(spec.name, "drift") / f"{context.run.run_id}.html"
-    log = production.read_production_log(spec.production_log_path, spec.fields.input, spec.labels)
+    log = production_log.read_production_log(spec.production_log_path, spec.fields.input, spec.labels)
     quarantine_path = report_path.with_suffix(".quarantine.jsonl")
     files.write_jsonl(quarantine_path, log.quarantine)
     window = log.window(spec.drift.window_days)
     if not window.records:
         raise dg.Failure(f"no usable production rows in {spec.production_log_path}; {len(log.quarantine)} quarantined, reasons in {quarantine_path}")
-    reference = curate.read_examples(curated_dataset.train_path)
+    reference = readers.read_examples(curated_dataset.train_path)
     eval_accuracy = _champion_eval_accuracy(context.instance)
     result = drift.build_drift_report(
         [e.text for e in reference], [e.label for e in reference], window.records, report_path, spec.drift, eval_accuracy

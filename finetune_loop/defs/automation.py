@@ -11,15 +11,15 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from finetune_loop.core.production import read_production_log
+from finetune_loop.core.data.production_log import read_production_log
 from finetune_loop.defs.assets import (
+    TRAINING_RUN_TAGS,
     champion_model,
     curated_dataset,
     drift_report,
     eval_report,
     gguf_export,
     holdout_suite,
-    TRAINING_RUN_TAGS,
     lora_adapter,
     production_log,
     regression_suite,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from finetune_loop.core.home import LoopHome
-from finetune_loop.core.registry import Tracker
-from finetune_loop.core.specs import TaskSpec, load_task_spec
+from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.common.spec import TaskSpec, load_task_spec
+from finetune_loop.core.common.tracker import Tracker
 
 TASK_ENV_VAR = "FINETUNE_LOOP_TASK"
 EXAMPLE_TASK = Path(__file__).resolve().parents[1] / "tasks" / "support_triage.yaml"

@@ -4,8 +4,9 @@ below 1.0 a challenger that would change too many answers is not promoted."""
 
 import dagster as dg
 
-from finetune_loop.core import models, shadow, train
-from finetune_loop.core.registry import CHAMPION_ALIAS
+from finetune_loop.core.common.tracker import CHAMPION_ALIAS
+from finetune_loop.core.evaluate import shadow
+from finetune_loop.core.train import base_model, trainer
 from finetune_loop.defs.assets import EvalReport, eval_report
 from finetune_loop.defs.resources import LoopResource
 
@@ -16,13 +17,13 @@ from finetune_loop.defs.resources import LoopResource
     additional_ins={"lora_adapter": dg.AssetIn("lora_adapter")},
     description="Challenger vs champion on the champion's recent production requests: disagreement rate and, with feedback, both accuracies.",
 )
-def shadow_agreement(loop: LoopResource, eval_report: EvalReport, lora_adapter: train.TrainedAdapter) -> dg.AssetCheckResult:
+def shadow_agreement(loop: LoopResource, eval_report: EvalReport, lora_adapter: trainer.TrainedAdapter) -> dg.AssetCheckResult:
     spec = loop.spec()
     tracker = loop.tracker(spec)
     champion = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
     if champion is None:
         return dg.AssetCheckResult(passed=True, description="no champion yet: nothing to shadow")
-    base = models.prepare_base_model(spec.base_model, loop.loop_home().artifacts / "base_models")
+    base = base_model.prepare_base_model(spec.base_model, loop.loop_home().artifacts / "base_models")
     result = shadow.shadow_evaluate(spec, base.directory, lora_adapter.directory, champion.version)
     if result is None:
         return dg.AssetCheckResult(passed=True, description=f"no production requests answered by champion v{champion.version} to shadow")

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from finetune_loop.core.metrics import Scores
-from finetune_loop.core.specs import GateSettings
+from finetune_loop.core.common.spec import GateSettings
+from finetune_loop.core.evaluate.metrics import Scores
 
 
 @dataclass(frozen=True)

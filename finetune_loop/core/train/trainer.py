@@ -24,11 +24,15 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from finetune_loop.core.curate import CuratedDataset, read_examples, stratified_split, stratum_key
-from finetune_loop.core.examples import Example
-from finetune_loop.core.models import BaseModel, render_completion, render_prompt
-from finetune_loop.core.registry import CHALLENGER_ALIAS, ModelVersionRef, Tracker
-from finetune_loop.core.specs import TaskSpec
+from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.common.tracker import CHALLENGER_ALIAS, ModelVersionRef, Tracker
+from finetune_loop.core.data.curation import CuratedDataset
+from finetune_loop.core.data.readers import read_examples
+from finetune_loop.core.data.splits import stratified_split, stratum_key
+from finetune_loop.core.train.base_model import BaseModel
+from finetune_loop.core.train.prompts import render_completion, render_prompt
+from finetune_loop.core.train.shared_prefix import SharedPrefixSFTTrainer
 
 _TRACKED_PACKAGES = (
     "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "gguf", "llama_cpp_python", "mlflow", "dagster",
@@ -242,7 +246,6 @@ def build_trainer(
     )
     trainer_class = SFTTrainer
     if plan.shared_prefix:
-        from finetune_loop.core.shared_prefix import SharedPrefixSFTTrainer
 
         trainer_class = SharedPrefixSFTTrainer
     return trainer_class(

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from finetune_loop.core.production import ProductionRecord, read_production_log
-from finetune_loop.core.specs import ShadowSettings, TaskSpec
+from finetune_loop.core.common.spec import ShadowSettings, TaskSpec
+from finetune_loop.core.data.production_log import ProductionRecord, read_production_log
+from finetune_loop.core.evaluate.scoring import predict_labels
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,6 @@ def shadow_evaluate(spec: TaskSpec, base_dir: Path, adapter_dir: Path, champion_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_loop.core.scoring import predict_labels
 
     if spec.production_log_path is None:
         return None

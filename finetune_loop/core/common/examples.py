@@ -5,7 +5,6 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 
-
 # The slice value reported for a row that has none for a slice field.
 MISSING_SLICE_VALUE = "(missing)"
 

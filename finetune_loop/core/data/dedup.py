@@ -75,7 +75,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 # From `examples`, not `curate`: curate imports this module.
-from finetune_loop.core.examples import MISSING_SLICE_VALUE, Example, normalize_text
+from finetune_loop.core.common.examples import (
+    MISSING_SLICE_VALUE,
+    Example,
+    normalize_text,
+)
 
 SHINGLE_SIZE = 5
 # Probability that a pair exactly at the threshold never shares an LSH band. Lower means more

@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
-from finetune_loop.core.specs import EMBEDDED_BASE_MODEL, TaskSpec
-
-if TYPE_CHECKING:
-    from finetune_loop.core.export import GgufExport
-    from finetune_loop.core.models import BaseModel
+from finetune_loop.core.common.spec import EMBEDDED_BASE_MODEL, TaskSpec
+from finetune_loop.core.ship.export_result import GgufExport
+from finetune_loop.core.train.base_model import BaseModel
 
 # What the bundled base is on the Hugging Face hub, and its licence.
 _EMBEDDED_BASE = ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")

@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from finetune_loop.core import frontier as frontier_models
-from finetune_loop.core.curate import read_examples
-from finetune_loop.core.examples import Example
-from finetune_loop.core.gate import GateEvidence, GateVerdict, decide_release
-from finetune_loop.core.metrics import Scores, score_suite
-from finetune_loop.core.probes import ProbeReport, ProbeSet, judge_probes, load_probes
-from finetune_loop.core.registry import Tracker
-from finetune_loop.core.scoring import generate_answers, predict_labels
-from finetune_loop.core.specs import TaskSpec
+from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.common.tracker import Tracker
+from finetune_loop.core.data.probe_set import ProbeSet, load_probes
+from finetune_loop.core.data.readers import read_examples
+from finetune_loop.core.evaluate.gate import GateEvidence, GateVerdict, decide_release
+from finetune_loop.core.evaluate.metrics import Scores, score_suite
+from finetune_loop.core.evaluate.probes import ProbeReport, judge_probes
+from finetune_loop.core.evaluate.scoring import generate_answers, predict_labels
 
 # Free-answer budget of the probes of a classification task: longer than any label, short enough
 # that a rambling model costs little.

@@ -23,10 +23,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from finetune_loop.core.curate import read_labeled_examples
-from finetune_loop.core.examples import Example
-from finetune_loop.core.production import append_log_file, log_files, read_production_log
-from finetune_loop.core.specs import TaskSpec
+from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.data.production_log import (
+    append_log_file,
+    log_files,
+    read_production_log,
+)
+from finetune_loop.core.data.validation import read_labeled_examples
+from finetune_loop.core.evaluate.scoring import predict_labels
 
 SHIFTS = ("none", "phone_keyboard", "mix", "new_kind")
 _NEIGHBOURS = {"a": "s", "e": "r", "i": "o", "o": "p", "n": "m", "t": "y", "s": "d", "r": "t", "l": "k", "d": "f"}
@@ -119,7 +124,6 @@ def write_week(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_loop.core.scoring import predict_labels
 
     log_dir = spec.production_log_path
     if log_dir is None:

@@ -19,10 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune_loop.core.export import serving_tokens
-from finetune_loop.core.modelfile import ModelfileError, parse_modelfile, render_go_template
-from finetune_loop.core.models import chat_messages, render_completion, render_prompt
-from finetune_loop.core.specs import ExportSettings, TaskSpec
+from finetune_loop.core.common.spec import ExportSettings, TaskSpec
+from finetune_loop.core.ship.llama_runtime import serving_tokens
+from finetune_loop.core.ship.modelfile import (
+    ModelfileError,
+    parse_modelfile,
+    render_go_template,
+)
+from finetune_loop.core.train.prompts import (
+    chat_messages,
+    render_completion,
+    render_prompt,
+)
 
 MATCHES_MERGED_MODEL = "matches_merged_model"
 QUANT_WITHIN_BUDGET = "quant_within_budget"

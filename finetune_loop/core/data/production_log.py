@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Sequence
 
-from finetune_loop.core.files import sha256_file, write_jsonl
-from finetune_loop.core.specs import FieldMapping, TaskSpec
+from finetune_loop.core.common.files import sha256_file, write_jsonl
+from finetune_loop.core.common.spec import FieldMapping, TaskSpec
 
 FEEDBACK_SOURCE = "production_feedback"
 

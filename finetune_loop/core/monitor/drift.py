@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from finetune_loop.core.production import ProductionRecord
-from finetune_loop.core.specs import DriftSettings
+from finetune_loop.core.common.spec import DriftSettings
+from finetune_loop.core.data.production_log import ProductionRecord
 
 INPUT_COLUMNS = ("text", "length_chars", "oov_share", "non_letter_share")
 _WORD = re.compile(r"[^\W\d_]+")
@@ -111,7 +111,6 @@ def build_drift_report(
 
     `reference_labels` are the training labels (the distribution predictions and feedback are
     compared with); `reference_accuracy` is the served model's accuracy at evaluation."""
-    import pandas as pd
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 

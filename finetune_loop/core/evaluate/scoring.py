@@ -25,8 +25,8 @@ import copy
 from dataclasses import dataclass
 from typing import Sequence
 
-from finetune_loop.core.models import render_completion, render_prompt
-from finetune_loop.core.specs import TaskSpec
+from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.train.prompts import render_completion, render_prompt
 
 # Rows per batch: the label stage runs batch_size × labels rows at once.
 DEFAULT_BATCH_SIZE = 16

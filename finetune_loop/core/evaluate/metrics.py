@@ -14,8 +14,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from finetune_loop.core.examples import MISSING_SLICE_VALUE, Example
-from finetune_loop.core.specs import TaskSpec
+from finetune_loop.core.common.examples import MISSING_SLICE_VALUE, Example
+from finetune_loop.core.common.spec import TaskSpec
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Sequence
 
-from finetune_loop.core.metrics import normalize_answer
-from finetune_loop.core.models import chat_messages
-from finetune_loop.core.specs import TaskSpec
+from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.evaluate.metrics import normalize_answer
+from finetune_loop.core.train.prompts import chat_messages
 
 ENV_PREFIX = "FINETUNE_LOOP_FRONTIER_"
 REQUEST_TIMEOUT_S = 60

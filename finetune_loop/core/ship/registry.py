@@ -30,7 +30,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from finetune_loop.core.registry import CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS, Tracker
+from finetune_loop.core.common.tracker import (
+    CHAMPION_ALIAS,
+    PREVIOUS_CHAMPION_ALIAS,
+    Tracker,
+)
 
 LOCK_TIMEOUT_S = 300
 TAG_PREFIX = "finetune_loop."

@@ -73,13 +73,18 @@ tests). All regexes are compiled once at import.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from phonenumbers import Leniency, PhoneMetadata, PhoneNumberMatcher
 from stdnum import iban as _stdnum_iban
 from stdnum import luhn as _stdnum_luhn
+
+from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.spec import TaskSpec
 
 PII_KINDS = ("email", "phone", "card", "iban", "ip")
 
@@ -391,3 +396,44 @@ def scrub_pii(text: str) -> ScrubResult:
         found[kind] = len(spans)
     counts = {kind: found[kind] for kind in PII_KINDS if kind in found}
     return ScrubResult(text=text, counts=counts)
+
+
+def scrub_examples(examples: list[Example], spec: TaskSpec) -> tuple[list[Example], Counter]:
+    """PII placeholders replace e-mails, phones, cards, IBANs and IPs before anything is compared
+    or written, so no later file (suite, split, quarantine of duplicates) holds them. Generation
+    targets are scrubbed too (a label from a fixed set cannot hold PII)."""
+    counts: Counter = Counter()
+    if not spec.curation.scrub_pii:
+        return examples, counts
+    scrubbed = []
+    for example in examples:
+        text = scrub_pii(example.text)
+        counts.update(text.counts)
+        label = example.label
+        if not spec.is_classification:
+            label = _scrub_target(label, spec.target_format, counts)
+        changed = text.counts or label != example.label
+        scrubbed.append(replace(example, text=text.text, label=label) if changed else example)
+    return scrubbed, counts
+
+
+def _scrub_target(target: str, target_format: str, counts: Counter) -> str:
+    if target_format == "text":
+        result = scrub_pii(target)
+        counts.update(result.counts)
+        return result.text
+
+    # JSON: scrub the string values, never the serialised text, so a placeholder can never break
+    # the JSON (a phone number written as a JSON number is left alone: it is not text).
+    def walk(value):
+        if isinstance(value, str):
+            result = scrub_pii(value)
+            counts.update(result.counts)
+            return result.text
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(walk(json.loads(target)), ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,207 @@
+"""Curation: read labelled rows, quarantine the bad ones with a reason, de-duplicate, split.
+
+Nothing is dropped silently: every input row ends up in exactly one of the curated splits, the
+frozen holdout, the quarantine file (with its reason), or the duplicates file (with the id it
+duplicates). The counts in `CurationReport` add up to the rows read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from finetune_loop.core.common.examples import (
+    MISSING_SLICE_VALUE,
+    Example,
+)
+from finetune_loop.core.common.files import write_jsonl
+from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.data.contamination import evaluation_rows
+from finetune_loop.core.data.dedup import (
+    NearDuplicateSettings,
+    find_overlaps,
+    remove_near_duplicates,
+)
+from finetune_loop.core.data.exact_dedup import deduplicate
+from finetune_loop.core.data.pii import scrub_examples
+from finetune_loop.core.data.readers import CurationError, read_examples
+from finetune_loop.core.data.splits import stratified_split, stratum_key
+from finetune_loop.core.data.suites import FrozenSuite
+from finetune_loop.core.data.validation import (
+    load_sources,
+    read_labeled_examples,
+    reason_kind,
+)
+
+
+@dataclass
+class CurationReport:
+    rows_read: int
+    quarantined: dict[str, int]
+    revoked_removed: dict[str, int]
+    pii_replacements: dict[str, int]
+    duplicates_removed: int
+    near_duplicates_removed: int
+    # suite name -> training rows removed because they (nearly) repeat a suite row
+    contamination_removed: dict[str, int]
+    # suite name -> labelled rows that are the suite's own rows (a seeded split of the same file)
+    suite_rows_reserved: dict[str, int]
+    train_rows: int
+    validation_rows: int
+    # Training rows per stratum (the label; for generation the first slice value) and per slice.
+    per_label_train: dict[str, int]
+    per_slice_train: dict[str, dict[str, int]]
+    # share of rows beyond training.max_length after chat rendering (quarantined, not truncated)
+    truncation_rate: float
+    dedup_audit_markdown: str
+
+
+@dataclass
+class CuratedDataset:
+    data_version: str
+    directory: Path
+    train_path: Path
+    validation_path: Path
+    quarantine_path: Path
+    duplicates_path: Path
+    report: CurationReport
+
+
+
+
+
+
+def curate_dataset(
+    spec: TaskSpec,
+    suites: Sequence[FrozenSuite],
+    datasets_dir: Path,
+    token_length: Callable[[Example], int] | None = None,
+    extra_inputs: Sequence[Path] = (),
+) -> CuratedDataset:
+    """Validate, exclude revoked sources, scrub PII, de-duplicate (exact, then near), remove rows
+    that overlap the frozen suites, and split. `token_length` measures a row after chat rendering;
+    rows beyond the task's max_length are quarantined rather than silently truncated. `extra_inputs`
+    (labelled production feedback) go through the very same checks as the labelled examples."""
+    settings = spec.curation
+    examples, quarantine = read_labeled_examples(spec)
+    for extra in extra_inputs:
+        more, rejected = read_labeled_examples(spec, extra)
+        examples += more
+        quarantine += [{**q, "file": extra.name} for q in rejected]
+    rows_read = len(examples) + len(quarantine)
+    stratum = stratum_key(spec)
+
+    sources = load_sources(spec.sources_path)
+    revoked = [e for e in examples if sources is not None and sources[e.source].status == "revoked"]
+    examples = [e for e in examples if sources is None or sources[e.source].status == "active"]
+    # Lengths are measured on the scrubbed text: that is what training renders.
+    examples, pii_counts = scrub_examples(examples, spec)
+    if token_length is not None:
+        kept = []
+        limit = spec.training.max_length
+        for example in examples:
+            length = token_length(example)
+            if length > limit:
+                quarantine.append({"line": None, "id": example.id, "reason": f"over-long input: {length} tokens after chat rendering > max_length {limit}", "row": asdict(example)})
+            else:
+                kept.append(example)
+        examples = kept
+    valid = examples
+
+    after_exact, duplicates, conflicts = deduplicate(valid)
+    quarantine.extend({"line": None, **c} for c in conflicts)
+    near_settings = NearDuplicateSettings(threshold=settings.near_duplicate_threshold, min_rows_per_label=settings.min_rows_per_label, seed=spec.split.seed)
+    # Near duplicates are clustered and floored per stratum: per label for classification, per
+    # slice (or all rows) for generation, where two targets are rarely identical.
+    by_id = {e.id: e for e in after_exact}
+    kept_proxies, audit = remove_near_duplicates(
+        [replace(e, label=stratum(e)) for e in after_exact], near_settings, slices={e.id: e.slices for e in after_exact}
+    )
+    after_near = [by_id[e.id] for e in kept_proxies]
+
+    overlaps = find_overlaps(after_near, evaluation_rows(spec, suites), settings.contamination_threshold)
+    # A suite split off the labelled file overlaps its own rows (same id, same text): those rows are
+    # reserved for evaluation, not leaks. Everything else is a training row repeating a suite row.
+    reserved = [o for o in overlaps if o["id"] == o["suite_id"] and o["similarity"] == 1.0]
+    contaminated = [o for o in overlaps if not (o["id"] == o["suite_id"] and o["similarity"] == 1.0)]
+    overlapping_ids = {o["id"] for o in overlaps}
+    candidates = [e for e in after_near if e.id not in overlapping_ids]
+
+    share = len(quarantine) / rows_read if rows_read else 1.0
+    directory_for_errors = datasets_dir / "rejected"
+    if share > settings.max_quarantine_share:
+        write_jsonl(directory_for_errors / "quarantine.jsonl", quarantine)
+        top = Counter(reason_kind(q["reason"]) for q in quarantine).most_common(3)
+        raise CurationError(
+            f"{share:.1%} of {rows_read} rows quarantined, above curation.max_quarantine_share "
+            f"{settings.max_quarantine_share:.1%}; top reasons: " + ", ".join(f"{kind} ({n})" for kind, n in top)
+            + f"; every row and its reason: {directory_for_errors / 'quarantine.jsonl'}"
+        )
+
+    train, validation = stratified_split(candidates, spec.split.validation_fraction, spec.split.seed, stratum)
+    if not train:
+        raise CurationError(f"no training rows left after curation of {spec.labeled_examples_location}")
+    missing_labels = sorted(set(spec.labels) - {e.label for e in train})
+    if missing_labels:
+        raise CurationError(f"labels with no training rows after curation: {missing_labels}")
+
+    train_rows = [asdict(e) for e in train]
+    validation_rows = [asdict(e) for e in validation]
+    payload = json.dumps({"train": train_rows, "validation": validation_rows, "suites": sorted(s.content_hash for s in suites)}, sort_keys=True)
+    data_version = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    directory = datasets_dir / data_version
+    paths = {name: directory / f"{name}.jsonl" for name in ("train", "validation", "quarantine", "duplicates", "near_duplicates", "contamination", "suite_rows", "revoked")}
+    write_jsonl(paths["train"], train_rows)
+    write_jsonl(paths["validation"], validation_rows)
+    write_jsonl(paths["quarantine"], quarantine)
+    write_jsonl(paths["duplicates"], duplicates)
+    write_jsonl(paths["near_duplicates"], audit.removed)
+    write_jsonl(paths["contamination"], contaminated)
+    write_jsonl(paths["suite_rows"], reserved)
+    write_jsonl(paths["revoked"], [asdict(e) for e in revoked])
+    stages = [("valid", valid), ("after exact dedup", after_exact), ("after near dedup", after_near),
+              ("after suite overlap", candidates), ("train", train), ("validation", validation)]
+    flow = [_flow_table("label" if spec.is_classification else "stratum", stratum, stages)]
+    flow += [_flow_table(f, lambda e, f=f: e.slices.get(f, MISSING_SLICE_VALUE), stages) for f in spec.fields.slices]
+    audit_markdown = "### Rows per stage\n\n" + "\n\n".join(flow) + "\n\n" + audit.to_markdown()
+    (directory / "dedup_audit.md").write_text(audit_markdown)
+    (directory / "dedup_audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
+    over_long = sum(1 for q in quarantine if reason_kind(q["reason"]) == "over-long input")
+    report = CurationReport(
+        rows_read=rows_read,
+        quarantined=dict(Counter(reason_kind(q["reason"]) for q in quarantine)),
+        revoked_removed=dict(Counter(e.source for e in revoked)),
+        pii_replacements=dict(pii_counts),
+        duplicates_removed=len(duplicates),
+        near_duplicates_removed=len(audit.removed),
+        contamination_removed=dict(Counter(c["suite"] for c in contaminated)),
+        suite_rows_reserved=dict(Counter(r["suite"] for r in reserved)),
+        train_rows=len(train),
+        validation_rows=len(validation),
+        per_label_train=dict(sorted(Counter(stratum(e) for e in train).items())),
+        per_slice_train={f: dict(sorted(Counter(e.slices.get(f, MISSING_SLICE_VALUE) for e in train).items())) for f in spec.fields.slices},
+        truncation_rate=over_long / rows_read if rows_read else 0.0,
+        dedup_audit_markdown=audit_markdown,
+    )
+    (directory / "report.json").write_text(json.dumps(asdict(report), indent=2))
+    return CuratedDataset(data_version, directory, paths["train"], paths["validation"], paths["quarantine"], paths["duplicates"], report)
+
+
+def _flow_table(group_name: str, group_of: Callable[[Example], str], stages: Sequence[tuple[str, Sequence[Example]]]) -> str:
+    """Rows of each group at each curation stage: where a label or slice lost its rows, at a glance."""
+    counts = [Counter(group_of(e) for e in rows) for _, rows in stages]
+    groups = sorted(set().union(*counts))
+    lines = [f"| {group_name} | " + " | ".join(name for name, _ in stages) + " |", "|---|" + "---:|" * len(stages)]
+    lines += [f"| {group} | " + " | ".join(str(c[group]) for c in counts) + " |" for group in groups]
+    lines.append("| **total** | " + " | ".join(str(len(rows)) for _, rows in stages) + " |")
+    return "\n".join(lines)
+
+
+def contamination_between(spec: TaskSpec, dataset: CuratedDataset, suites: Sequence[FrozenSuite]) -> list[dict]:
+    """Overlaps still present between the curated splits and the frozen suites or probes (must be none)."""
+    rows = read_examples(dataset.train_path) + read_examples(dataset.validation_path)
+    return find_overlaps(rows, evaluation_rows(spec, suites), spec.curation.contamination_threshold)

@@ -1,0 +1,45 @@
+"""TODO docstring (curate)."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Callable
+
+from finetune_loop.core.common.examples import (
+    MISSING_SLICE_VALUE,
+    Example,
+)
+from finetune_loop.core.common.spec import TaskSpec
+
+
+def stratum_key(spec: TaskSpec) -> Callable[[Example], str]:
+    """What splits and floors stratify on: the label for classification; for generation, where
+    every target is its own answer, the first slice field's value (or one stratum for all rows)."""
+    if spec.is_classification:
+        return lambda example: example.label
+    slice_field = spec.fields.slices[0] if spec.fields.slices else None
+    return lambda example: example.slices.get(slice_field, MISSING_SLICE_VALUE) if slice_field else "all rows"
+
+
+def stratified_split(
+    examples: list[Example], fraction: float, seed: int, key: Callable[[Example], str] = lambda e: e.label
+) -> tuple[list[Example], list[Example]]:
+    """(rest, picked): `fraction` of every stratum (`key`, the label by default) picked at random,
+    at least one per stratum that has two or more rows, so every stratum is represented on both
+    sides."""
+    by_stratum: dict[str, list[Example]] = defaultdict(list)
+    for example in examples:
+        by_stratum[key(example)].append(example)
+    rng = random.Random(seed)
+    picked_ids: set[str] = set()
+    for stratum in sorted(by_stratum):
+        rows = sorted(by_stratum[stratum], key=lambda e: e.id)
+        rng.shuffle(rows)
+        count = round(len(rows) * fraction)
+        if fraction > 0 and len(rows) >= 2:
+            count = min(max(count, 1), len(rows) - 1)
+        picked_ids.update(e.id for e in rows[:count])
+    rest = [e for e in examples if e.id not in picked_ids]
+    picked = [e for e in examples if e.id in picked_ids]
+    return rest, picked

@@ -1,0 +1,163 @@
+"""TODO docstring (curate)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from finetune_loop.core.common.examples import (
+    Example,
+)
+from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.data.readers import CurationError, _read_hub_dataset, _read_rows
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    licence: str
+    status: str  # "active" or "revoked": rows of a revoked source are excluded from curation
+
+
+def load_sources(path: Path | None) -> dict[str, Source] | None:
+    """The task's sources file (`sources: {name: {licence, status}}`), or None when it has none."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise CurationError(f"sources file not found: {path}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries = raw.get("sources") if isinstance(raw, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise CurationError(f"{path}: expected a non-empty mapping under 'sources'")
+    sources = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("licence"), str) or entry.get("status") not in ("active", "revoked"):
+            raise CurationError(f"{path}: source {name!r} needs a licence (string) and a status of 'active' or 'revoked'")
+        sources[str(name)] = Source(str(name), entry["licence"], entry["status"])
+    return sources
+
+
+def read_labeled_examples(spec: TaskSpec, path: Path | None = None) -> tuple[list[Example], list[dict]]:
+    """Valid examples in file order, plus one quarantine entry per rejected row, whose reason reads
+    "<kind>: <detail>". `path` defaults to the task's labeled examples; designated suite files are
+    read through the same checks."""
+    if path is None and spec.labeled_examples_hub_id:
+        raw_rows = _read_hub_dataset(spec.labeled_examples_hub_id)
+        origin = spec.labeled_examples_hub_id
+    else:
+        path = path or spec.labeled_examples_path
+        if not path.exists():
+            raise CurationError(f"labeled examples file not found: {path} (named in {spec.spec_path})")
+        raw_rows = _read_rows(path)
+        origin = path.name
+    sources = load_sources(spec.sources_path)
+    examples: list[Example] = []
+    quarantine: list[dict] = []
+    seen_ids: set[str] = set()
+    for line_no, row, problem in raw_rows:
+        example = None
+        if problem is None:
+            # Without an id column a row is named by its file and row number, so ids from a
+            # designated suite file never collide with the training file's.
+            example, problem = _validate_row(spec, row, f"{origin}:{line_no}", sources)
+        if problem is None and example.id in seen_ids:
+            problem = f"duplicate id: {example.id!r} already used by an earlier row"
+        if problem is not None:
+            quarantine.append({"line": line_no, "reason": problem, "row": row})
+            continue
+        seen_ids.add(example.id)
+        examples.append(example)
+    return examples, quarantine
+
+
+def _validate_row(spec: TaskSpec, row: dict, default_id: str, sources: dict[str, Source] | None) -> tuple[Example | None, str | None]:
+    """(example, None) for a usable row, (None, "<kind>: <detail>") for a rejected one."""
+    fields = spec.fields
+    text = row.get(fields.input)
+    raw_id = row.get(fields.id) if fields.id else None
+    if raw_id not in (None, "") and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))):
+        return None, f"id not a string or integer: field {fields.id!r} is {type(raw_id).__name__}"
+    row_id = str(raw_id) if raw_id not in (None, "") else default_id
+    source = row.get(fields.source) if fields.source else None
+    source = str(source) if source not in (None, "") else "unspecified"
+    if fields.input not in row:
+        return None, f"missing input: field {fields.input!r} is absent"
+    if not isinstance(text, str):
+        return None, f"input not a string: field {fields.input!r} is {type(text).__name__}"
+    if not text.strip():
+        return None, "empty input"
+    if any("\udc80" <= ch <= "\udcff" for ch in text):
+        return None, "not valid UTF-8: the input holds bytes that do not decode"
+    if "\ufffd" in text:
+        return None, "replacement character in input: U+FFFD means the text was decoded lossily upstream"
+    if _has_control_chars(text):
+        return None, "control characters in input"
+    if not any(ch.isalnum() for ch in text):
+        return None, f"no content: the input has no letters or digits ({text.strip()[:40]!r})"
+    answer, problem = _validate_answer(spec, row)
+    if problem is not None:
+        return None, problem
+    if sources is not None and source not in sources:
+        return None, f"unknown source: {source!r} is not in {spec.sources_path.name}"
+    licence = row.get(fields.licence) if fields.licence else None
+    if licence in (None, ""):
+        licence = sources[source].licence if sources is not None else "unspecified"
+    elif not isinstance(licence, str):
+        return None, f"licence not a string: field {fields.licence!r} is {type(licence).__name__}"
+    slices = {}
+    for slice_field in fields.slices:
+        value = row.get(slice_field)
+        if value in (None, ""):
+            continue  # a row without a slice value is reported under "(missing)" in the audit
+        if isinstance(value, (dict, list)):
+            return None, f"slice not a scalar: field {slice_field!r} is {type(value).__name__}"
+        slices[slice_field] = str(value).strip()
+    return Example(id=row_id, text=text.strip(), label=answer, source=source, licence=licence.strip(), slices=slices), None
+
+
+def _validate_answer(spec: TaskSpec, row: dict) -> tuple[str | None, str | None]:
+    """The answer a row trains on: a known label, or a non-empty target (valid JSON for JSON tasks,
+    re-serialised compactly so formatting differences never make two targets differ)."""
+    column = spec.fields.label
+    value = row.get(column)
+    if spec.is_classification:
+        if value in (None, ""):
+            return None, f"missing label: field {column!r} is absent or empty"
+        if not isinstance(value, str):
+            return None, f"label not a string: got {type(value).__name__}"
+        if value.strip() not in spec.labels:
+            close = difflib.get_close_matches(value.strip().casefold(), [l.casefold() for l in spec.labels], n=1)
+            hint = f" (did you mean {spec.labels[[l.casefold() for l in spec.labels].index(close[0])]!r}?)" if close else ""
+            return None, f"unknown label: {value!r} is not in the task's label set{hint}"
+        return value.strip(), None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, f"missing target: field {column!r} is absent or empty"
+    if spec.target_format == "text":
+        if not isinstance(value, str):
+            return None, f"target not a string: field {column!r} is {type(value).__name__}"
+        if _has_control_chars(value):
+            return None, "control characters in target"
+        return value.strip(), None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            return None, f"malformed JSON target: {exc.msg} at column {exc.colno}"
+    if not isinstance(value, (dict, list)):
+        return None, f"JSON target not an object or array: got {type(value).__name__}"
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")), None
+
+
+def _has_control_chars(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" and ch not in "\n\t\r" for ch in text)
+
+
+def reason_kind(reason: str) -> str:
+    """Every quarantine reason reads "<kind>: <detail>"; counts group by kind, the detail stays in
+    the quarantine file."""
+    return reason.partition(":")[0]

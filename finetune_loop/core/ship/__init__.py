@@ -1,0 +1,1 @@
+"""TODO: ship package docstring."""

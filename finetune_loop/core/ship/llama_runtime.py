@@ -1,0 +1,171 @@
+"""TODO docstring (export)."""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from finetune_loop.core.common.spec import QUANT_TYPES
+
+
+def quantize_gguf(source: Path, dest: Path, quant_type: str) -> Path:
+    """Quantize an f32/f16/bf16 GGUF with llama.cpp's own quantizer (what llama-quantize runs)."""
+    import llama_cpp
+
+    if quant_type not in QUANT_TYPES:
+        raise ValueError(f"unknown quant type {quant_type!r}; supported: {', '.join(QUANT_TYPES)}")
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant_type}")
+    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama.cpp failed to quantize {source} to {quant_type} (return code {rc})")
+    return dest
+
+
+@dataclass(frozen=True)
+class LlamaCppAnswers:
+    labels: list[str]
+    # Per prompt, llama.cpp's top-1 next token after the prompt (before any label constraint).
+    next_token_ids: list[int]
+    # Speed of this file on this machine: one prompt evaluated from an empty cache, then greedy
+    # generation of SPEED_GENERATED_TOKENS tokens one at a time.
+    prompt_tokens_per_second: float
+    generation_tokens_per_second: float
+
+
+SPEED_GENERATED_TOKENS = 32
+
+
+def run_with_llama_cpp(
+    gguf_path: Path,
+    prompts: Sequence[str],
+    label_sequences: Mapping[str, Sequence[int]],
+    *,
+    n_ctx: int = 1024,
+    n_threads: int | None = None,
+) -> LlamaCppAnswers:
+    """Answer each already chat-rendered prompt with one label, and time the file.
+
+    The decision rule is the evaluation's (`scoring.predict_labels`): the label whose answer tokens
+    (`label_sequences`, ending on the end-of-turn token) have the highest total log-probability
+    after the prompt; ties go to the label listed first. The same rule on both runtimes makes the
+    GGUF's accuracy comparable with the HF model's. Answers that share leading tokens share their
+    forward passes, and prompts sharing a prefix (the system prompt) reuse its KV cache.
+    """
+    import llama_cpp
+
+    if not label_sequences or not all(label_sequences.values()):
+        raise ValueError(f"every label needs its answer tokens, got {dict(label_sequences)!r}")
+    if not prompts:
+        raise ValueError("no prompts to run")
+
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path), n_ctx=n_ctx, n_threads=n_threads, logits_all=False, verbose=False
+    )
+    try:
+        longest_label = max(len(tokens) for tokens in label_sequences.values())
+        chosen, next_tokens = [], []
+        for prompt in prompts:
+            tokens = serving_tokens(llm, prompt)
+            if len(tokens) + max(longest_label, SPEED_GENERATED_TOKENS) > n_ctx:
+                raise ValueError(f"a prompt of {len(tokens)} tokens plus an answer does not fit n_ctx={n_ctx}")
+            _eval_reusing_prefix(llm, tokens)
+            next_tokens.append(int(np.argmax(_last_logits(llm))))
+            chosen.append(_most_likely_label(llm, label_sequences))
+        prompt_speed, generation_speed = _measure_speed(llm, serving_tokens(llm, prompts[0]))
+        return LlamaCppAnswers(chosen, next_tokens, prompt_speed, generation_speed)
+    finally:
+        llm.close()
+
+
+def classify_with_llama_cpp(gguf_path: Path, prompts: Sequence[str], label_sequences: Mapping[str, Sequence[int]], **kwargs) -> list[str]:
+    """The label llama.cpp picks for each chat-rendered prompt (see run_with_llama_cpp)."""
+    return run_with_llama_cpp(gguf_path, prompts, label_sequences, **kwargs).labels
+
+
+def serving_tokens(llm, rendered: str) -> list[int]:
+    """Token ids of an already chat-rendered text as a llama.cpp server feeds them: special tokens
+    parsed, BOS prepended exactly when the GGUF says the model adds one, never an EOS."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    bos = [llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(vocab) else []
+    return bos + llm.tokenize(rendered.encode(), add_bos=False, special=True)
+
+
+def _last_logits(llm) -> np.ndarray:
+    import llama_cpp
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+
+
+def _measure_speed(llm, prompt_tokens: list[int]) -> tuple[float, float]:
+    """(prompt tokens/s from an empty cache, greedy generation tokens/s); EOS does not stop the
+    timing loop, so every file is timed over the same number of tokens."""
+    llm.n_tokens = 0  # drop the cache: time the whole prompt
+    started = time.perf_counter()
+    llm.eval(prompt_tokens)
+    prompt_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(SPEED_GENERATED_TOKENS):
+        llm.eval([int(np.argmax(_last_logits(llm)))])
+    generation_seconds = time.perf_counter() - started
+    return len(prompt_tokens) / prompt_seconds, SPEED_GENERATED_TOKENS / generation_seconds
+
+
+def _eval_reusing_prefix(llm, tokens: list[int]) -> None:
+    """Evaluate `tokens`, keeping the KV cache of the prefix shared with what was evaluated last.
+
+    Prompts of one task share their system prompt, so this skips most of the prompt after the first.
+    At least one token is always re-evaluated: the logits of the last prompt token are what we need.
+    """
+    previous = llm.input_ids[: llm.n_tokens]
+    shared = 0
+    for a, b in zip(previous, tokens[:-1]):
+        if a != b:
+            break
+        shared += 1
+    # Llama.eval drops cached positions from n_tokens on before decoding (as Llama.generate relies on).
+    llm.n_tokens = shared
+    llm.eval(tokens[shared:])
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _most_likely_label(llm, label_sequences: Mapping[str, Sequence[int]]) -> str:
+    """Score every label's answer tokens after the prompt just evaluated; return the most likely.
+
+    Each distinct answer prefix is evaluated once, one token at a time (only the last position's
+    logits are kept), rewinding the cache to the prompt plus the prefix it shares with the last one."""
+    prompt_length = llm.n_tokens
+    log_probs = {(): _log_softmax(_last_logits(llm))}
+    in_cache: tuple[int, ...] = ()
+    totals = {}
+    for label, sequence in label_sequences.items():
+        total = 0.0
+        for depth, token in enumerate(sequence):
+            prefix = tuple(sequence[:depth])
+            if prefix not in log_probs:
+                shared = next((i for i, (a, b) in enumerate(zip(in_cache, prefix)) if a != b), min(len(in_cache), len(prefix)))
+                llm.n_tokens = prompt_length + shared
+                for cut in range(shared, len(prefix)):
+                    llm.eval([prefix[cut]])
+                    log_probs[prefix[: cut + 1]] = _log_softmax(_last_logits(llm))
+                in_cache = prefix
+            total += log_probs[prefix][token]
+        totals[label] = total
+    return max(label_sequences, key=totals.__getitem__)
+
+
+# Enough context for a chat-rendered ticket plus the answer; llama.cpp allocates the KV cache for it.
+LLAMA_CPP_CONTEXT = 2048
