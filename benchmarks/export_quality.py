@@ -74,7 +74,7 @@ def main() -> None:
     else:
         adapter_dir, adapter_name = random_adapter(base.directory, home_dir / "adapter", args.lora_std, args.seed), f"random LoRA (B std {args.lora_std})"
 
-    tracker = Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", spec.name)
+    tracker = Tracker.for_task(home, spec.name)
     export_started = time.perf_counter()
     result = export_and_verify(spec, base, adapter_dir, holdout, home_dir / "export", tracker, eval_accuracies={})
     export_seconds = time.perf_counter() - export_started

@@ -1,46 +1,41 @@
 """The Dagster code location: `dagster dev -m finetune_loop.definitions` (or `make ui`).
 
 The task comes from FINETUNE_LOOP_TASK (default: the bundled support-triage example); state goes
-under FINETUNE_LOOP_HOME (default: .finetune_loop/ in the repo root).
+under FINETUNE_LOOP_HOME (default: .finetune_loop/ in the repo root). The asset groups are the
+stages of the loop and the folders of the code: `data`, `train`, `evaluate`, `ship`, `monitor`
+(`finetune_loop/defs/<group>.py`, whose core lives in `finetune_loop/core/<group>/`); each asset
+links to its source line in the UI.
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
-from finetune_loop.defs import assets
-from finetune_loop.defs.automation import (
-    daily_drift_schedule,
-    drift_retrain_sensor,
-    feedback_retrain_sensor,
-    monitor_job,
-    retrain_job,
-    six_week_retrain_schedule,
-)
+from finetune_loop.defs import data, evaluate, monitor, ship, train
 from finetune_loop.defs.resources import LoopResource, default_task_path
-from finetune_loop.defs.shadow import shadow_agreement
 
 ALL_ASSETS = [
-    assets.labeled_examples,
-    assets.production_log,
-    assets.holdout_suite,
-    assets.regression_suite,
-    assets.curated_dataset,
-    assets.lora_adapter,
-    assets.eval_report,
-    assets.champion_model,
-    assets.gguf_export,
-    assets.drift_report,
+    data.labeled_examples,
+    data.production_log,
+    train.base_model,
+    data.holdout_suite,
+    data.regression_suite,
+    data.curated_dataset,
+    train.lora_adapter,
+    evaluate.eval_report,
+    ship.gguf_export,
+    ship.champion_model,
+    monitor.drift_report,
 ]
 
 
 def build_definitions(task_path: str | None = None, home: str = "") -> dg.Definitions:
     return dg.Definitions(
-        assets=ALL_ASSETS,
-        asset_checks=[shadow_agreement],
-        jobs=[retrain_job, monitor_job],
-        schedules=[six_week_retrain_schedule, daily_drift_schedule],
-        sensors=[drift_retrain_sensor, feedback_retrain_sensor],
+        assets=dg.with_source_code_references(ALL_ASSETS),
+        asset_checks=[evaluate.shadow_agreement],
+        jobs=[monitor.retrain_job, monitor.monitor_job],
+        schedules=[monitor.six_week_retrain_schedule, monitor.daily_drift_schedule],
+        sensors=[monitor.drift_retrain_sensor, monitor.feedback_retrain_sensor],
         resources={"loop": LoopResource(task_path=task_path or default_task_path(), home=home)},
     )
 

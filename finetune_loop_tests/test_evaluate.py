@@ -70,7 +70,7 @@ def _suite(path: Path, rows: list[dict]) -> Path:
 def tracker(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     home = LoopHome(tmp_path / "home")
-    return Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", "tiny_triage")
+    return Tracker.for_task(home, "tiny_triage")
 
 
 class _FrontierHandler(BaseHTTPRequestHandler):

@@ -46,7 +46,7 @@ def _setup(root: Path, architecture: str, hidden_size: int = 64):
     holdout.write_text("".join(json.dumps({"id": r["id"], "text": r["text"], "label": r["label"]}) + "\n" for r in tiny_rows(8, seed=5)))
     adapter = _random_adapter(model_dir, root / "adapter")
     home = LoopHome(root / "home")
-    tracker = Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", spec.name)
+    tracker = Tracker.for_task(home, spec.name)
     base = BaseModel(str(model_dir), model_dir, "0" * 64, None)
     return spec, base, adapter, holdout, tracker
 

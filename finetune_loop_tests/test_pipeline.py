@@ -102,7 +102,7 @@ def test_champion_bundle_is_complete_enough_to_serve(loop_state):
     from finetune_loop.core.ship.registry import missing_bundle_files
 
     home = loop_state["home"]
-    tracker = Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", "tiny_triage")
+    tracker = Tracker.for_task(home, "tiny_triage")
     bundle = tracker.download_version(tracker.version_by_alias("tiny_triage-adapter", "champion"))
     shipped = ("tiny_triage-Q8_0.gguf", "tiny_triage-Q8_0.Modelfile", "README.md")
     assert missing_bundle_files(bundle, extra=shipped) == []

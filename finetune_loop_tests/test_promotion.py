@@ -24,7 +24,7 @@ HOLDOUT = "holdout-hash-1"
 
 
 def _registry(home: LoopHome, versions: int) -> Tracker:
-    tracker = Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", "tiny_triage")
+    tracker = Tracker.for_task(home, "tiny_triage")
     for i in range(versions):
         with tracker.run(f"train-{i}") as run_id:
             tracker.log_text(run_id, f"weights {i}", "adapter/adapter_model.safetensors")

@@ -41,7 +41,7 @@ def _curated(spec, home: LoopHome) -> tuple[curation.CuratedDataset, suites.Froz
 
 
 def _tracker(home: LoopHome, spec) -> Tracker:
-    return Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", spec.name)
+    return Tracker.for_task(home, spec.name)
 
 
 @pytest.mark.parametrize(

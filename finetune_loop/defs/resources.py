@@ -1,4 +1,12 @@
-"""The one resource every asset uses: which task, and where the loop keeps its state."""
+"""The one resource every asset, check, sensor and schedule uses: which task, where the loop keeps its
+state, and the one way to reach the spec, the prepared base model and the MLflow tracker.
+
+One spec per run: the first step of a run snapshots the task file's text under the state directory
+(`run_specs/<run id>.yaml`); every later step of that run, in this process or another, loads the
+snapshot, so an edit to the task file during a run cannot mix two specs. A run launched with tag
+`finetune_loop/spec_sha256` (the CLI, the sensors and the schedule set it) refuses to start on a
+task file whose hash differs from the one it was launched for.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +14,17 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from finetune_loop.core.common.home import LoopHome
-from finetune_loop.core.common.spec import TaskSpec, load_task_spec
+from finetune_loop.core.common.spec import TaskSpec, TaskSpecError, load_task_spec
 from finetune_loop.core.common.tracker import Tracker
+from finetune_loop.core.train.base_model import BaseModel, prepare_base_model
 
 TASK_ENV_VAR = "FINETUNE_LOOP_TASK"
 EXAMPLE_TASK = Path(__file__).resolve().parents[1] / "tasks" / "support_triage.yaml"
+SPEC_HASH_TAG = "finetune_loop/spec_sha256"
+TASK_TAG = "finetune_loop/task"
 
 
 def default_task_path() -> str:
@@ -24,13 +36,53 @@ class LoopResource(dg.ConfigurableResource):
 
     task_path: str
     home: str = ""
+    _spec: TaskSpec | None = PrivateAttr(default=None)
+    _base: BaseModel | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        if run is not None:
+            self._spec = self._run_spec(run.run_id, run.tags.get(SPEC_HASH_TAG))
+
+    def _run_spec(self, run_id: str, launched_hash: str | None) -> TaskSpec:
+        snapshot = self.loop_home().root / "run_specs" / f"{run_id}.yaml"
+        if snapshot.is_file():
+            return load_task_spec(self.task_path, text=snapshot.read_text(encoding="utf-8"))
+        text = Path(self.task_path).read_text(encoding="utf-8")
+        spec = load_task_spec(self.task_path, text=text)
+        if launched_hash and launched_hash != spec.spec_sha256:
+            raise TaskSpecError(
+                f"{self.task_path} changed after run {run_id} was launched (sha256 {launched_hash[:12]}… at launch, "
+                f"{spec.spec_sha256[:12]}… now): launch the run again"
+            )
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        staging = snapshot.with_suffix(f".{os.getpid()}.partial")
+        staging.write_text(text, encoding="utf-8")
+        # Two step processes may race to the first snapshot: the first one written wins for both.
+        try:
+            os.link(staging, snapshot)
+        except FileExistsError:
+            pass
+        staging.unlink()
+        return load_task_spec(self.task_path, text=snapshot.read_text(encoding="utf-8"))
 
     def spec(self) -> TaskSpec:
-        return load_task_spec(self.task_path)
+        """The run's spec (its snapshot); outside a run (a sensor tick, a schedule), the file as it is now."""
+        if self._spec is None:
+            self._spec = load_task_spec(self.task_path)
+        return self._spec
 
     def loop_home(self) -> LoopHome:
         return LoopHome(Path(self.home).resolve()) if self.home else LoopHome.from_env()
 
-    def tracker(self, spec: TaskSpec) -> Tracker:
-        home = self.loop_home()
-        return Tracker(home.mlflow_tracking_uri, home.artifacts / "mlflow", spec.name)
+    def base_model(self) -> BaseModel:
+        """The task's base model, prepared once per process (its hash is cached by file size and mtime)."""
+        if self._base is None:
+            self._base = prepare_base_model(self.spec().base_model, self.loop_home().artifacts / "base_models")
+        return self._base
+
+    def tracker(self) -> Tracker:
+        return Tracker.for_task(self.loop_home(), self.spec().name)
+
+    def task_dir(self, kind: str) -> Path:
+        return self.loop_home().task_dir(self.spec().name, kind)

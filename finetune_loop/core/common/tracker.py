@@ -15,6 +15,8 @@ from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from finetune_loop.core.common.home import LoopHome
+
 CHALLENGER_ALIAS = "challenger"
 CHAMPION_ALIAS = "champion"
 PREVIOUS_CHAMPION_ALIAS = "previous-champion"
@@ -47,6 +49,12 @@ class Tracker:
             )
         else:
             self.experiment_id = experiment.experiment_id
+
+    @classmethod
+    def for_task(cls, home: LoopHome, task_name: str) -> "Tracker":
+        """The task's MLflow experiment on the home's tracking server (MLFLOW_TRACKING_URI or the
+        embedded SQLite file): the one way every stage, sensor and command reaches the tracker."""
+        return cls(home.mlflow_tracking_uri, home.artifacts / "mlflow", task_name)
 
     def _local_artifact_location(self, artifact_root: Path, experiment_name: str) -> str | None:
         """A tracking server decides where artifacts go (its volume or S3, proxied as

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from finetune_loop.core import frontier as frontier_models
+from finetune_loop.core.evaluate import frontier as frontier_models
 from finetune_loop.core.common.examples import Example
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import Tracker

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from finetune_loop.core.common.spec import TaskSpec
-from finetune_loop.core.common.tracker import Tracker
+from finetune_loop.core.common.tracker import ModelVersionRef, Tracker
 from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.evaluate.metrics import score
 from finetune_loop.core.evaluate.scoring import label_token_sequences, score_prompts
@@ -28,6 +28,7 @@ from finetune_loop.core.ship.llama_runtime import (
 )
 from finetune_loop.core.ship.merge import merge_adapter, training_tokenizer_dir
 from finetune_loop.core.ship.model_card import write_model_card
+from finetune_loop.core.ship.registry import BUNDLE_ARTIFACT_PATH, GGUF_CHECKS_PASSED_TAG
 from finetune_loop.core.ship.modelfile import build_modelfile
 from finetune_loop.core.train.base_model import BaseModel
 from finetune_loop.core.train.prompts import render_prompt
@@ -49,14 +50,13 @@ def export_and_verify(
     tracker: "Tracker",
     *,
     eval_accuracies: dict[str, float],
-    model_version: tuple[str, str] | None = None,
     run_tags: dict[str, str] | None = None,
 ) -> GgufExport:
     """Merge (checked against base + adapter), write the unquantized GGUF, quantize every configured
     type, run the frozen holdout through every file under llama.cpp, run the three checks, and ship
     an Ollama Modelfile per file and a model card. `eval_accuracies` (base/candidate from the
-    evaluation) go into the model card; `model_version` (registered name, version) gets the export's
-    tags and the model card as its description. A failing check is reported in `checks`, not raised."""
+    evaluation) go into the model card. A failing check is reported in `checks`, not raised; nothing
+    is published to the registry here (`publish_export` does that once the checks are known)."""
     import shutil
 
     import torch
@@ -155,11 +155,24 @@ def export_and_verify(
         for variant in variants:
             tracker.log_artifact(run_id, variant.modelfile_path, "gguf")
         tracker.log_text(run_id, json.dumps([c.__dict__ for c in checks], indent=2, default=str), "gguf/checks.json")
-        if model_version is not None:
-            name, version = model_version
-            tracker.tag_version(name, version, {
-                "gguf_export_run_id": run_id, "gguf_quant_type": shipped.name, "gguf_accuracy": f"{shipped.accuracy:.4f}",
-                "gguf_checks_passed": all(c.passed for c in checks),
-            })
-            tracker.describe_version(name, version, card.read_text(encoding="utf-8"))
     return result
+
+
+def publish_export(tracker: Tracker, version: ModelVersionRef, result: GgufExport) -> bool:
+    """Record the export on the registered version it was made from; returns whether it ships.
+
+    Every export tags the version with its outcome (`gguf_checks_passed`, which champion_model
+    reads before it promotes). Only an export whose every check passed joins the version's
+    rollback bundle (shipped GGUF, Modelfile, model card) and becomes its description: a file that
+    failed a check is never what a rollback to this version would serve."""
+    passed = all(check.passed for check in result.checks)
+    tracker.tag_version(version.name, version.version, {
+        "gguf_export_run_id": result.mlflow_run_id, "gguf_quant_type": result.quant_type,
+        "gguf_accuracy": f"{result.accuracy_gguf:.4f}", GGUF_CHECKS_PASSED_TAG: passed,
+        "gguf_failed_checks": ",".join(c.name for c in result.checks if not c.passed) or "none",
+    })
+    if passed:
+        for path in result.shipped_files():
+            tracker.log_artifact(version.run_id, path, BUNDLE_ARTIFACT_PATH)
+        tracker.describe_version(version.name, version.version, result.model_card_path.read_text(encoding="utf-8"))
+    return passed

@@ -1,4 +1,10 @@
-"""TODO docstring (export)."""
+"""What a GGUF export produced: the shipped file, every variant measured under llama.cpp, the checks.
+
+`GgufExport` (and its `GgufVariant`s) is the result export.py returns and the model card, the
+Dagster assets and promotion read. It is a module of plain dataclasses on its own so that those
+readers (model_card.py in particular, which export.py itself calls) can name the result without
+importing the export pipeline.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""TODO docstring (export)."""
+"""GGUF writing: a saved (merged) HF model directory written as one GGUF file with the `gguf` package.
+
+`write_gguf` is a small re-implementation of llama.cpp's `convert_hf_to_gguf.py` (that script is
+not shipped on PyPI) for the llama family (Llama, SmolLM2, Mistral) and Qwen2: the same metadata
+keys, tensor names, Q/K row permutation where the architecture needs it, and the byte-level BPE
+vocabulary with its pre-tokenizer, which is inferred from tokenizer.json and never guessed.
+`resolve_outtype` picks the unquantized file type. It is separate from export.py, which runs the
+whole export, because it is pure file conversion: no llama.cpp runtime, no tracking, no checks.
+"""
 
 from __future__ import annotations
 

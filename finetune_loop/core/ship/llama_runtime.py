@@ -1,4 +1,12 @@
-"""TODO docstring (export)."""
+"""Running GGUF files under llama.cpp (llama-cpp-python): quantizing them, answering, timing.
+
+`quantize_gguf` calls llama.cpp's own quantizer; `run_with_llama_cpp` answers chat-rendered
+prompts with the evaluation's decision rule (the label with the highest total log-probability),
+reusing the KV cache of a shared prompt prefix, and measures prompt and generation speed;
+`serving_tokens` tokenizes as the server does. Everything that needs the llama_cpp package is
+here, apart from the model file's writing (gguf_writer.py) and the checks over the measured
+results (gguf_checks.py), so the export numbers are those of the artifact that ships.
+"""
 
 from __future__ import annotations
 

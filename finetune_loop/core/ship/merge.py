@@ -1,4 +1,12 @@
-"""TODO docstring (export)."""
+"""Merging a LoRA adapter into its full-precision base, checked against base + adapter.
+
+`merge_adapter` folds the adapter in fp32 (also a QLoRA adapter, into the unquantized base), saves
+a plain HF model directory and fails when the merged model's logits drift from base + adapter's
+beyond a tolerance; `training_tokenizer_dir` says which tokenizer the adapter was trained with.
+It is its own module because merging is the first, torch/peft-only step of an export and is
+tested on its own; the GGUF writing and the llama.cpp runs live in gguf_writer.py and
+llama_runtime.py.
+"""
 
 from __future__ import annotations
 

@@ -15,7 +15,9 @@ replaced (or nothing before the second promotion). Both operations
   the same version.
 
 Version tags carry the record: what each version scored, whom it replaced, who rolled it back
-and why.
+and why, and since when it serves. `champion_record` reads that record back: it is the one answer
+to "which model serves, since when, and what did it score", for drift, the cadence schedule,
+export, shadow evaluation and the CLI alike; nothing reads it from a Dagster materialization.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ TAG_PREFIX = "finetune_loop."
 HOLDOUT_METRIC_TAG = TAG_PREFIX + "holdout_primary"
 HOLDOUT_HASH_TAG = TAG_PREFIX + "holdout_hash"
 REPLACED_TAG = TAG_PREFIX + "replaced_version"
+PROMOTED_AT_TAG = TAG_PREFIX + "promoted_at"
+# When the version last became champion, by promotion or by rollback: the cadence counts from here.
+CHAMPION_SINCE_TAG = TAG_PREFIX + "champion_since"
+# Written by gguf_export on the candidate it verified; champion_model promotes only a version whose
+# shipped GGUF passed every check.
+GGUF_CHECKS_PASSED_TAG = "gguf_checks_passed"
 
 
 # A registered version's source is its training run's `adapter/` directory. Together these files
@@ -73,6 +81,38 @@ class PromotionError(RuntimeError):
 class AliasState:
     champion: str | None
     previous_champion: str | None
+
+
+@dataclass(frozen=True)
+class ChampionRecord:
+    """The serving champion as the registry records it."""
+
+    model_name: str
+    version: str
+    since: datetime
+    # The holdout score it was promoted on and the frozen holdout it was measured on.
+    holdout_primary: float
+    holdout_hash: str
+
+
+def champion_record(tracker: Tracker, model_name: str) -> ChampionRecord | None:
+    """Who serves now (alias `champion`), since when, and what it scored; None before the first promotion."""
+    ref = tracker.version_by_alias(model_name, CHAMPION_ALIAS)
+    if ref is None:
+        return None
+    tags = tracker.version_tags(model_name, ref.version)
+    # Promotions before champion_since existed stamped only promoted_at (and never rolled back to).
+    since = tags.get(CHAMPION_SINCE_TAG) or tags.get(PROMOTED_AT_TAG)
+    missing = [tag for tag in (HOLDOUT_METRIC_TAG, HOLDOUT_HASH_TAG) if tag not in tags] + ([] if since else [CHAMPION_SINCE_TAG])
+    if missing:
+        raise PromotionError(
+            f"{model_name} v{ref.version} holds alias {CHAMPION_ALIAS!r} without the promotion record {missing}: "
+            "it was not promoted by finetune-loop; promote it again with `finetune-loop run` or roll back"
+        )
+    return ChampionRecord(
+        model_name, ref.version, datetime.fromisoformat(since),
+        float(tags[HOLDOUT_METRIC_TAG]), tags[HOLDOUT_HASH_TAG],
+    )
 
 
 @dataclass(frozen=True)
@@ -135,9 +175,12 @@ def promote(
     evaluated_against: str | None,
     holdout_primary: float,
     holdout_hash: str,
+    now: datetime | None = None,
 ) -> PromotionResult:
     """Make `version` the champion. `evaluated_against` is the champion version the candidate was
-    evaluated against (None: there was none)."""
+    evaluated against (None: there was none). `now` stamps the promotion (default: the wall clock;
+    a simulated clock passes its own)."""
+    stamp = _timestamp(now)
     with registry_lock(lock_dir, model_name):
         before = alias_state(tracker, model_name)
         recheck = None
@@ -148,7 +191,8 @@ def promote(
                 HOLDOUT_METRIC_TAG: holdout_primary,
                 HOLDOUT_HASH_TAG: holdout_hash,
                 REPLACED_TAG: before.champion or "none",
-                TAG_PREFIX + "promoted_at": _now(),
+                PROMOTED_AT_TAG: stamp,
+                CHAMPION_SINCE_TAG: stamp,
                 TAG_PREFIX + "promoted_by": getpass.getuser(),
             })
             if before.champion is not None and before.champion != version:
@@ -177,8 +221,11 @@ def _recheck(tracker, model_name, current: str | None, evaluated_against: str | 
     return f"champion moved to v{current} during evaluation; candidate {holdout_primary:.3f} ≥ v{current} {champion_primary:.3f}"
 
 
-def rollback(tracker: Tracker, lock_dir: Path, model_name: str, *, reason: str, user: str | None = None) -> AliasState:
-    """Move `champion` back to `previous-champion` in one step; returns the new alias state."""
+def rollback(
+    tracker: Tracker, lock_dir: Path, model_name: str, *, reason: str, user: str | None = None, now: datetime | None = None
+) -> AliasState:
+    """Move `champion` back to `previous-champion` in one step; returns the new alias state. The
+    restored version serves again from `now`: the cadence counts from the rollback."""
     user = user or getpass.getuser()
     with registry_lock(lock_dir, model_name):
         before = alias_state(tracker, model_name)
@@ -192,13 +239,14 @@ def rollback(tracker: Tracker, lock_dir: Path, model_name: str, *, reason: str, 
         replaced = tracker.version_tags(model_name, restored).get(REPLACED_TAG)
         after = AliasState(restored, replaced if replaced not in (None, "none", before.champion) else None)
         with _restored_on_failure(tracker, model_name, before):
-            stamp = {TAG_PREFIX + "rolled_back_at": _now(), TAG_PREFIX + "rolled_back_by": user, TAG_PREFIX + "rolled_back_reason": reason}
+            at = _timestamp(now)
+            stamp = {TAG_PREFIX + "rolled_back_at": at, TAG_PREFIX + "rolled_back_by": user, TAG_PREFIX + "rolled_back_reason": reason}
             tracker.tag_version(model_name, before.champion, stamp)
-            tracker.tag_version(model_name, restored, {TAG_PREFIX + "restored_from": before.champion, **stamp})
+            tracker.tag_version(model_name, restored, {TAG_PREFIX + "restored_from": before.champion, CHAMPION_SINCE_TAG: at, **stamp})
             _set_or_clear(tracker, model_name, PREVIOUS_CHAMPION_ALIAS, after.previous_champion)
             tracker.set_alias(model_name, CHAMPION_ALIAS, restored)
     return after
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _timestamp(now: datetime | None) -> str:
+    return (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")

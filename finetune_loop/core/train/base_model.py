@@ -53,7 +53,7 @@ def prepare_base_model(base_model: str, cache_root: Path) -> BaseModel:
     """A local directory with safetensors weights and a tokenizer, prepared once per source hash."""
     if base_model == EMBEDDED_BASE_MODEL:
         gguf_path = embedded_gguf_path()
-        digest = sha256_file(gguf_path)
+        digest = _stat_cached_sha256(gguf_path, cache_root)
         target = cache_root / f"smollm2-135m-instruct-{digest[:12]}"
         if not (target / _BASE_INFO).is_file():
             _materialize_from_gguf(gguf_path, target, digest)
@@ -65,7 +65,7 @@ def prepare_base_model(base_model: str, cache_root: Path) -> BaseModel:
         weights = sorted(local.glob("*.safetensors")) or sorted(local.glob("*.bin"))
         if not weights or not (local / "config.json").is_file():
             raise BaseModelError(f"base model directory {local} needs config.json and *.safetensors (or *.bin) weights")
-        digest = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest()
+        digest = hashlib.sha256("".join(_stat_cached_sha256(w, cache_root) for w in weights).encode()).hexdigest()
         return BaseModel(base_model, local.resolve(), digest, None)
 
     # A hub id: transformers resolves it from its cache, or downloads where the machine has network.
@@ -79,6 +79,25 @@ def prepare_base_model(base_model: str, cache_root: Path) -> BaseModel:
             f"Hugging Face model id: {exc}"
         ) from exc
     return prepare_base_model(str(snapshot), cache_root)
+
+
+def _stat_cached_sha256(path: Path, cache_root: Path) -> str:
+    """The file's SHA-256, recomputed only when its size or modification time changed: every stage,
+    sensor tick and observation asks for the base's hash, and hashing a base of hundreds of MB each
+    time cost seconds per step."""
+    stat = path.stat()
+    key = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    record = cache_root / "hashes" / (hashlib.sha256(key["path"].encode()).hexdigest()[:16] + ".json")
+    if record.is_file():
+        cached = json.loads(record.read_text())
+        if {k: cached.get(k) for k in key} == key:
+            return cached["sha256"]
+    digest = sha256_file(path)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    staging = record.with_suffix(".partial")
+    staging.write_text(json.dumps({**key, "sha256": digest}))
+    staging.replace(record)
+    return digest
 
 
 def _materialize_from_gguf(gguf_path: Path, target: Path, digest: str) -> None:

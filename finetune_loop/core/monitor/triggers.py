@@ -1,0 +1,94 @@
+"""When the loop retrains: the decisions behind the schedule and the sensors, as pure functions.
+
+Each takes what the registry, the production log or the drift reports say and returns a
+`Decision`: retrain or not, which trigger, and the evidence in words (the run's tags and the
+sensor's skip reason carry it). The Dagster sensors only gather the inputs and check that no
+retrain of the task is already queued or running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Sequence
+
+from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.data.production_log import ProductionRecord
+from finetune_loop.core.ship.registry import ChampionRecord
+
+CADENCE, DRIFT, FEEDBACK_VOLUME, FEEDBACK_ACCURACY = "cadence", "drift", "feedback_volume", "feedback_accuracy"
+
+
+@dataclass(frozen=True)
+class Decision:
+    retrain: bool
+    trigger: str
+    evidence: str
+
+
+def cadence_decision(champion: ChampionRecord | None, now: datetime, cadence_days: float) -> Decision:
+    """Retrain when the champion has served longer than the cadence, counted from when it last
+    became champion (a promotion or a rollback), or when there is no champion yet."""
+    if champion is None:
+        return Decision(True, CADENCE, "no champion yet")
+    age = now - champion.since
+    cadence = timedelta(days=cadence_days)
+    evidence = f"champion v{champion.version} serving since {champion.since:%Y-%m-%d}, {age.days} days (cadence {cadence_days:g} days)"
+    return Decision(age >= cadence, CADENCE, evidence)
+
+
+@dataclass
+class DriftHysteresis:
+    """One retrain per drifting episode: after a request, drifting reports request nothing until a
+    report comes back clean (re-arms); two requests are at least `cooldown_seconds` apart, measured
+    between the reports' timestamps, so a flapping signal retrains once per cooldown."""
+
+    armed: bool = True
+    last_request_at: float | None = None
+
+    def observe(self, drifting: bool, timestamp: float, cooldown_seconds: float) -> str:
+        """What a report means: "request", "cooldown", "already_requested" or "clean". The caller
+        calls `requested(timestamp)` once it has actually requested the retrain."""
+        if not drifting:
+            self.armed = True
+            return "clean"
+        if not self.armed:
+            return "already_requested"
+        if self.last_request_at is not None and timestamp - self.last_request_at < cooldown_seconds:
+            return "cooldown"
+        return "request"
+
+    def requested(self, timestamp: float) -> None:
+        self.armed, self.last_request_at = False, timestamp
+
+
+@dataclass(frozen=True)
+class FeedbackDecision(Decision):
+    newest: datetime | None = None
+
+
+def feedback_decision(spec: TaskSpec, labelled: Sequence[ProductionRecord], consumed: datetime | None) -> FeedbackDecision:
+    """Retrain on `feedback.min_new_labels` labelled requests newer than `consumed`, or when
+    accuracy over the last `feedback.rolling_window` labelled requests is below
+    `gate.min_accuracy` (then at most once per `drift.cooldown_hours` of feedback time)."""
+    if not labelled:
+        return FeedbackDecision(False, FEEDBACK_VOLUME, "no labelled feedback in the production log")
+    labelled = sorted(labelled, key=lambda r: r.timestamp)
+    new = [r for r in labelled if consumed is None or r.timestamp > consumed]
+    newest = labelled[-1].timestamp
+    rolling = [r for r in labelled[-spec.feedback.rolling_window :] if r.prediction is not None]
+    accuracy = sum(r.prediction == r.feedback_label for r in rolling) / len(rolling) if rolling else None
+    if len(new) >= spec.feedback.min_new_labels:
+        evidence = f"{len(new)} new labelled requests (min_new_labels {spec.feedback.min_new_labels}), newest {newest.isoformat()}"
+        return FeedbackDecision(True, FEEDBACK_VOLUME, evidence, newest)
+    if (
+        accuracy is not None
+        and len(rolling) >= spec.feedback.rolling_window
+        and accuracy < spec.gate.min_accuracy
+        and (consumed is None or newest - consumed >= timedelta(hours=spec.drift.cooldown_hours))
+    ):
+        evidence = f"accuracy {accuracy:.3f} on the last {len(rolling)} labelled requests < gate {spec.gate.min_accuracy:.3f}"
+        return FeedbackDecision(True, FEEDBACK_ACCURACY, evidence, newest)
+    accuracy_text = f"{accuracy:.3f} on {len(rolling)}" if accuracy is not None else "n/a"
+    evidence = f"{len(new)} new labelled requests (need {spec.feedback.min_new_labels}); rolling accuracy {accuracy_text}"
+    return FeedbackDecision(False, FEEDBACK_VOLUME, evidence, newest)

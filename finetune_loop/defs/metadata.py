@@ -1,0 +1,235 @@
+"""The metadata contract: one frozen dataclass per asset, written by the asset, read back by sensors,
+schedules, the CLI summary and the tests.
+
+An asset builds its dataclass and calls `to_dagster()`; a reader calls `from_dagster()` on the
+materialization's metadata. A key the reader expects and the writer did not write raises
+`MetadataContractError` naming the asset and the keys, so renaming a field breaks loudly in every
+reader (and in the tests) instead of a sensor silently reading its default and never retraining.
+
+Field kinds: plain `str`, `int`, `float`, `bool` and `None` (absent value, e.g. no champion yet) are
+stored as themselves; `markdown_field()`, `path_field()`, `url_field()` and `json_field()` mark fields that the UI renders
+as such.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, TypeVar
+
+import dagster as dg
+
+_KIND = "finetune_loop.metadata_kind"
+_WRITERS = {
+    "markdown": dg.MetadataValue.md,
+    "path": lambda value: dg.MetadataValue.path(str(value)),
+    "url": dg.MetadataValue.url,
+    "json": dg.MetadataValue.json,
+}
+
+T = TypeVar("T", bound="AssetMetadata")
+
+
+class MetadataContractError(KeyError):
+    """Metadata read back lacks a key its contract declares."""
+
+
+def markdown_field():
+    return dataclasses.field(metadata={_KIND: "markdown"})
+
+
+def path_field():
+    return dataclasses.field(metadata={_KIND: "path"})
+
+
+def url_field():
+    return dataclasses.field(metadata={_KIND: "url"})
+
+
+def json_field():
+    return dataclasses.field(metadata={_KIND: "json"})
+
+
+def _value(value: Any, kind: str | None) -> dg.MetadataValue:
+    if value is None:
+        return dg.MetadataValue.null()
+    if kind is not None:
+        return _WRITERS[kind](value)
+    if isinstance(value, bool):
+        return dg.MetadataValue.bool(value)
+    if isinstance(value, int):
+        return dg.MetadataValue.int(value)
+    if isinstance(value, float):
+        # Rounded for the reader of the UI; the exact numbers live in MLflow.
+        return dg.MetadataValue.float(value if math.isnan(value) else round(value, 4))
+    return dg.MetadataValue.text(str(value))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssetMetadata:
+    asset: ClassVar[str]
+
+    def to_dagster(self) -> dict[str, dg.MetadataValue]:
+        return {f.name: _value(getattr(self, f.name), f.metadata.get(_KIND)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dagster(cls: type[T], metadata: Mapping[str, Any]) -> T:
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in metadata]
+        if missing:
+            raise MetadataContractError(f"{cls.asset} metadata lacks {missing} (present: {sorted(metadata)})")
+        return cls(**{name: _read(metadata[name]) for name in names})
+
+
+def _read(entry: Any) -> Any:
+    return entry.value if isinstance(entry, dg.MetadataValue) else entry
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteMetadata(AssetMetadata):
+    asset: ClassVar[str] = "holdout_suite / regression_suite"
+    content_hash: str
+    size: int
+    created_this_run: bool
+    path: str = path_field()
+    per_label: dict = json_field()
+    per_slice: dict = json_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CuratedDatasetMetadata(AssetMetadata):
+    asset: ClassVar[str] = "curated_dataset"
+    data_version: str
+    base_model_sha256: str
+    rows_read: int
+    train_rows: int
+    validation_rows: int
+    quarantined_rows: int
+    quarantine_reasons: dict = json_field()
+    revoked_source_rows: dict = json_field()
+    pii_replacements: dict = json_field()
+    duplicates_removed: int
+    near_duplicates_removed: int
+    contamination_removed: dict = json_field()
+    suite_rows_reserved: dict = json_field()
+    truncation_rate: float
+    per_label_train: dict = json_field()
+    per_slice_train: dict = json_field()
+    dedup_audit: str = markdown_field()
+    quarantine_path: str = path_field()
+    feedback_rows_in: int
+    directory: str = path_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraAdapterMetadata(AssetMetadata):
+    asset: ClassVar[str] = "lora_adapter"
+    mlflow_run_id: str
+    mlflow_run: str = url_field()
+    model_name: str
+    model_version: str
+    data_version: str
+    base_model_sha256: str
+    train_rows_used: int
+    steps: int
+    final_train_loss: float
+    validation_loss: float | None
+    tokens_per_second: float
+    train_seconds: float
+    device: str
+    resumed_from_step: int | None
+    peak_memory_mb: float
+    loss_curve: str = path_field()
+    adapter_path: str = path_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalReportMetadata(AssetMetadata):
+    asset: ClassVar[str] = "eval_report"
+    primary_metric: str
+    base_accuracy: float
+    candidate_accuracy: float
+    champion_accuracy: float | None
+    champion_version: str | None
+    candidate_model_version: str
+    candidate_regression_pass_rate: float | None
+    candidate_probe_pass_rate: float | None
+    regression_newly_failing: list = json_field()
+    gate_passed: bool
+    gate: str
+    gate_lines: str = markdown_field()
+    holdout_rows: int
+    frontier: str
+    mlflow_run_id: str
+    mlflow_run: str = url_field()
+    eval_seconds: float
+    table: str = markdown_field()
+    chart: str = markdown_field()
+    chart_path: str = path_field()
+    report_path: str = path_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GgufExportMetadata(AssetMetadata):
+    asset: ClassVar[str] = "gguf_export"
+    model_name: str
+    model_version: str
+    shipped: bool
+    failed_checks: str
+    gguf_path: str = path_field()
+    quant_type: str
+    file_size_mb: float
+    unquantized_path: str = path_field()
+    outtype: str
+    outtype_reason: str
+    accuracy_gguf: float
+    accuracy_delta: float
+    merged_accuracy: float
+    candidate_accuracy: float
+    merge_max_abs_logit_diff: float
+    adapter_was_qlora: bool
+    variants: str = markdown_field()
+    # Per file: size MB, holdout accuracy, delta vs merged, generation tokens/s.
+    variant_stats: dict = json_field()
+    modelfile: str = path_field()
+    model_card: str = path_field()
+    export_seconds: float
+    mlflow_run_id: str
+    mlflow_run: str = url_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChampionModelMetadata(AssetMetadata):
+    asset: ClassVar[str] = "champion_model"
+    model_name: str
+    version: str
+    previous_version: str | None
+    candidate_accuracy: float
+    champion_since: str
+    recheck: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftReportMetadata(AssetMetadata):
+    asset: ClassVar[str] = "drift_report"
+    drift_detected: bool
+    signals_fired: str
+    signals: str = markdown_field()
+    drift_share: float
+    drift_share_threshold: float
+    feedback_accuracy: float | None
+    # The serving champion's holdout score as the registry records it (None: no champion yet).
+    champion_version: str | None
+    champion_eval_accuracy: float | None
+    feedback_rows: int
+    report_path: str = path_field()
+    reference_rows: int
+    current_rows: int
+    quarantined_rows: int
+    quarantine_path: str = path_field()
+    window: str
+    window_end: str
+    columns: dict = json_field()
+    mlflow_run_id: str
+    mlflow_run: str = url_field()

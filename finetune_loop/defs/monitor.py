@@ -1,0 +1,220 @@
+"""Group `monitor`: `drift_report` on the production log, and the automation that closes the loop —
+`retrain_job`, `monitor_job`, `six_week_retrain_schedule`, `daily_drift_schedule`,
+`drift_retrain_sensor` and `feedback_retrain_sensor`. Core: `finetune_loop.core.monitor` (the
+decisions themselves live in `core/monitor/triggers.py`; the sensors gather inputs and guard).
+
+Every retrain request carries tags `finetune_loop/trigger` (cadence, drift, feedback_volume,
+feedback_accuracy), `finetune_loop/evidence` (the numbers that tripped it), `finetune_loop/report`
+(the Dagster run of the drift_report it acted on, where there is one), `finetune_loop/task` and
+`finetune_loop/spec_sha256` (the task file it was decided on). No trigger requests a retrain while
+one is queued or running for the same task. Who the champion is, since when, and what it scored
+comes from the registry (`core/ship/registry.champion_record`), never from a materialization.
+"""
+
+
+import json
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from finetune_loop.core.common.files import write_jsonl
+from finetune_loop.core.data.curation import CuratedDataset
+from finetune_loop.core.data.production_log import read_production_log
+from finetune_loop.core.data.readers import read_examples
+from finetune_loop.core.monitor import drift, triggers
+from finetune_loop.core.ship.registry import champion_record
+from finetune_loop.defs.common import mlflow_link, run_tags
+from finetune_loop.defs.data import curated_dataset, holdout_suite, production_log, regression_suite
+from finetune_loop.defs.evaluate import eval_report
+from finetune_loop.defs.metadata import DriftReportMetadata
+from finetune_loop.defs.resources import SPEC_HASH_TAG, TASK_TAG, LoopResource
+from finetune_loop.defs.ship import champion_model, gguf_export
+from finetune_loop.defs.train import TRAINING_RUN_TAGS, base_model, lora_adapter
+
+GROUP = "monitor"
+TRIGGER_TAG = "finetune_loop/trigger"
+EVIDENCE_TAG = "finetune_loop/evidence"
+REPORT_TAG = "finetune_loop/report"
+# The run queue limits runs carrying this tag to one at a time (dagster.yaml), so a schedule tick
+# and a sensor request never train concurrently.
+RETRAIN_TAGS = {"finetune_loop/job": "retrain"}
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[production_log],
+    description="Evidently drift of the latest production window against the training data: inputs, predictions, feedback labels, feedback accuracy vs the champion's registered holdout score.",
+)
+def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: CuratedDataset) -> dg.Output[drift.DriftResult]:
+    spec = loop.spec()
+    tracker = loop.tracker()
+    if spec.production_log_path is None:
+        raise dg.Failure(f"task {spec.name} names no data.production_log in {spec.spec_path}: nothing to monitor")
+    report_path = loop.task_dir("drift") / f"{context.run.run_id}.html"
+    log = read_production_log(spec.production_log_path, spec.fields.input, spec.labels)
+    quarantine_path = report_path.with_suffix(".quarantine.jsonl")
+    write_jsonl(quarantine_path, log.quarantine)
+    window = log.window(spec.drift.window_days)
+    if not window.records:
+        raise dg.Failure(f"no usable production rows in {spec.production_log_path}; {len(log.quarantine)} quarantined, reasons in {quarantine_path}")
+    reference = read_examples(curated_dataset.train_path)
+    # Live feedback accuracy is compared with the score of the model serving now (after a rollback,
+    # the restored version's), as the registry records it.
+    champion = champion_record(tracker, spec.registered_model_name)
+    eval_accuracy = champion.holdout_primary if champion else None
+    result = drift.build_drift_report(
+        [e.text for e in reference], [e.label for e in reference], window.records, report_path, spec.drift, eval_accuracy
+    )
+    signal_values = {f"signal_{s.name}": s.value for s in result.signals.values() if s.value is not None}
+    with tracker.run(f"drift-{spec.name}", tags={"stage": "drift", "signals_fired": ",".join(result.signals_fired), **run_tags(context)}) as run_id:
+        tracker.log_metrics(run_id, {"drift_share": result.drift_share, "drift_detected": float(result.drift_detected), **signal_values})
+        tracker.log_params(
+            run_id,
+            {"reference_data_version": curated_dataset.data_version, "current_rows": result.current_rows,
+             "window": f"{window.first_timestamp} .. {window.last_timestamp}", "settings": spec.drift,
+             "champion_version": champion.version if champion else "none"},
+        )
+        tracker.log_artifact(run_id, report_path, "drift")
+        tracker.log_text(run_id, result.signals_markdown(), "drift/signals.md")
+    metadata = DriftReportMetadata(
+        drift_detected=result.drift_detected,
+        signals_fired=", ".join(result.signals_fired) or "none",
+        signals=result.signals_markdown(),
+        drift_share=result.drift_share,
+        drift_share_threshold=result.drift_share_threshold,
+        feedback_accuracy=result.feedback_accuracy,
+        champion_version=champion.version if champion else None,
+        champion_eval_accuracy=eval_accuracy,
+        feedback_rows=result.feedback_rows,
+        report_path=str(report_path),
+        reference_rows=result.reference_rows,
+        current_rows=result.current_rows,
+        quarantined_rows=len(log.quarantine),
+        quarantine_path=str(quarantine_path),
+        window=f"{window.first_timestamp} .. {window.last_timestamp}",
+        window_end=str(window.last_timestamp),
+        columns=result.columns,
+        mlflow_run_id=run_id,
+        mlflow_run=mlflow_link(tracker, run_id),
+    )
+    return dg.Output(result, metadata=metadata.to_dagster())
+
+
+retrain_job = dg.define_asset_job(
+    "retrain_job",
+    selection=dg.AssetSelection.assets(
+        base_model.key, holdout_suite, regression_suite, curated_dataset, lora_adapter, eval_report, gguf_export, champion_model
+    ),
+    tags={**RETRAIN_TAGS, **TRAINING_RUN_TAGS},
+    description="Curate → train → evaluate (gate) → export and verify → promote.",
+)
+
+monitor_job = dg.define_asset_job(
+    "monitor_job",
+    selection=dg.AssetSelection.assets(production_log.key, drift_report),
+    description="Observe the production log, then report drift on its latest window.",
+)
+
+daily_drift_schedule = dg.ScheduleDefinition(
+    name="daily_drift_schedule",
+    job=monitor_job,
+    cron_schedule="0 6 * * *",
+    execution_timezone="UTC",
+    description="A drift_report every morning; drift_retrain_sensor acts on it.",
+)
+
+
+def _retrain_request(loop: LoopResource, run_key: str, decision: triggers.Decision, report: str = "") -> dg.RunRequest:
+    spec = loop.spec()
+    tags = {TASK_TAG: spec.name, TRIGGER_TAG: decision.trigger, EVIDENCE_TAG: decision.evidence, SPEC_HASH_TAG: spec.spec_sha256}
+    if report:
+        tags[REPORT_TAG] = report
+    return dg.RunRequest(run_key=run_key, tags=tags)
+
+
+def retrain_in_flight(instance: dg.DagsterInstance, task: str) -> str | None:
+    """The id of a retrain run of `task` that is queued or running, if any."""
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=_IN_FLIGHT, tags={**RETRAIN_TAGS, TASK_TAG: task}), limit=1)
+    return runs[0].run_id if runs else None
+
+
+@dg.schedule(job=retrain_job, cron_schedule="0 3 * * 1", execution_timezone="UTC")
+def six_week_retrain_schedule(context: dg.ScheduleEvaluationContext, loop: LoopResource):
+    """Checks weekly; retrains when the registry's champion has served longer than the task's cadence
+    (42 days by default; counted from its promotion or the rollback that restored it) or when there
+    is no champion yet. Cron has no "every six weeks"."""
+    spec = loop.spec()
+    now = context.scheduled_execution_time or datetime.now(timezone.utc)
+    decision = triggers.cadence_decision(champion_record(loop.tracker(), spec.registered_model_name), now, spec.drift.cadence_days)
+    if not decision.retrain:
+        return dg.SkipReason(decision.evidence)
+    running = retrain_in_flight(context.instance, spec.name)
+    if running:
+        return dg.SkipReason(f"retrain run {running} of {spec.name} is queued or running")
+    return _retrain_request(loop, f"cadence-{now:%Y-%m-%d}", decision)
+
+
+@dg.sensor(job=retrain_job, minimum_interval_seconds=60)
+def drift_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResource):
+    """One retrain per drifting `drift_report` (hysteresis and cooldown: `triggers.DriftHysteresis`).
+
+    * The run key names the run that materialized the report, so the same report seen twice (or
+      after a cursor reset) never launches a second retrain.
+    * Guard: while a retrain of the task is queued or running, the report waits (the cursor stays).
+    """
+    spec = loop.spec()
+    cooldown_seconds = spec.drift.cooldown_hours * 3600
+    state = json.loads(context.cursor) if context.cursor else {"after_storage_id": None, "armed": True, "last_request_at": None}
+    hysteresis = triggers.DriftHysteresis(state["armed"], state["last_request_at"])
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=drift_report.key, after_storage_id=state["after_storage_id"]), limit=100, ascending=True
+    ).records
+    requests, notes = [], []
+    for record in records:
+        report = DriftReportMetadata.from_dagster(record.asset_materialization.metadata)
+        outcome = hysteresis.observe(report.drift_detected, record.timestamp, cooldown_seconds)
+        if outcome == "request":
+            running = retrain_in_flight(context.instance, spec.name)
+            if running:
+                notes.append(f"report of run {record.run_id} drifts; waiting for retrain run {running} of {spec.name} to finish")
+                break
+            evidence = f"signals fired: {report.signals_fired}; input drift share {report.drift_share:.2f}; window {report.window}"
+            requests.append(_retrain_request(loop, f"drift-{record.run_id}", triggers.Decision(True, triggers.DRIFT, evidence), record.run_id))
+            hysteresis.requested(record.timestamp)
+        else:
+            notes.append({
+                "cooldown": f"report of run {record.run_id} drifts, but within the {spec.drift.cooldown_hours:g} h cooldown",
+                "already_requested": f"report of run {record.run_id} still drifts; a retrain was already requested (re-arms on a clean report)",
+                "clean": f"report of run {record.run_id} shows no drift",
+            }[outcome])
+        state["after_storage_id"] = record.storage_id
+    if not records:
+        notes.append("no new drift_report")
+    state.update(armed=hysteresis.armed, last_request_at=hysteresis.last_request_at)
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(state), skip_reason=None if requests else "; ".join(notes))
+
+
+@dg.sensor(job=retrain_job, minimum_interval_seconds=300)
+def feedback_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResource):
+    """Retrains on labelled feedback volume or on low rolling feedback accuracy
+    (`triggers.feedback_decision`). The next curated_dataset takes the labelled feedback in through
+    the same validation and quarantine as any data."""
+    spec = loop.spec()
+    if spec.production_log_path is None:
+        return dg.SkipReason(f"task {spec.name} names no data.production_log")
+    labelled = read_production_log(spec.production_log_path, spec.fields.input, spec.labels).labelled()
+    consumed = datetime.fromisoformat(context.cursor) if context.cursor else None
+    decision = triggers.feedback_decision(spec, labelled, consumed)
+    if not decision.retrain:
+        return dg.SkipReason(decision.evidence)
+    running = retrain_in_flight(context.instance, spec.name)
+    if running:
+        return dg.SkipReason(f"{decision.trigger}: waiting for retrain run {running} of {spec.name} to finish")
+    request = _retrain_request(loop, f"feedback-{decision.newest.isoformat()}", decision)
+    return dg.SensorResult(run_requests=[request], cursor=decision.newest.isoformat())

@@ -1,0 +1,81 @@
+"""Group `train`: the base model as an observed source (its data version is the weights' hash) and the
+`lora_adapter` trained on the curated set. Core: `finetune_loop.core.train`."""
+
+
+import dagster as dg
+
+from finetune_loop.core.data.curation import CuratedDataset
+from finetune_loop.core.data.suites import FrozenSuite
+from finetune_loop.core.train import trainer
+from finetune_loop.defs.common import mlflow_link, run_tags
+from finetune_loop.defs.metadata import LoraAdapterMetadata
+from finetune_loop.defs.resources import LoopResource
+
+GROUP = "train"
+# What a GPU worker needs: dagster-k8s gives the step's pod one GPU; the `gpu` concurrency pool
+# (limit 1 per GPU in dagster.yaml) keeps a second training step from sharing it.
+TRAINING_OP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
+    },
+}
+TRAINING_POOL = "gpu"
+# Run-level tag for jobs that train; dagster.yaml's run queue admits one such run at a time.
+TRAINING_RUN_TAGS = {"finetune_loop/gpu": "1"}
+# A killed or crashed training step is retried; each retry resumes from the last checkpoint of the
+# same data version and task spec, so a retry costs at most checkpoint_every_steps steps.
+TRAINING_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+
+
+@dg.observable_source_asset(group_name=GROUP, description="The task's base model (task YAML `base_model`); its data version is the hash of its weights file(s).")
+def base_model(loop: LoopResource) -> dg.ObserveResult:
+    base = loop.base_model()
+    return dg.ObserveResult(
+        data_version=dg.DataVersion(base.source_sha256[:16]),
+        metadata={"base_model": base.name, "sha256": base.source_sha256, "directory": dg.MetadataValue.path(str(base.directory))},
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[base_model],
+    description="LoRA/QLoRA adapter trained with TRL SFTTrainer (resumable from checkpoints), logged to MLflow and registered with alias `challenger`.",
+    tags={"finetune_loop/stage": "train"},
+    op_tags=TRAINING_OP_TAGS,
+    pool=TRAINING_POOL,
+    retry_policy=TRAINING_RETRY_POLICY,
+)
+def lora_adapter(
+    context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: CuratedDataset, holdout_suite: FrozenSuite
+) -> dg.Output[trainer.TrainedAdapter]:
+    spec = loop.spec()
+    tracker = loop.tracker()
+    base = loop.base_model()
+    try:
+        adapter = trainer.train_adapter(
+            spec, base, curated_dataset, holdout_suite.content_hash, loop.task_dir("adapters") / context.run.run_id, tracker,
+            run_tags(context), checkpoints_root=loop.task_dir("checkpoints"),
+        )
+    except trainer.TrainingConfigError as exc:
+        # A retry cannot fix the task file; only crashes and kills are worth retrying.
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    metadata = LoraAdapterMetadata(
+        mlflow_run_id=adapter.mlflow_run_id,
+        mlflow_run=mlflow_link(tracker, adapter.mlflow_run_id),
+        model_name=adapter.model_version.name,
+        model_version=adapter.model_version.version,
+        data_version=curated_dataset.data_version,
+        base_model_sha256=base.source_sha256,
+        train_rows_used=adapter.train_rows_used,
+        steps=adapter.steps,
+        final_train_loss=adapter.final_train_loss,
+        validation_loss=adapter.validation_loss,
+        tokens_per_second=adapter.tokens_per_second,
+        train_seconds=adapter.train_seconds,
+        device=adapter.device,
+        resumed_from_step=adapter.resumed_from_step,
+        peak_memory_mb=adapter.peak_memory_mb,
+        loss_curve=str(adapter.loss_curve_path),
+        adapter_path=str(adapter.directory),
+    )
+    return dg.Output(adapter, metadata=metadata.to_dagster())
