@@ -92,3 +92,16 @@ def tiny_base_model(tmp_path_factory) -> Path:
 
     texts = [r["text"] for r in tiny_rows()] + [*TINY_LABELS, "Route the ticket. Labels:"]
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), texts)
+
+
+def register_versions(home, count: int, task_name: str = "tiny_triage"):
+    """`count` registered versions of the task's model in a real (SQLite) MLflow registry, each with
+    a stand-in adapter file: what promotion and the triggers need, without training."""
+    from finetune_loop.core.common.tracker import Tracker
+
+    tracker = Tracker.for_task(home, task_name)
+    for i in range(count):
+        with tracker.run(f"train-{i}") as run_id:
+            tracker.log_text(run_id, f"weights {i}", "adapter/adapter_model.safetensors")
+        tracker.register_version(f"{task_name}-adapter", run_id, "adapter", tags={})
+    return tracker

@@ -14,12 +14,9 @@ from dagster._core.events.log import EventLogEntry
 
 from finetune_loop.core.data.production_log import append_log_file
 from finetune_loop.definitions import build_definitions
-from finetune_loop.defs.automation import (
-    TASK_TAG,
-    drift_retrain_sensor,
-    feedback_retrain_sensor,
-    six_week_retrain_schedule,
-)
+from finetune_loop.defs.metadata import DriftReportMetadata, MetadataContractError
+from finetune_loop.defs.monitor import drift_retrain_sensor, feedback_retrain_sensor, six_week_retrain_schedule
+from finetune_loop.defs.resources import TASK_TAG
 from finetune_loop_tests.conftest import write_tiny_task
 
 T0 = datetime(2026, 11, 2, 6, tzinfo=timezone.utc)
@@ -50,15 +47,17 @@ def _store_materialization(instance, key: str, run_id: str, when: datetime, meta
 
 
 def _report(instance, run_id: str, when: datetime, drifting: bool) -> None:
-    _store_materialization(
-        instance, "drift_report", run_id, when,
-        {"drift_detected": drifting, "drift_share": 0.75 if drifting else 0.0,
-         "signals_fired": "input_drift" if drifting else "none", "window": "2026-10-26 .. 2026-11-02"},
+    report = DriftReportMetadata(
+        drift_detected=drifting, signals_fired="input_drift" if drifting else "none", signals="", drift_share=0.75 if drifting else 0.0,
+        drift_share_threshold=0.5, feedback_accuracy=None, champion_version=None, champion_eval_accuracy=None, feedback_rows=0,
+        report_path="/dev/null", reference_rows=10, current_rows=10, quarantined_rows=0, quarantine_path="/dev/null",
+        window="2026-10-26 .. 2026-11-02", window_end="2026-11-02", columns={}, mlflow_run_id="r", mlflow_run="http://mlflow/r",
     )
+    _store_materialization(instance, "drift_report", run_id, when, report.to_dagster())
 
 
 def _sensor_tick(sensor, instance, task, cursor=None):
-    defs = build_definitions(str(task))
+    defs = build_definitions(str(task), str(task.parent / "home"))
     # Entered as a context manager so the context releases the instance it holds when the tick ends.
     with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources) as context:
         return sensor.evaluate_tick(context)
@@ -150,7 +149,14 @@ def test_feedback_sensor_on_volume_then_on_low_accuracy(instance, task):
 
 def test_cadence_schedule_skips_while_a_retrain_is_running(instance, task):
     running = _start_retrain(instance, "tiny_triage")
-    resources = build_definitions(str(task)).resources
+    resources = build_definitions(str(task), str(task.parent / "home")).resources
     with dg.build_schedule_context(instance=instance, scheduled_execution_time=T0, resources=resources) as context:
         result = six_week_retrain_schedule.evaluate_tick(context)
     assert result.run_requests == [] and running in result.skip_message
+
+
+def test_a_drift_report_without_its_contract_keys_stops_the_sensor_loudly(instance, task):
+    # A renamed key must break every reader, not make the sensor read "no drift" forever.
+    _store_materialization(instance, "drift_report", "run-old", T0, {"drifting": True, "drift_share": 0.9})
+    with pytest.raises(MetadataContractError, match=r"drift_report metadata lacks \['drift_detected'"):
+        _sensor_tick(drift_retrain_sensor, instance, task)

@@ -11,10 +11,13 @@ import dagster as dg
 import pytest
 
 from finetune_loop.definitions import build_definitions, defs
-from finetune_loop.defs.automation import six_week_retrain_schedule
+from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.ship.registry import promote, rollback
+from finetune_loop.defs.monitor import six_week_retrain_schedule
+from finetune_loop_tests.conftest import register_versions
 
 PUBLIC_ASSETS = {
-    "labeled_examples", "production_log", "holdout_suite", "regression_suite", "curated_dataset", "lora_adapter",
+    "labeled_examples", "production_log", "base_model", "holdout_suite", "regression_suite", "curated_dataset", "lora_adapter",
     "eval_report", "champion_model", "gguf_export", "drift_report",
 }
 
@@ -36,29 +39,10 @@ def test_definitions_expose_the_public_contract():
     assert all(defs.resolve_asset_graph().get_check_spec(key).blocking for key in check_keys if key.name in export_checks)
 
 
-def _tick(instance, when: datetime, task_path):
-    local_defs = build_definitions(str(task_path))
+def _tick(instance, when: datetime, task_path, home: LoopHome):
+    local_defs = build_definitions(str(task_path), str(home.root))
     context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when, resources=local_defs.resources)
     return six_week_retrain_schedule.evaluate_tick(context)
-
-
-def _record_champion_at(instance, when: datetime):
-    """A champion_model materialization stamped at `when` (the schedule reads its timestamp)."""
-    from dagster._core.events import (
-        DagsterEvent,
-        DagsterEventType,
-        StepMaterializationData,
-    )
-    from dagster._core.events.log import EventLogEntry
-
-    event = DagsterEvent(
-        DagsterEventType.ASSET_MATERIALIZATION.value,
-        job_name="retrain_job",
-        event_specific_data=StepMaterializationData(dg.AssetMaterialization(asset_key="champion_model")),
-    )
-    instance.store_event(
-        EventLogEntry(error_info=None, level="INFO", user_message="", run_id="frozen-clock", timestamp=when.timestamp(), dagster_event=event)
-    )
 
 
 @pytest.fixture
@@ -68,24 +52,51 @@ def example_task():
     return EXAMPLE_TASK
 
 
-def test_schedule_requests_a_retrain_when_there_is_no_champion(example_task):
+@pytest.fixture
+def home(tmp_path) -> LoopHome:
+    return LoopHome(tmp_path / "home")
+
+
+MODEL = "support_triage-adapter"
+
+
+def _promote(tracker, home, version, when, evaluated_against=None):
+    promote(tracker, home.task_dir("support_triage", "locks"), MODEL, version, evaluated_against=evaluated_against,
+            holdout_primary=0.8, holdout_hash="h", now=when)
+
+
+def test_schedule_requests_a_retrain_when_there_is_no_champion(example_task, home):
     with dg.instance_for_test() as instance:
-        result = _tick(instance, datetime(2026, 11, 23, 3, tzinfo=timezone.utc), example_task)
+        result = _tick(instance, datetime(2026, 11, 23, 3, tzinfo=timezone.utc), example_task, home)
     assert len(result.run_requests) == 1
     assert result.run_requests[0].tags["finetune_loop/trigger"] == "cadence"
     assert result.run_requests[0].tags["finetune_loop/evidence"] == "no champion yet"
 
 
-def test_schedule_waits_for_the_cadence(example_task):
+def test_schedule_waits_for_the_cadence_of_the_registry_champion(example_task, home):
     promoted = datetime(2026, 10, 1, 3, tzinfo=timezone.utc)
+    tracker = register_versions(home, 1, "support_triage")
+    _promote(tracker, home, "1", promoted)
     with dg.instance_for_test() as instance:
-        _record_champion_at(instance, promoted)
-        too_early = _tick(instance, promoted + timedelta(days=41), example_task)
-        due = _tick(instance, promoted + timedelta(days=42), example_task)
-    assert too_early.run_requests == [] and "41 days ago, cadence is 42 days" in too_early.skip_message
+        too_early = _tick(instance, promoted + timedelta(days=41), example_task, home)
+        due = _tick(instance, promoted + timedelta(days=42), example_task, home)
+    assert too_early.run_requests == [] and "champion v1 serving since 2026-10-01, 41 days (cadence 42 days)" in too_early.skip_message
     assert len(due.run_requests) == 1
     assert due.run_requests[0].run_key == "cadence-2026-11-12"
-    assert "42 days ago" in due.run_requests[0].tags["finetune_loop/evidence"]
+    assert "42 days" in due.run_requests[0].tags["finetune_loop/evidence"]
+
+
+def test_after_a_rollback_the_cadence_counts_from_the_rollback(example_task, home):
+    first = datetime(2026, 8, 3, tzinfo=timezone.utc)
+    tracker = register_versions(home, 2, "support_triage")
+    _promote(tracker, home, "1", first)
+    _promote(tracker, home, "2", first + timedelta(days=20), evaluated_against="1")
+    rolled_back = first + timedelta(days=50)
+    rollback(tracker, home.task_dir("support_triage", "locks"), MODEL, reason="test", now=rolled_back)
+    with dg.instance_for_test() as instance:
+        tick = _tick(instance, rolled_back + timedelta(days=10), example_task, home)
+    # v1 was first promoted 60 days earlier; it serves again since the rollback, 10 days ago.
+    assert tick.run_requests == [] and "champion v1 serving since 2026-09-22, 10 days" in tick.skip_message
 
 
 def test_dagster_cli_validates_the_workspace_with_the_shipped_instance_config(tmp_path):

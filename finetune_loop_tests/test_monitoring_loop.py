@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from finetune_loop.cli import EXIT_OK, main, monitor, run_loop
+from finetune_loop.cli import EXIT_OK, main
 from finetune_loop.core.common.home import LoopHome
 from finetune_loop.core.data.production_log import append_log_file, read_production_log
 from finetune_loop_tests.conftest import tiny_rows, write_tiny_task
@@ -36,11 +36,11 @@ def loop(tmp_path_factory, tiny_base_model):
                  for i, r in enumerate(tiny_rows(count_per_label=10, seed=5))]
         append_log_file(root / "task" / "production_log", "week-00.jsonl", week0)
         (root / "new_kind.jsonl").write_text("".join(json.dumps(r) + "\n" for r in NEW_KIND))
-        first = run_loop(task)
+        first = main(["run", "--task", str(task)])
         simulated = main(["simulate-traffic", "--task", str(task), "--rows", "60", "--shift", "new_kind", "--strength", "0.9",
                           "--new-kind-file", str(root / "new_kind.jsonl"), "--feedback-share", "0.5", "--seed", "3"])
-        monitored = monitor(task)
-        monitored_again = monitor(task)
+        monitored = main(["monitor", "--task", str(task)])
+        monitored_again = main(["monitor", "--task", str(task)])
         with dg.instance_for_test(temp_dir=str(home / "dagster_home")) as instance:
             yield {"instance": instance, "home": LoopHome(home), "task": task,
                    "exits": (first, simulated, monitored, monitored_again)}
@@ -101,14 +101,14 @@ def test_a_retrain_the_gate_refuses_exits_2_and_leaves_the_champion_serving(tmp_
     week0 = [{"request_id": f"w0-{i}", "timestamp": "2026-10-01T09:00:00+00:00", "text": r["text"]} for i, r in enumerate(tiny_rows(10, seed=5))]
     append_log_file(tmp_path / "task" / "production_log", "week-00.jsonl", week0)
     (tmp_path / "new_kind.jsonl").write_text("".join(json.dumps(r) + "\n" for r in NEW_KIND))
-    assert run_loop(task) == EXIT_OK
+    assert main(["run", "--task", str(task)]) == EXIT_OK
     assert main(["simulate-traffic", "--task", str(task), "--rows", "60", "--shift", "new_kind", "--strength", "0.9",
                  "--new-kind-file", str(tmp_path / "new_kind.jsonl"), "--seed", "3"]) == EXIT_OK
     # A bar no tiny random model reaches: the drift-triggered retrain must be refused.
     task.write_text(task.read_text().replace("min_accuracy: 0.0", "min_accuracy: 1.0"))
     capsys.readouterr()
 
-    assert monitor(task) == EXIT_GATE_REFUSED
+    assert main(["monitor", "--task", str(task)]) == EXIT_GATE_REFUSED
     out = capsys.readouterr().out
     assert "release_gate refused the candidate: FAILED" in out and "min_accuracy" in out
     home_state = LoopHome(home)

@@ -10,23 +10,53 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from finetune_loop.cli import EXIT_GATE_REFUSED, EXIT_OK, run_loop
+from finetune_loop.cli import EXIT_FAILED, EXIT_GATE_REFUSED, EXIT_OK, main
 from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.common.tracker import Tracker
+from finetune_loop.core.ship import gguf_writer
+from finetune_loop.core.ship.registry import champion_record, missing_bundle_files, promote, rollback
 from finetune_loop.definitions import build_definitions
-from finetune_loop.defs.automation import drift_retrain_sensor
+from finetune_loop.defs import metadata as contract
+from finetune_loop.defs.monitor import drift_retrain_sensor
 from finetune_loop_tests.conftest import TINY_PROBES, write_tiny_task
 
-MATERIALIZED = ["holdout_suite", "curated_dataset", "lora_adapter", "eval_report", "champion_model", "gguf_export", "drift_report"]
+MATERIALIZED = ["holdout_suite", "curated_dataset", "lora_adapter", "eval_report", "gguf_export", "champion_model", "drift_report"]
+CONTRACT = {
+    "holdout_suite": contract.SuiteMetadata, "regression_suite": contract.SuiteMetadata,
+    "curated_dataset": contract.CuratedDatasetMetadata, "lora_adapter": contract.LoraAdapterMetadata,
+    "eval_report": contract.EvalReportMetadata, "gguf_export": contract.GgufExportMetadata,
+    "champion_model": contract.ChampionModelMetadata, "drift_report": contract.DriftReportMetadata,
+}
 
 
 def _latest(instance: dg.DagsterInstance, key: str):
+    """The latest materialization of `key` and its metadata, read back through the contract."""
     event = instance.get_latest_materialization_event(dg.AssetKey(key))
-    return event, (event.asset_materialization.metadata if event else None)
+    return event, (CONTRACT[key].from_dagster(event.asset_materialization.metadata) if event else None)
+
+
+def _records(instance, key: str) -> list:
+    return [
+        (r.run_id, CONTRACT[key].from_dagster(r.event_log_entry.asset_materialization.metadata))
+        for r in instance.fetch_materializations(dg.AssetKey(key), limit=20, ascending=True).records
+    ]
+
+
+def _hand_picked(task: Path, home: Path, asset: str):
+    """Materialize one asset alone, as a user picking it in the UI would (no upstream step, no checks)."""
+    defs = build_definitions(str(task), str(home))
+    with dg.DagsterInstance.get() as instance:
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(asset)})
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    return result.success, failure.step_failure_data.error.message
 
 
 @pytest.fixture(scope="module")
 def loop_state(tmp_path_factory, tiny_base_model):
-    """Two runs on one instance: a passing gate, then a candidate that cannot beat the base."""
+    """Three runs on one instance: a passing gate (v1 champion); a candidate that cannot beat the
+    base (v2), after which gguf_export and champion_model are hand-picked alone; a candidate that
+    passes its gate but whose GGUF is written wrong (v3: Q/K rows not permuted for llama.cpp)."""
     root = tmp_path_factory.mktemp("loop")
     home = root / "home"
     with pytest.MonkeyPatch.context() as patch:
@@ -34,15 +64,21 @@ def loop_state(tmp_path_factory, tiny_base_model):
         patch.setenv("FINETUNE_LOOP_HOME", str(home))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         passing_task = write_tiny_task(root / "passing", tiny_base_model, probes=TINY_PROBES)
-        first_exit = run_loop(passing_task)
+        first_exit = main(["run", "--task", str(passing_task)])
         # A learning rate this small leaves the zero-initialised LoRA update at zero: the candidate
         # predicts exactly what the base predicts, so "beats base" must fail.
         refused_task = write_tiny_task(root / "refused", tiny_base_model, must_beat_base=True)
         text = refused_task.read_text().replace("learning_rate: 0.005", "learning_rate: 1.0e-12")
         refused_task.write_text(text)
-        second_exit = run_loop(refused_task)
+        second_exit = main(["run", "--task", str(refused_task)])
+        hand_picked = {asset: _hand_picked(refused_task, home, asset) for asset in ("gguf_export", "champion_model")}
+        with patch.context() as broken:
+            broken.setattr(gguf_writer, "_permute_for_rope", lambda weights, n_heads: weights)
+            third_exit = main(["run", "--task", str(passing_task)])
+        hand_picked["champion_model after broken gguf"] = _hand_picked(passing_task, home, "champion_model")
         with dg.instance_for_test(temp_dir=str(home / "dagster_home")) as instance:
-            yield {"home": LoopHome(home), "instance": instance, "exits": (first_exit, second_exit), "task": passing_task}
+            yield {"home": LoopHome(home), "instance": instance, "exits": (first_exit, second_exit, third_exit), "task": passing_task,
+                   "hand_picked": hand_picked}
 
 
 def test_first_run_materializes_every_asset_with_its_metadata(loop_state):
@@ -57,28 +93,27 @@ def test_first_run_materializes_every_asset_with_its_metadata(loop_state):
     for source in ("labeled_examples", "production_log"):
         assert instance.fetch_observations(dg.AssetKey(source), limit=1).records, f"{source} was never observed"
 
-    first_eval = instance.fetch_materializations(dg.AssetKey("eval_report"), limit=1, ascending=True).records[0]
-    meta = first_eval.event_log_entry.asset_materialization.metadata
-    assert 0.0 <= meta["base_accuracy"].value <= 1.0
-    assert 0.0 <= meta["candidate_accuracy"].value <= 1.0
-    assert meta["gate_passed"].value is True
-    table = meta["table"].value
+    _, meta = _records(instance, "eval_report")[0]
+    assert 0.0 <= meta.base_accuracy <= 1.0
+    assert 0.0 <= meta.candidate_accuracy <= 1.0
+    assert meta.gate_passed is True
+    table = meta.table
     for row in ("| **accuracy** | 12 |", "| macro_f1 |", "| regression pass rate |", "| probe pass rate | 4 |", "| ms / example |", "| recall `billing` |"):
         assert row in table
     assert "| | n | base | candidate (v1) |" in table  # no champion column before the first promotion
-    assert meta["champion_version"].value == "none"
-    assert 0.0 <= meta["candidate_probe_pass_rate"].value <= 1.0
-    assert meta["frontier"].value.startswith("skipped: set FINETUNE_LOOP_FRONTIER_BASE_URL")
-    assert meta["chart"].value.startswith("![holdout per label and slice](data:image/png;base64,")
-    assert Path(meta["chart_path"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = json.loads(Path(meta["report_path"].value).read_text())
+    assert meta.champion_version is None and meta.champion_accuracy is None
+    assert 0.0 <= meta.candidate_probe_pass_rate <= 1.0
+    assert meta.frontier.startswith("skipped: set FINETUNE_LOOP_FRONTIER_BASE_URL")
+    assert meta.chart.startswith("![holdout per label and slice](data:image/png;base64,")
+    assert Path(meta.chart_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(Path(meta.report_path).read_text())
     assert set(report["models"]) == {"base", "candidate"}
-    assert report["models"]["candidate"]["holdout"]["accuracy"] == pytest.approx(meta["candidate_accuracy"].value)
+    assert report["models"]["candidate"]["holdout"]["accuracy"] == pytest.approx(meta.candidate_accuracy)
     assert [g["name"] for g in report["gate"]["sub_gates"]] == [
         "min_accuracy", "non_inferior_to_champion", "slices_hold", "regression_suite", "behaviour_probes",
     ]
     for name in ("min_accuracy", "non_inferior_to_champion", "regression_suite", "behaviour_probes"):
-        assert f"**{name}**" in meta["gate_lines"].value
+        assert f"**{name}**" in meta.gate_lines
     check_key = dg.AssetCheckKey(dg.AssetKey("eval_report"), "release_gate")
     check = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=2)[-1].evaluation
     assert check.passed and check.description.startswith("PASSED all sub-gates")
@@ -87,20 +122,18 @@ def test_first_run_materializes_every_asset_with_its_metadata(loop_state):
 
     home = loop_state["home"]
     client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
-    eval_run = client.get_run(meta["mlflow_run_id"].value)
-    assert eval_run.data.metrics["candidate_accuracy"] == pytest.approx(meta["candidate_accuracy"].value)
+    eval_run = client.get_run(meta.mlflow_run_id)
+    assert eval_run.data.metrics["candidate_accuracy"] == pytest.approx(meta.candidate_accuracy)
     assert eval_run.data.metrics["candidate_ms_per_example"] > 0
     assert {"eval_chart.png", "eval_report.json", "eval_table.md", "predictions.jsonl"} <= {a.path for a in client.list_artifacts(eval_run.info.run_id)}
     champion = client.get_model_version_by_alias("tiny_triage-adapter", "champion")
     assert str(champion.version) == "1"
-    _, promoted = _latest(instance, "champion_model")
-    assert (promoted["version"].value, promoted["previous_version"].value) == ("1", "none")
+    [(_, promoted)] = _records(instance, "champion_model")
+    assert (promoted.version, promoted.previous_version) == ("1", None)
+    assert promoted.champion_since == champion_record(Tracker.for_task(home, "tiny_triage"), "tiny_triage-adapter").since.isoformat()
 
 
 def test_champion_bundle_is_complete_enough_to_serve(loop_state):
-    from finetune_loop.core.common.tracker import Tracker
-    from finetune_loop.core.ship.registry import missing_bundle_files
-
     home = loop_state["home"]
     tracker = Tracker.for_task(home, "tiny_triage")
     bundle = tracker.download_version(tracker.version_by_alias("tiny_triage-adapter", "champion"))
@@ -115,38 +148,38 @@ def test_training_is_tracked_and_the_adapter_bundle_is_complete(loop_state):
     _, meta = _latest(loop_state["instance"], "lora_adapter")
     home = loop_state["home"]
     client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
-    run = client.get_run(meta["mlflow_run_id"].value)
+    run = client.get_run(meta.mlflow_run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["data_version"] == _latest(loop_state["instance"], "curated_dataset")[1]["data_version"].value
+    assert run.data.params["data_version"] == _latest(loop_state["instance"], "curated_dataset")[1].data_version
     losses = client.get_metric_history(run.info.run_id, "loss")
-    assert len(losses) == meta["steps"].value >= 1
+    assert len(losses) == meta.steps >= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
     for name in ("adapter_model.safetensors", "adapter_config.json", "rebuild_manifest.json", "task_spec.yaml", "tokenizer.json"):
         assert f"adapter/{name}" in artifacts
-    manifest = json.loads((Path(meta["adapter_path"].value) / "rebuild_manifest.json").read_text())
+    manifest = json.loads((Path(meta.adapter_path) / "rebuild_manifest.json").read_text())
     assert manifest["data_version"] == run.data.params["data_version"]
-    assert len(manifest["training_rows"]) == meta["train_rows_used"].value
-    assert meta["resumed_from_step"].value == 0 and Path(meta["loss_curve"].value).is_file()
+    assert len(manifest["training_rows"]) == meta.train_rows_used
+    assert meta.resumed_from_step == 0 and Path(meta.loss_curve).is_file()
 
 
 def test_gguf_export_runs_under_llama_cpp(loop_state):
     instance = loop_state["instance"]
-    _, meta = _latest(instance, "gguf_export")
-    gguf_path = Path(meta["gguf_path"].value)
+    run_id, meta = _records(instance, "gguf_export")[0]
+    assert run_id == instance.get_runs(ascending=True)[0].run_id and meta.model_version == "1" and meta.shipped
+    gguf_path = Path(meta.gguf_path)
     assert gguf_path.is_file() and gguf_path.read_bytes()[:4] == b"GGUF"
-    assert meta["quant_type"].value == "Q8_0"
-    assert gguf_path.stat().st_size < Path(meta["unquantized_path"].value).stat().st_size
-    first_eval = instance.fetch_materializations(dg.AssetKey("eval_report"), limit=1, ascending=True).records[0]
-    candidate = first_eval.event_log_entry.asset_materialization.metadata["candidate_accuracy"].value
+    assert meta.quant_type == "Q8_0"
+    assert gguf_path.stat().st_size < Path(meta.unquantized_path).stat().st_size
+    candidate = _records(instance, "eval_report")[0][1].candidate_accuracy
     # The merged model is the reference; it answers as base + adapter did in evaluation.
-    assert meta["merged_accuracy"].value == pytest.approx(candidate)
-    assert meta["accuracy_delta"].value == pytest.approx(meta["accuracy_gguf"].value - meta["merged_accuracy"].value)
-    assert meta["outtype"].value == "f32"
-    assert "| tiny_triage-Q8_0.gguf |" in meta["variants"].value
-    assert meta["size_mb_Q8_0"].value < meta["size_mb_f32"].value
-    assert meta["generation_tokens_per_second_Q8_0"].value > 0
-    assert Path(meta["modelfile"].value).read_text().startswith("FROM ./tiny_triage-Q8_0.gguf")
-    assert Path(meta["model_card"].value).read_text().startswith("---\nbase_model:")
+    assert meta.merged_accuracy == pytest.approx(candidate)
+    assert meta.accuracy_delta == pytest.approx(meta.accuracy_gguf - meta.merged_accuracy)
+    assert meta.outtype == "f32"
+    assert "| tiny_triage-Q8_0.gguf |" in meta.variants
+    assert meta.variant_stats["Q8_0"]["size_mb"] < meta.variant_stats["f32"]["size_mb"]
+    assert meta.variant_stats["Q8_0"]["generation_tokens_per_second"] > 0
+    assert Path(meta.modelfile).read_text().startswith("FROM ./tiny_triage-Q8_0.gguf")
+    assert Path(meta.model_card).read_text().startswith("---\nbase_model:")
     first_run_id = instance.get_runs(ascending=True)[0].run_id
     for check in ("matches_merged_model", "quant_within_budget", "chat_template_roundtrip"):
         key = dg.AssetCheckKey(dg.AssetKey("gguf_export"), check)
@@ -157,40 +190,38 @@ def test_gguf_export_runs_under_llama_cpp(loop_state):
 
 def test_drift_report_flags_shifted_traffic(loop_state):
     _, meta = _latest(loop_state["instance"], "drift_report")
-    assert meta["drift_detected"].value is True
-    assert meta["drift_share"].value >= 0.5
-    assert Path(meta["report_path"].value).read_text().lstrip().lower().startswith("<!doctype html")
+    assert meta.drift_detected is True
+    assert meta.drift_share >= 0.5
+    assert Path(meta.report_path).read_text().lstrip().lower().startswith("<!doctype html")
 
 
 def test_failed_gate_leaves_champion_and_export_unmaterialized(loop_state):
     instance = loop_state["instance"]
     assert loop_state["exits"][1] == EXIT_GATE_REFUSED
-    second_run_id = instance.get_runs(ascending=True)[-1].run_id
-    eval_event, eval_meta = _latest(instance, "eval_report")
-    assert eval_event.run_id == second_run_id
-    assert eval_meta["gate_passed"].value is False
-    assert "beats_base" in eval_meta["gate"].value
+    second_run_id = instance.get_runs(ascending=True)[1].run_id
+    run_id, eval_meta = _records(instance, "eval_report")[1]
+    assert run_id == second_run_id
+    assert eval_meta.gate_passed is False
+    assert "beats_base" in eval_meta.gate
     # The second run compared the candidate with champion v1 on the same suites.
-    assert eval_meta["champion_version"].value == "1"
-    assert 0.0 <= eval_meta["champion_accuracy"].value <= 1.0
-    assert "| | n | base | candidate (v2) | champion (v1) |" in eval_meta["table"].value
+    assert eval_meta.champion_version == "1"
+    assert 0.0 <= eval_meta.champion_accuracy <= 1.0
+    assert "| | n | base | candidate (v2) | champion (v1) |" in eval_meta.table
     check_key = dg.AssetCheckKey(dg.AssetKey("eval_report"), "release_gate")
     check = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1)[0].evaluation
     assert not check.passed and check.description.startswith("FAILED beats_base")
     assert check.metadata["beats_base"].value.startswith("FAIL candidate accuracy")
     assert check.metadata["non_inferior_to_champion"].value.startswith("PASS candidate − champion v1")
-    for key in ("champion_model", "gguf_export"):
-        event, _ = _latest(instance, key)
-        assert event.run_id != second_run_id, f"{key} was materialized although the gate failed"
+    for key in ("gguf_export", "champion_model"):
+        assert second_run_id not in {run_id for run_id, _ in _records(instance, key)}, f"{key} was materialized although the gate failed"
     # The frozen holdout was verified, not regenerated, by the second run.
-    holdout = instance.fetch_materializations(dg.AssetKey("holdout_suite"), limit=2, ascending=True).records
-    first, second = (r.event_log_entry.asset_materialization.metadata for r in holdout)
-    assert first["created_this_run"].value is True and second["created_this_run"].value is False
-    assert first["content_hash"].value == second["content_hash"].value
+    (_, first), (_, second) = _records(instance, "holdout_suite")[:2]
+    assert first.created_this_run is True and second.created_this_run is False
+    assert first.content_hash == second.content_hash
     home = loop_state["home"]
     client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
     assert str(client.get_model_version_by_alias("tiny_triage-adapter", "champion").version) == "1"
-    assert str(client.get_model_version_by_alias("tiny_triage-adapter", "challenger").version) == "2"
+    assert eval_meta.candidate_model_version == "2"
 
 
 def test_drift_sensor_requests_one_run_for_two_drifting_reports_in_a_row(loop_state):
@@ -198,9 +229,9 @@ def test_drift_sensor_requests_one_run_for_two_drifting_reports_in_a_row(loop_st
     defs = build_definitions(str(loop_state["task"]), str(loop_state["home"].root))
     with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as context:
         first = drift_retrain_sensor.evaluate_tick(context)
-    # Both runs reported drift; the first report requests the retrain, hysteresis holds the second.
-    reports = instance.fetch_materializations(dg.AssetKey("drift_report"), limit=2, ascending=True).records
-    assert len(reports) == 2
+    # Every run reported drift; the first report requests the retrain, hysteresis holds the others.
+    reports = instance.fetch_materializations(dg.AssetKey("drift_report"), limit=5, ascending=True).records
+    assert len(reports) == 3
     assert [r.run_key for r in first.run_requests] == [f"drift-{reports[0].run_id}"]
     assert first.run_requests[0].tags["finetune_loop/trigger"] == "drift"
     # The same reports on the next tick (cursor advanced) request nothing more.
@@ -213,7 +244,7 @@ def test_training_run_records_its_dataset_inputs_and_curation_evidence(loop_stat
     _, meta = _latest(loop_state["instance"], "lora_adapter")
     home = loop_state["home"]
     client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
-    run = client.get_run(meta["mlflow_run_id"].value)
+    run = client.get_run(meta.mlflow_run_id)
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"tiny_triage-train", "tiny_triage-validation"}
     assert inputs["tiny_triage-train"].dataset.digest == run.data.params["data_version"]
@@ -225,10 +256,10 @@ def test_training_run_records_its_dataset_inputs_and_curation_evidence(loop_stat
 def test_curation_metadata_and_contamination_check(loop_state):
     instance = loop_state["instance"]
     _, meta = _latest(instance, "curated_dataset")
-    assert meta["suite_rows_reserved"].value["holdout"] >= 1
-    assert "| label |" in meta["dedup_audit"].value
+    assert meta.suite_rows_reserved["holdout"] >= 1
+    assert "| label |" in meta.dedup_audit
     _, regression = _latest(instance, "regression_suite")
-    assert regression["size"].value >= 1 and len(regression["content_hash"].value) == 64
+    assert regression.size >= 1 and len(regression.content_hash) == 64
     check_key = dg.AssetCheckKey(dg.AssetKey("curated_dataset"), "no_contamination")
     history = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=2)
     assert history and all(record.evaluation.passed for record in history)
@@ -245,3 +276,72 @@ def test_curate_command_runs_curation_alone(tmp_path, tiny_base_model, capsys, m
     assert "holdout_suite:" in out and "regression_suite:" in out
     assert "dedup audit" in out and "| label |" in out
     assert not (tmp_path / "home" / "artifacts" / "adapters").exists()
+
+
+def test_a_gguf_that_fails_its_checks_is_never_promoted_and_the_old_champion_keeps_serving(loop_state):
+    instance, home = loop_state["instance"], loop_state["home"]
+    third_run = instance.get_runs(ascending=True)[2]
+    assert loop_state["exits"][2] == EXIT_FAILED
+    run_id, evaluation = _records(instance, "eval_report")[2]
+    assert run_id == third_run.run_id and evaluation.gate_passed and evaluation.candidate_model_version == "3"
+    run_id, export = _records(instance, "gguf_export")[-1]
+    assert run_id == third_run.run_id and export.model_version == "3"
+    assert not export.shipped and "matches_merged_model" in export.failed_checks
+    key = dg.AssetCheckKey(dg.AssetKey("gguf_export"), "matches_merged_model")
+    [record] = [r for r in instance.event_log_storage.get_asset_check_execution_history(key, limit=5) if r.run_id == third_run.run_id]
+    assert not record.evaluation.passed
+    # Exported and verified before promotion: the alias never moved to v3.
+    assert third_run.run_id not in {run_id for run_id, _ in _records(instance, "champion_model")}
+    tracker = Tracker.for_task(home, "tiny_triage")
+    assert champion_record(tracker, "tiny_triage-adapter").version == "1"
+    tags = tracker.version_tags("tiny_triage-adapter", "3")
+    assert tags["gguf_checks_passed"] == "False" and "matches_merged_model" in tags["gguf_failed_checks"]
+    # The failed file never joined v3's bundle: a later rollback to v3 could not serve it.
+    bundle = tracker.download_version(tracker.version_by_alias("tiny_triage-adapter", "challenger"))
+    assert not (bundle / "tiny_triage-Q8_0.gguf").exists()
+
+
+def test_hand_picked_export_or_promotion_refuses_what_the_gates_refused(loop_state):
+    hand_picked = loop_state["hand_picked"]
+    succeeded, message = hand_picked["gguf_export"]
+    assert not succeeded and "release gate refused candidate v2, not exporting it" in message
+    succeeded, message = hand_picked["champion_model"]
+    assert not succeeded and "release gate refused candidate v2, not promoting it" in message
+    succeeded, message = hand_picked["champion_model after broken gguf"]
+    assert not succeeded and "v3: its GGUF did not pass every check (failed: matches_merged_model" in message
+    assert champion_record(Tracker.for_task(loop_state["home"], "tiny_triage"), "tiny_triage-adapter").version == "1"
+
+
+def test_after_a_rollback_drift_and_the_cadence_follow_the_registry(loop_state):
+    """The registry is the one champion truth: once the champion moves (here by promotion and a
+    rollback made outside any run), drift compares live feedback with the serving version's score
+    and the cadence counts from when it became champion again."""
+    from datetime import datetime, timedelta, timezone
+
+    from finetune_loop.defs.monitor import six_week_retrain_schedule
+
+    home, task = loop_state["home"], loop_state["task"]
+    tracker = Tracker.for_task(home, "tiny_triage")
+    v1 = champion_record(tracker, "tiny_triage-adapter")
+    locks = home.task_dir("tiny_triage", "locks")
+    promoted = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    promote(tracker, locks, "tiny_triage-adapter", "2", evaluated_against="1", holdout_primary=0.123, holdout_hash=v1.holdout_hash, now=promoted)
+    drift_on_v2 = _materialize_drift(task, home)
+    assert (drift_on_v2.champion_version, drift_on_v2.champion_eval_accuracy) == ("2", 0.123)
+    rolled_back = promoted + timedelta(days=30)
+    rollback(tracker, locks, "tiny_triage-adapter", reason="test", now=rolled_back)
+    drift_on_v1 = _materialize_drift(task, home)
+    assert (drift_on_v1.champion_version, drift_on_v1.champion_eval_accuracy) == ("1", pytest.approx(v1.holdout_primary, abs=1e-4))
+    resources = build_definitions(str(task), str(home.root)).resources
+    # 41 days after v2's promotion but 11 after the rollback: v1 has served 11 days, not due.
+    with dg.build_schedule_context(instance=loop_state["instance"], scheduled_execution_time=rolled_back + timedelta(days=11), resources=resources) as context:
+        tick = six_week_retrain_schedule.evaluate_tick(context)
+    assert tick.run_requests == [] and "champion v1 serving since 2026-02-04, 11 days" in tick.skip_message
+
+
+def _materialize_drift(task: Path, home: LoopHome) -> contract.DriftReportMetadata:
+    defs = build_definitions(str(task), str(home.root))
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def("monitor_job").execute_in_process(instance=instance, raise_on_error=False)
+    assert result.success
+    return contract.DriftReportMetadata.from_dagster(result.asset_materializations_for_node("drift_report")[0].metadata)

@@ -338,6 +338,6 @@ def test_production_instance_config_queues_one_retrain_at_a_time():
     config = yaml.safe_load((REPO / "dagster.production.yaml").read_text())
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert {"key": "finetune_loop/job", "value": "retrain", "limit": 1} in config["run_coordinator"]["config"]["tag_concurrency_limits"]
-    from finetune_loop.defs.automation import RETRAIN_TAGS
+    from finetune_loop.defs.monitor import RETRAIN_TAGS
 
     assert RETRAIN_TAGS == {"finetune_loop/job": "retrain"}

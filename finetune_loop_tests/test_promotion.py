@@ -17,19 +17,10 @@ from finetune_loop.core.ship.registry import (
     promote,
     rollback,
 )
-from finetune_loop_tests.conftest import write_tiny_task
+from finetune_loop_tests.conftest import register_versions, write_tiny_task
 
 MODEL = "tiny_triage-adapter"
 HOLDOUT = "holdout-hash-1"
-
-
-def _registry(home: LoopHome, versions: int) -> Tracker:
-    tracker = Tracker.for_task(home, "tiny_triage")
-    for i in range(versions):
-        with tracker.run(f"train-{i}") as run_id:
-            tracker.log_text(run_id, f"weights {i}", "adapter/adapter_model.safetensors")
-        tracker.register_version(MODEL, run_id, "adapter", tags={})
-    return tracker
 
 
 @pytest.fixture
@@ -43,7 +34,7 @@ def _promote(tracker, home, version, evaluated_against, score):
 
 
 def test_promotion_records_previous_champion_and_rollback_restores_it(home):
-    tracker = _registry(home, 3)
+    tracker = register_versions(home, 3)
     assert _promote(tracker, home, "1", None, 0.70).previous_version is None
     assert _promote(tracker, home, "2", "1", 0.75).previous_version == "1"
     assert _promote(tracker, home, "3", "2", 0.80).previous_version == "2"
@@ -62,7 +53,7 @@ def test_promotion_records_previous_champion_and_rollback_restores_it(home):
 def test_concurrent_promotions_cannot_both_win(home):
     """Two candidates evaluated against champion v1 promote at once: whichever goes second is
     re-checked against the winner's recorded holdout score, so the better one ends as champion."""
-    tracker = _registry(home, 3)
+    tracker = register_versions(home, 3)
     _promote(tracker, home, "1", None, 0.70)
     barrier = threading.Barrier(2)
     outcomes: dict[str, object] = {}
@@ -90,7 +81,7 @@ def test_concurrent_promotions_cannot_both_win(home):
 
 
 def test_stale_promotion_against_a_champion_without_comparable_scores_is_refused(home):
-    tracker = _registry(home, 2)
+    tracker = register_versions(home, 2)
     promote(tracker, home.task_dir("tiny_triage", "locks"), MODEL, "1", evaluated_against=None, holdout_primary=0.7, holdout_hash="other-holdout")
     with pytest.raises(PromotionError, match="no holdout score on the same frozen holdout"):
         _promote(tracker, home, "2", None, 0.9)
@@ -124,7 +115,7 @@ class FailingTracker(Tracker):
 
 @pytest.mark.parametrize("operation", ["promote", "rollback"])
 def test_a_failure_at_any_registry_write_leaves_the_aliases_as_they_were(home, operation):
-    tracker = _registry(home, 3)
+    tracker = register_versions(home, 3)
     _promote(tracker, home, "1", None, 0.70)
     _promote(tracker, home, "2", "1", 0.75)
     before = AliasState("2", "1")
@@ -154,7 +145,7 @@ def test_rollback_command(tmp_path, tiny_base_model, capsys, monkeypatch):
     task = write_tiny_task(tmp_path / "task", tiny_base_model)
     home = LoopHome(tmp_path / "home")
     args = ["rollback", "--task", str(task), "--home", str(home.root), "--reason", "bad refunds"]
-    tracker = _registry(home, 2)
+    tracker = register_versions(home, 2)
     _promote(tracker, home, "1", None, 0.70)
     assert main(args) == EXIT_FAILED
     assert "nothing to roll back to (champion 1, previous-champion none)" in capsys.readouterr().err
