@@ -1,4 +1,10 @@
-"""TODO docstring (curate)."""
+"""What the evaluation asks a model about, so that curation can keep it out of the training rows.
+
+`evaluation_rows` collects, per suite, the frozen suites' rows and every behaviour probe text
+(stability variants too). Curation removes training rows that (nearly) repeat any of them; it is
+a module of its own because it joins two sources, the frozen suites (suites.py) and the probes
+file (probe_set.py), that the rest of curation does not otherwise need together.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO docstring (curate)."""
+"""Exact de-duplication: rows whose normalised text is the same are one row, or a label conflict.
+
+`deduplicate` keeps the first row of each group, reports the others with the id they duplicate,
+and quarantines a whole group whose rows disagree on the label. Both curation and freezing a
+suite run it, which is why it stands apart from curation.py; the near-duplicate (MinHash) pass is
+dedup.py.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""TODO docstring (probes)."""
+"""The task's probes file read and validated: which behaviour probes there are, with which texts.
+
+`load_probes` turns the YAML file named by the task spec into a `ProbeSet` (format, stability and
+refusal probes, and the refusal markers), rejecting unknown kinds, keys and labels with the file
+and entry named. It lives in the data stage, apart from evaluate/probes.py which judges a model's
+answers, because curation reads the probe texts too: a training row repeating a probe would let
+the model memorise its own exam (see contamination.py).
+"""
 
 from __future__ import annotations
 

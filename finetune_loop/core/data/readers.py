@@ -1,4 +1,12 @@
-"""TODO docstring (curate)."""
+"""Reading rows from disk or the hub: labelled-example files of every supported format, and JSONL examples.
+
+`_read_rows` reads `.jsonl`, `.csv`, `.parquet` or a `datasets.save_to_disk` directory into
+(row number, row, problem) triples, turning parse errors into problems rather than crashes; the
+hub readers load `owner/name#split` datasets; `read_examples` reads back the `Example` JSONL files
+the loop writes itself. `CurationError` is the error of data that cannot be curated at all.
+It is the bottom of the data stage: validation, suites, curation and contamination build on it,
+and nothing here knows a task's field mapping.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO docstring (curate)."""
+"""Seeded stratified splits: what curation and suite freezing stratify on, and the split itself.
+
+`stratum_key` is the label for classification and the first slice value for generation;
+`stratified_split` picks a fraction of every stratum, at least one row of each stratum with two
+or more rows, so every stratum shows up on both sides. Shared by curation.py (train/validation)
+and suites.py (holdout/regression), hence its own module.
+"""
 
 from __future__ import annotations
 

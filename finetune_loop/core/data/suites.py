@@ -1,4 +1,12 @@
-"""TODO docstring (curate)."""
+"""Frozen evaluation suites (holdout, regression): created once, afterwards only verified.
+
+`freeze_suite` writes a suite and its manifest (content hash, source, seed, version) from the
+task's designated file or from a seeded stratified split of the scrubbed, de-duplicated labelled
+rows, never overlapping the suites frozen before it; later calls check the content hash and raise
+`SuiteChangedError` when the file changed. `archive_suite` is the explicit way to replace one.
+Separate from curation.py because suites outlive every curation run: each training set is curated
+against the same frozen suites.
+"""
 
 from __future__ import annotations
 

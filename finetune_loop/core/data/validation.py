@@ -1,4 +1,11 @@
-"""TODO docstring (curate)."""
+"""Row validation: labelled rows mapped through the task's fields into `Example`s, or quarantined.
+
+`read_labeled_examples` applies the task spec's field mapping to every row read by readers.py and
+returns the valid examples plus one quarantine entry per rejected row with a "<kind>: <detail>"
+reason (missing or unknown label, malformed JSON target, control characters, unknown source...);
+`load_sources` reads the sources file (licence, revoked or active). It is its own module because
+curation, suite freezing and the traffic simulator all read labelled rows through the same checks.
+"""
 
 from __future__ import annotations
 

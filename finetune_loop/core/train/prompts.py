@@ -1,4 +1,12 @@
-"""TODO docstring (models)."""
+"""Prompt rendering: the one way every stage turns a task input (and its answer) into model text.
+
+Training, evaluation, shadow scoring and the GGUF checks all render through `render_prompt` /
+`render_completion`, so the tokens a model was trained on are the tokens it is evaluated and
+served on; `rendered_length` counts an example exactly as training renders it (curation's
+`token_length`, which quarantines rows beyond training.max_length). It is its own module, apart
+from base_model.py (which fetches and hashes the base checkpoint), because the evaluate and ship
+stages need the rendering and nothing of obtaining a base model.
+"""
 
 from __future__ import annotations
 

@@ -8,14 +8,14 @@ logits identical to the full-sequence ones, and autograd sums the prefix gradien
 so the loss and the gradients are those of the plain batch. The one difference: LoRA dropout on the
 prefix draws one mask for the batch instead of one per row.
 
-Imported lazily by `core.train` (it pulls in torch and TRL).
+The trainer class is built on first use (`shared_prefix_trainer_class`), not at import: trainer.py
+imports this module at its top, as every finetune_loop import is, and the Dagster definitions and
+the CLI import trainer.py, which must not cost them torch and TRL (seconds) on every load.
 """
 
 from __future__ import annotations
 
-import torch
-from transformers import DynamicCache
-from trl import SFTTrainer
+import functools
 
 
 def shared_prefix_length(input_ids: list[list[int]], labels: list[list[int]]) -> int:
@@ -34,45 +34,55 @@ def shared_prefix_length(input_ids: list[list[int]], labels: list[list[int]]) ->
     return max(0, min(common, first_answer - 1))
 
 
-class SharedPrefixSFTTrainer(SFTTrainer):
-    """SFTTrainer whose training loss computes the shared instruction prefix once per batch.
+@functools.cache
+def shared_prefix_trainer_class() -> type:
+    """`SharedPrefixSFTTrainer`, a subclass of TRL's SFTTrainer, defined on the first call (torch,
+    transformers and TRL are imported then) and the same class on every later one."""
+    import torch
+    from transformers import DynamicCache
+    from trl import SFTTrainer
 
-    Batches whose rows do not all start with the prefix (never the case for a task's own rows)
-    and gradient checkpointing (which recomputes layers without the cache) use the plain path."""
+    class SharedPrefixSFTTrainer(SFTTrainer):
+        """SFTTrainer whose training loss computes the shared instruction prefix once per batch.
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        dataset = self.train_dataset
-        self.prefix_length = shared_prefix_length(dataset["input_ids"], dataset["labels"])
-        self.prefix_ids = torch.tensor(dataset[0]["input_ids"][: self.prefix_length]) if self.prefix_length else None
+        Batches whose rows do not all start with the prefix (never the case for a task's own rows)
+        and gradient checkpointing (which recomputes layers without the cache) use the plain path."""
 
-    def _shares_prefix(self, input_ids: torch.Tensor) -> bool:
-        if self.prefix_ids is None or input_ids.shape[1] <= self.prefix_length:
-            return False
-        return bool((input_ids[:, : self.prefix_length] == self.prefix_ids.to(input_ids.device)).all())
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            dataset = self.train_dataset
+            self.prefix_length = shared_prefix_length(dataset["input_ids"], dataset["labels"])
+            self.prefix_ids = torch.tensor(dataset[0]["input_ids"][: self.prefix_length]) if self.prefix_length else None
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        input_ids = inputs["input_ids"]
-        if return_outputs or "attention_mask" not in inputs or not self._shares_prefix(input_ids):
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        prefix = self.prefix_length
-        batch = input_ids.shape[0]
-        cache = DynamicCache(config=self.model.config)
-        model(input_ids=input_ids[:1, :prefix], past_key_values=cache, use_cache=True)
-        # repeat_interleave (not a view) keeps autograd: the prefix gradient is the sum over rows.
-        cache.batch_repeat_interleave(batch)
-        positions = torch.arange(prefix, input_ids.shape[1], device=input_ids.device).expand(batch, -1)
-        logits = model(
-            input_ids=input_ids[:, prefix:],
-            attention_mask=inputs["attention_mask"],
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        ).logits
-        # logits[:, j] sits at position prefix + j and predicts the token after it.
-        labels = inputs["labels"][:, prefix + 1 :]
-        per_token = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        answer_tokens = (labels != -100).sum() if num_items_in_batch is None else num_items_in_batch
-        return per_token / torch.as_tensor(answer_tokens).clamp(min=1)
+        def _shares_prefix(self, input_ids: torch.Tensor) -> bool:
+            if self.prefix_ids is None or input_ids.shape[1] <= self.prefix_length:
+                return False
+            return bool((input_ids[:, : self.prefix_length] == self.prefix_ids.to(input_ids.device)).all())
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            input_ids = inputs["input_ids"]
+            if return_outputs or "attention_mask" not in inputs or not self._shares_prefix(input_ids):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            prefix = self.prefix_length
+            batch = input_ids.shape[0]
+            cache = DynamicCache(config=self.model.config)
+            model(input_ids=input_ids[:1, :prefix], past_key_values=cache, use_cache=True)
+            # repeat_interleave (not a view) keeps autograd: the prefix gradient is the sum over rows.
+            cache.batch_repeat_interleave(batch)
+            positions = torch.arange(prefix, input_ids.shape[1], device=input_ids.device).expand(batch, -1)
+            logits = model(
+                input_ids=input_ids[:, prefix:],
+                attention_mask=inputs["attention_mask"],
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits
+            # logits[:, j] sits at position prefix + j and predicts the token after it.
+            labels = inputs["labels"][:, prefix + 1 :]
+            per_token = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            answer_tokens = (labels != -100).sum() if num_items_in_batch is None else num_items_in_batch
+            return per_token / torch.as_tensor(answer_tokens).clamp(min=1)
+
+    return SharedPrefixSFTTrainer

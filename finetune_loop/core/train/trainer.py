@@ -32,7 +32,7 @@ from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.data.splits import stratified_split, stratum_key
 from finetune_loop.core.train.base_model import BaseModel
 from finetune_loop.core.train.prompts import render_completion, render_prompt
-from finetune_loop.core.train.shared_prefix import SharedPrefixSFTTrainer
+from finetune_loop.core.train.shared_prefix import shared_prefix_trainer_class
 
 _TRACKED_PACKAGES = (
     "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "gguf", "llama_cpp_python", "mlflow", "dagster",
@@ -246,8 +246,7 @@ def build_trainer(
     )
     trainer_class = SFTTrainer
     if plan.shared_prefix:
-
-        trainer_class = SharedPrefixSFTTrainer
+        trainer_class = shared_prefix_trainer_class()
     return trainer_class(
         model=model,
         args=config,
