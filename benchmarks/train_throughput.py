@@ -209,15 +209,15 @@ def main() -> None:
     steps = len(batches["project"])
     assert all(len(b) == steps for b in batches.values()), {arm: len(b) for arm, b in batches.items()}
     optimizers = {}
-    for arm, trainer in trainers.items():
-        params = [p for p in trainer.model.parameters() if p.requires_grad]
+    for arm, arm_trainer in trainers.items():
+        params = [p for p in arm_trainer.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=spec.training.learning_rate)
         warmup = max(1, round(0.1 * steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
         )
         optimizers[arm] = (params, optimizer, schedule)
-        trainer.model.train()
+        arm_trainer.model.train()
 
     seconds = defaultdict(float)
     tokens = defaultdict(int)
@@ -227,11 +227,11 @@ def main() -> None:
     for step in range(steps):
         order = ARMS[step % 3 :] + ARMS[: step % 3]
         for arm in order:
-            trainer, batch = trainers[arm], batches[arm][step]
+            arm_trainer, batch = trainers[arm], batches[arm][step]
             params, optimizer, schedule = optimizers[arm]
             rss.current = arm
             started = time.perf_counter()
-            loss = trainer.compute_loss(trainer.model, dict(batch))
+            loss = arm_trainer.compute_loss(arm_trainer.model, dict(batch))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -240,15 +240,15 @@ def main() -> None:
             seconds[arm] += time.perf_counter() - started
             rss.current = None
             tokens[arm] += int(batch["attention_mask"].sum())
-            computed[arm] += computed_tokens(trainer, batch["input_ids"])
+            computed[arm] += computed_tokens(arm_trainer, batch["input_ids"])
             losses[arm].append(loss.item())
         print(f"step {step + 1}/{steps}: " + ", ".join(f"{arm} {seconds[arm]:.1f}s" for arm in ARMS), flush=True)
     rss.stop()
 
     tokenizer = trainers["project"].processing_class
     accuracy = {}
-    for arm, trainer in trainers.items():
-        predictions = predict_labels(trainer.model, tokenizer, spec, [r.text for r in holdout_rows])
+    for arm, arm_trainer in trainers.items():
+        predictions = predict_labels(arm_trainer.model, tokenizer, spec, [r.text for r in holdout_rows])
         accuracy[arm] = score(holdout_rows, predictions, spec.labels).accuracy
 
     results = {

@@ -159,33 +159,33 @@ probes:
 
 def test_holdout_is_frozen_and_a_changed_file_is_an_error(spec, tmp_path):
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows()])
-    suites = tmp_path / "suites"
-    first = suites.freeze_suite(spec, "holdout", suites)
+    suites_dir = tmp_path / "suites"
+    first = suites.freeze_suite(spec, "holdout", suites_dir)
     assert first.created and first.size > 0 and set(first.per_label) == set(spec.labels)
     # New data does not regenerate the holdout.
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows(seed=7)])
-    again = suites.freeze_suite(spec, "holdout", suites)
+    again = suites.freeze_suite(spec, "holdout", suites_dir)
     assert not again.created and again.content_hash == first.content_hash
     with first.path.open("a") as handle:
         handle.write(json.dumps({"id": "x", "text": "sneaked in", "label": "billing"}) + "\n")
     with pytest.raises(suites.SuiteChangedError) as error:
-        suites.freeze_suite(spec, "holdout", suites)
+        suites.freeze_suite(spec, "holdout", suites_dir)
     assert f"expected content hash {first.content_hash}" in str(error.value)
     assert sha256_file(first.path) in str(error.value)
 
     # Replacing is explicit and versioned: the old suite is archived, the next freeze is version 2.
-    archived = suites.archive_suite(suites, "holdout")
+    archived = suites.archive_suite(suites_dir, "holdout")
     assert archived.name == "holdout.v1.jsonl"
-    replaced = suites.freeze_suite(spec, "holdout", suites)
+    replaced = suites.freeze_suite(spec, "holdout", suites_dir)
     assert replaced.created
-    assert json.loads((suites / "holdout.manifest.json").read_text())["version"] == 2
+    assert json.loads((suites_dir / "holdout.manifest.json").read_text())["version"] == 2
 
 
 def test_regression_suite_never_overlaps_the_holdout(spec, tmp_path):
     _write_lines(spec.labeled_examples_path, [json.dumps(r).encode() for r in tiny_rows(count_per_label=30)])
-    suites = tmp_path / "suites"
-    holdout = suites.freeze_suite(spec, "holdout", suites)
-    regression = suites.freeze_suite(spec, "regression", suites, exclude=[holdout])
+    suites_dir = tmp_path / "suites"
+    holdout = suites.freeze_suite(spec, "holdout", suites_dir)
+    regression = suites.freeze_suite(spec, "regression", suites_dir, exclude=[holdout])
     assert regression.size > 0
     holdout_texts = {examples.normalize_text(e.text) for e in readers.read_examples(holdout.path)}
     assert not holdout_texts & {examples.normalize_text(e.text) for e in readers.read_examples(regression.path)}

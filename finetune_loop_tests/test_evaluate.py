@@ -148,8 +148,8 @@ def test_base_candidate_champion_and_frontier_on_the_same_suites(tmp_path, tiny_
     assert "champion v1" in gate["non_inferior_to_champion"].detail
     assert result.models["candidate"].probes.pass_rate is not None and len(result.models["candidate"].probes.cases) == 4
     assert "| | n | base | candidate (v2) | champion (v1) | frontier (keyword-router) |" in result.table_markdown
-    report = json.loads(result.report_path.read_text())
-    assert report["models"]["frontier"]["holdout"]["accuracy"] == frontier.accuracy
+    saved = json.loads(result.report_path.read_text())
+    assert saved["models"]["frontier"]["holdout"]["accuracy"] == frontier.accuracy
     assert result.chart_path.read_bytes()[:4] == b"\x89PNG"
 
 

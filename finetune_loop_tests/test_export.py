@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
 from finetune_loop.core.ship import gguf_writer
 from finetune_loop.core.ship.gguf_writer import UnsupportedArchitectureError, write_gguf
-from finetune_loop.core.ship.llama_runtime import classify_with_llama_cpp, quantize_gguf
+from finetune_loop.core.ship.llama_runtime import classify_with_llama_cpp, load_gguf, quantize_gguf
 from finetune_loop.core.ship.merge import MergeMismatchError, merge_adapter
 from finetune_loop_tests.tiny_models import (
     CHATML_TEMPLATE,
@@ -81,8 +81,8 @@ def _hf_logits(model, ids: list[int]) -> np.ndarray:
 def _llama_cpp_logits(gguf_path: Path, prompts: list[str]) -> list[tuple[list[int], np.ndarray]]:
     """Per prompt: llama.cpp's token ids and its logits at every position."""
     # An f32 KV cache, so the only difference left against HF is float summation order.
-    llm = llama_cpp.Llama(
-        str(gguf_path), n_ctx=512, logits_all=True, verbose=False,
+    llm = load_gguf(
+        gguf_path, n_ctx=512, logits_all=True, verbose=False,
         type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
     )
     try:
@@ -199,7 +199,7 @@ def test_gguf_carries_architecture_and_tokenizer_metadata(f32_gguf, tokenizer, h
 
 
 def test_llama_cpp_stops_on_im_end(f32_gguf):
-    llm = llama_cpp.Llama(str(f32_gguf), n_ctx=512, verbose=False)
+    llm = load_gguf(f32_gguf, n_ctx=512, verbose=False)
     try:
         assert llm.token_eos() == llm.tokenize(b"<|im_end|>", add_bos=False, special=True)[0]
         assert llm.metadata["tokenizer.chat_template"] == CHATML_TEMPLATE
@@ -276,7 +276,7 @@ BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": Tr
 
 
 def _llama_cpp_tokens(gguf_path: Path, text: str) -> list[int]:
-    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    llm = load_gguf(gguf_path, vocab_only=True, verbose=False)
     try:
         return llm.tokenize(text.encode(), add_bos=False)
     finally:

@@ -17,7 +17,7 @@ from finetune_loop.core.common.home import LoopHome
 from finetune_loop.core.common.spec import load_task_spec
 from finetune_loop.core.common.tracker import Tracker
 from finetune_loop.core.ship import gguf_checks, gguf_writer
-from finetune_loop.core.ship.export import export_and_verify
+from finetune_loop.core.ship.export import export_and_verify, publish_export
 from finetune_loop.core.ship.gguf_writer import write_gguf
 from finetune_loop.core.ship.modelfile import (
     build_modelfile,
@@ -53,16 +53,12 @@ def _setup(root: Path, architecture: str, hidden_size: int = 64):
 
 def _export(root: Path, architecture: str, hidden_size: int = 64, register: bool = False):
     spec, base, adapter, holdout, tracker = _setup(root, architecture, hidden_size)
-    version = None
+    result = export_and_verify(spec, base, adapter, holdout, root / "export", tracker, eval_accuracies={"base": 0.3, "candidate": 0.5})
     if register:
         with tracker.run("train") as run_id:
             tracker.log_artifacts(run_id, adapter, "adapter")
         ref = tracker.register_version(spec.registered_model_name, run_id, "adapter", tags={})
-        version = (ref.name, ref.version)
-    result = export_and_verify(
-        spec, base, adapter, holdout, root / "export", tracker,
-        eval_accuracies={"base": 0.3, "candidate": 0.5}, model_version=version,
-    )
+        assert publish_export(tracker, ref, result) is True
     return result, tracker, spec
 
 
@@ -121,8 +117,11 @@ def test_model_card_and_mlflow_carry_the_export(llama_export):
     assert run.data.params["outtype"] == "f32"
     logged = {a.path for a in client.list_artifacts(result.mlflow_run_id, "gguf")}
     assert {"gguf/README.md", "gguf/checks.json", "gguf/tiny_triage-Q8_0.Modelfile"} <= logged
-    # The GGUF itself goes to the version's bundle (gguf_export does that), not a second copy here.
+    # The GGUF itself goes to the version's bundle (publish_export, once every check passed), not a
+    # second copy in the export run.
     assert "gguf/tiny_triage-Q8_0.gguf" not in logged
+    bundle = {a.path for a in client.list_artifacts(client.get_model_version(spec.registered_model_name, "1").run_id, "adapter")}
+    assert {"adapter/tiny_triage-Q8_0.gguf", "adapter/tiny_triage-Q8_0.Modelfile", "adapter/README.md"} <= bundle
     version = client.get_model_version(spec.registered_model_name, "1")
     assert version.tags["gguf_export_run_id"] == result.mlflow_run_id
     assert version.tags["gguf_checks_passed"] == "True"

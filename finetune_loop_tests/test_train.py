@@ -92,15 +92,15 @@ def test_qlora_without_cuda_falls_back_only_when_the_task_allows_it(tmp_path, ti
 def test_two_steps_change_lora_weights_and_leave_every_base_weight_untouched(tmp_path, tiny_base_model):
     spec = load_task_spec(_task(tmp_path, tiny_base_model, learning_rate=0.01, checkpoint_every_steps=1000))
     rows, _ = validation.read_labeled_examples(spec)
-    trainer = trainer.build_trainer(spec, tiny_base_model, rows[:16], [], tmp_path / "checkpoints")
-    trainer.args.max_steps = 2
-    trainer.args.warmup_steps = 0  # a warm-up would make step 1's learning rate zero
-    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
-    trainer.train()
-    assert trainer.state.global_step == 2
-    lora_names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    sft_trainer = trainer.build_trainer(spec, tiny_base_model, rows[:16], [], tmp_path / "checkpoints")
+    sft_trainer.args.max_steps = 2
+    sft_trainer.args.warmup_steps = 0  # a warm-up would make step 1's learning rate zero
+    before = {name: p.detach().clone() for name, p in sft_trainer.model.named_parameters()}
+    sft_trainer.train()
+    assert sft_trainer.state.global_step == 2
+    lora_names = [n for n, p in sft_trainer.model.named_parameters() if p.requires_grad]
     assert lora_names and all("lora_" in n for n in lora_names)
-    after = dict(trainer.model.named_parameters())
+    after = dict(sft_trainer.model.named_parameters())
     # lora_B starts at zero and moves first; lora_A moves once lora_B is non-zero (second step).
     for name in lora_names:
         assert not torch.equal(before[name], after[name].detach()), f"{name} did not change"
@@ -113,22 +113,22 @@ def test_two_steps_change_lora_weights_and_leave_every_base_weight_untouched(tmp
 def test_shared_prefix_loss_and_gradients_equal_the_plain_batch(tmp_path, tiny_base_model):
     spec = load_task_spec(_task(tmp_path, tiny_base_model, lora_dropout=0.0, shared_prefix=True, learning_rate=0.05))
     rows, _ = validation.read_labeled_examples(spec)
-    trainer = trainer.build_trainer(spec, tiny_base_model, rows[:12], [], tmp_path / "checkpoints")
-    assert type(trainer).__name__ == "SharedPrefixSFTTrainer"
+    sft_trainer = trainer.build_trainer(spec, tiny_base_model, rows[:12], [], tmp_path / "checkpoints")
+    assert type(sft_trainer).__name__ == "SharedPrefixSFTTrainer"
     # The instruction is most of each prompt: that is what gets computed once.
-    assert trainer.prefix_length >= 10
-    trainer.args.max_steps = 1
-    trainer.train()  # LoRA B non-zero, so the comparison covers a trained adapter, not the identity
-    batch = next(iter(trainer.get_train_dataloader()))
-    model = trainer.model
+    assert sft_trainer.prefix_length >= 10
+    sft_trainer.args.max_steps = 1
+    sft_trainer.train()  # LoRA B non-zero, so the comparison covers a trained adapter, not the identity
+    batch = next(iter(sft_trainer.get_train_dataloader()))
+    model = sft_trainer.model
     model.eval()  # no dropout: both paths see the same function
 
     def loss_and_grads(shared: bool):
         model.zero_grad()
         if shared:
-            loss = trainer.compute_loss(model, dict(batch))
+            loss = sft_trainer.compute_loss(model, dict(batch))
         else:
-            loss = super(type(trainer), trainer).compute_loss(model, dict(batch))
+            loss = super(type(sft_trainer), sft_trainer).compute_loss(model, dict(batch))
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -244,11 +244,11 @@ def test_gpu_training_uses_bf16_and_qlora_loads_the_base_in_4bit(tmp_path, tiny_
     assert plan.device == "cuda" and plan.qlora == qlora
     assert plan.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     rows, _ = validation.read_labeled_examples(spec)
-    trainer = trainer.build_trainer(spec, tiny_base_model, rows[:16], [], tmp_path / "checkpoints", plan=plan)
+    sft_trainer = trainer.build_trainer(spec, tiny_base_model, rows[:16], [], tmp_path / "checkpoints", plan=plan)
     if qlora:
         import bitsandbytes as bnb
 
-        assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules())
-    trainer.args.max_steps = 2
-    trainer.train()
-    assert trainer.state.global_step == 2 and trainer.state.log_history[0]["loss"] > 0
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in sft_trainer.model.modules())
+    sft_trainer.args.max_steps = 2
+    sft_trainer.train()
+    assert sft_trainer.state.global_step == 2 and sft_trainer.state.log_history[0]["loss"] > 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune_loop.core.common.spec import ExportSettings, TaskSpec
-from finetune_loop.core.ship.llama_runtime import serving_tokens
+from finetune_loop.core.ship.llama_runtime import load_gguf, serving_tokens
 from finetune_loop.core.ship.modelfile import (
     ModelfileError,
     parse_modelfile,
@@ -119,7 +119,7 @@ def chat_template_roundtrip(
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     problems: list[str] = []
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=n_ctx, verbose=False)
+    llm = load_gguf(gguf_path, n_ctx=n_ctx, verbose=False)
     try:
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
 

@@ -21,6 +21,31 @@ import numpy as np
 from finetune_loop.core.common.spec import QUANT_TYPES
 
 
+def load_gguf(gguf_path: Path, **kwargs):
+    """A `llama_cpp.Llama` over `gguf_path` on llama.cpp's plain CPU buffers.
+
+    llama.cpp moves weights into "extra" buffer types where the CPU has them (AMX tiles, repacked
+    Q4/Q8 layouts). On an Intel Xeon with AMX in this project's (virtualised) CI machine, decoding a
+    Q8_0 file from an AMX buffer segfaults; the plain buffers compute the same numbers everywhere. The
+    `Llama` constructor has no switch for it, so the default model parameters it starts from are
+    swapped for the duration of the load."""
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    defaults = llama_module.llama_cpp.llama_model_default_params
+
+    def plain_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = plain_buffers
+    try:
+        return llama_cpp.Llama(model_path=str(gguf_path), **kwargs)
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = defaults
+
+
 def quantize_gguf(source: Path, dest: Path, quant_type: str) -> Path:
     """Quantize an f32/f16/bf16 GGUF with llama.cpp's own quantizer (what llama-quantize runs)."""
     import llama_cpp
@@ -67,16 +92,13 @@ def run_with_llama_cpp(
     GGUF's accuracy comparable with the HF model's. Answers that share leading tokens share their
     forward passes, and prompts sharing a prefix (the system prompt) reuse its KV cache.
     """
-    import llama_cpp
 
     if not label_sequences or not all(label_sequences.values()):
         raise ValueError(f"every label needs its answer tokens, got {dict(label_sequences)!r}")
     if not prompts:
         raise ValueError("no prompts to run")
 
-    llm = llama_cpp.Llama(
-        model_path=str(gguf_path), n_ctx=n_ctx, n_threads=n_threads, logits_all=False, verbose=False
-    )
+    llm = load_gguf(gguf_path, n_ctx=n_ctx, n_threads=n_threads, logits_all=False, verbose=False)
     try:
         longest_label = max(len(tokens) for tokens in label_sequences.values())
         chosen, next_tokens = [], []
