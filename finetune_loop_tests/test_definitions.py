@@ -108,3 +108,42 @@ def test_dagster_cli_validates_the_workspace_with_the_shipped_instance_config(tm
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "All code locations passed validation" in result.stderr + result.stdout
+
+
+def test_a_run_keeps_the_spec_it_started_with(tmp_path):
+    from finetune_loop.core.common.spec import TaskSpecError
+    from finetune_loop.defs.resources import LoopResource
+    from finetune_loop_tests.conftest import write_tiny_task
+
+    task = write_tiny_task(tmp_path / "task", tmp_path / "no-model")
+    first_step = LoopResource(task_path=str(task), home=str(tmp_path / "home"))
+    started = first_step._run_spec("run-1", launched_hash=None)
+    # Edited while the run is going: the run's later steps (fresh resources, as in another step
+    # process) still see the spec the run started with; a new run sees the edit.
+    task.write_text(task.read_text().replace("lora_r: 4", "lora_r: 8"))
+    later_step = LoopResource(task_path=str(task), home=str(tmp_path / "home"))._run_spec("run-1", launched_hash=None)
+    assert later_step.training.lora_r == started.training.lora_r == 4
+    assert later_step.spec_sha256 == started.spec_sha256
+    assert LoopResource(task_path=str(task), home=str(tmp_path / "home"))._run_spec("run-2", None).training.lora_r == 8
+    # A run launched for one version of the file refuses to start on another.
+    with pytest.raises(TaskSpecError, match=r"changed after run run-3 was launched"):
+        LoopResource(task_path=str(task), home=str(tmp_path / "home"))._run_spec("run-3", launched_hash=started.spec_sha256)
+    assert (tmp_path / "home" / "run_specs" / "run-1.yaml").read_text().count("lora_r: 4") == 1
+
+
+def test_the_base_model_is_hashed_once_until_its_file_changes(tmp_path, monkeypatch):
+    from finetune_loop.core.train import base_model
+
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    (weights.parent / "config.json").write_text("{}")
+    weights.write_bytes(b"weights v1")
+    calls = []
+    real = base_model.sha256_file
+    monkeypatch.setattr(base_model, "sha256_file", lambda path: calls.append(path) or real(path))
+    first = base_model.prepare_base_model(str(weights.parent), tmp_path / "cache")
+    again = base_model.prepare_base_model(str(weights.parent), tmp_path / "cache")
+    assert first.source_sha256 == again.source_sha256 and len(calls) == 1
+    weights.write_bytes(b"weights v2, a different size")
+    changed = base_model.prepare_base_model(str(weights.parent), tmp_path / "cache")
+    assert changed.source_sha256 != first.source_sha256 and len(calls) == 2

@@ -179,5 +179,5 @@ def test_pathological_inputs_stay_fast():
 
 
 def test_module_does_not_import_dagster():
-    code = "import sys, finetune_loop.core.pii; sys.exit('dagster' in sys.modules)"
+    code = "import sys, finetune_loop.core.data.pii; sys.exit('dagster' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
