@@ -77,27 +77,15 @@ def curated_dataset(loop: LoopResource, holdout_suite: suites.FrozenSuite, regre
         extra_inputs=[feedback] if feedback else [],
     )
     report = dataset.report
-    metadata = CuratedDatasetMetadata(
-        data_version=dataset.data_version,
+    metadata = CuratedDatasetMetadata.from_sources(
+        report, dataset,
         base_model_sha256=base.source_sha256,
-        rows_read=report.rows_read,
-        train_rows=report.train_rows,
-        validation_rows=report.validation_rows,
         quarantined_rows=sum(report.quarantined.values()),
         quarantine_reasons=report.quarantined,
         revoked_source_rows=report.revoked_removed,
         pii_replacements=report.pii_replacements,
-        duplicates_removed=report.duplicates_removed,
-        near_duplicates_removed=report.near_duplicates_removed,
-        contamination_removed=report.contamination_removed,
-        suite_rows_reserved=report.suite_rows_reserved,
-        truncation_rate=report.truncation_rate,
-        per_label_train=report.per_label_train,
-        per_slice_train=report.per_slice_train,
         dedup_audit=report.dedup_audit_markdown,
-        quarantine_path=str(dataset.quarantine_path),
         feedback_rows_in=sum(1 for _ in feedback.open()) if feedback else 0,
-        directory=str(dataset.directory),
     )
     yield dg.Output(dataset, data_version=dg.DataVersion(dataset.data_version), metadata=metadata.to_dagster())
     remaining = curation.contamination_between(spec, dataset, frozen)

@@ -14,7 +14,6 @@ as such.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, TypeVar
 
@@ -61,8 +60,7 @@ def _value(value: Any, kind: str | None) -> dg.MetadataValue:
     if isinstance(value, int):
         return dg.MetadataValue.int(value)
     if isinstance(value, float):
-        # Rounded for the reader of the UI; the exact numbers live in MLflow.
-        return dg.MetadataValue.float(value if math.isnan(value) else round(value, 4))
+        return dg.MetadataValue.float(value)
     return dg.MetadataValue.text(str(value))
 
 
@@ -72,6 +70,18 @@ class AssetMetadata:
 
     def to_dagster(self) -> dict[str, dg.MetadataValue]:
         return {f.name: _value(getattr(self, f.name), f.metadata.get(_KIND)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_sources(cls: type[T], *sources: object, **values: Any) -> T:
+        """The contract filled from `values`, then, field by field, from the first source object
+        that has an attribute of the field's name (a report, an adapter, an export result). A field
+        neither gives is a TypeError: nothing is left at a default."""
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                source = next((s for s in sources if hasattr(s, f.name)), None)
+                if source is not None:
+                    values[f.name] = getattr(source, f.name)
+        return cls(**values)
 
     @classmethod
     def from_dagster(cls: type[T], metadata: Mapping[str, Any]) -> T:

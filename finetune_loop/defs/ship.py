@@ -68,33 +68,23 @@ def gguf_export(
         run_tags={**run_tags(context), "model_version": candidate.version},
     )
     shipped = export.publish_export(tracker, candidate, result)
-    metadata = GgufExportMetadata(
+    metadata = GgufExportMetadata.from_sources(
+        result,
         model_name=candidate.name,
         model_version=candidate.version,
         shipped=shipped,
         failed_checks=", ".join(c.name for c in result.checks if not c.passed) or "none",
-        gguf_path=str(result.gguf_path),
-        quant_type=result.quant_type,
         file_size_mb=round(result.file_size_bytes / 2**20, 1),
-        unquantized_path=str(result.unquantized_path),
-        outtype=result.outtype,
-        outtype_reason=result.outtype_reason,
-        accuracy_gguf=result.accuracy_gguf,
-        accuracy_delta=result.accuracy_delta,
-        merged_accuracy=result.merged_accuracy,
         candidate_accuracy=eval_report.candidate_accuracy,
-        merge_max_abs_logit_diff=result.merge_max_abs_logit_diff,
-        adapter_was_qlora=result.adapter_was_qlora,
         variants=result.variants_markdown(),
         variant_stats={
             v.name: {"size_mb": round(v.size_bytes / 2**20, 1), "accuracy": v.accuracy, "accuracy_delta": v.accuracy_delta,
                      "generation_tokens_per_second": round(v.generation_tokens_per_second, 1)}
             for v in result.variants
         },
-        modelfile=str(result.variants[1].modelfile_path),
-        model_card=str(result.model_card_path),
+        modelfile=result.variants[1].modelfile_path,
+        model_card=result.model_card_path,
         export_seconds=result.seconds,
-        mlflow_run_id=result.mlflow_run_id,
         mlflow_run=mlflow_link(tracker, result.mlflow_run_id),
     )
     yield dg.Output(CandidateExport(candidate, result, shipped), metadata=metadata.to_dagster())

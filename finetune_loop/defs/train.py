@@ -59,23 +59,14 @@ def lora_adapter(
     except trainer.TrainingConfigError as exc:
         # A retry cannot fix the task file; only crashes and kills are worth retrying.
         raise dg.Failure(str(exc), allow_retries=False) from exc
-    metadata = LoraAdapterMetadata(
-        mlflow_run_id=adapter.mlflow_run_id,
+    metadata = LoraAdapterMetadata.from_sources(
+        adapter,
         mlflow_run=mlflow_link(tracker, adapter.mlflow_run_id),
         model_name=adapter.model_version.name,
         model_version=adapter.model_version.version,
         data_version=curated_dataset.data_version,
         base_model_sha256=base.source_sha256,
-        train_rows_used=adapter.train_rows_used,
-        steps=adapter.steps,
-        final_train_loss=adapter.final_train_loss,
-        validation_loss=adapter.validation_loss,
-        tokens_per_second=adapter.tokens_per_second,
-        train_seconds=adapter.train_seconds,
-        device=adapter.device,
-        resumed_from_step=adapter.resumed_from_step,
-        peak_memory_mb=adapter.peak_memory_mb,
-        loss_curve=str(adapter.loss_curve_path),
-        adapter_path=str(adapter.directory),
+        loss_curve=adapter.loss_curve_path,
+        adapter_path=adapter.directory,
     )
     return dg.Output(adapter, metadata=metadata.to_dagster())
