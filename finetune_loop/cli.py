@@ -20,6 +20,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from finetune_loop.core.common.home import HOME_ENV_VAR, LoopHome
+from finetune_loop.core.common.spec import TaskSpec, TaskSpecError, load_task_spec, task_spec_json_schema
+
+if TYPE_CHECKING:  # Dagster loads only when a command runs the graph, not for --help or rollback.
+    from finetune_loop.defs.metadata import (
+        ChampionModelMetadata,
+        CuratedDatasetMetadata,
+        DriftReportMetadata,
+        EvalReportMetadata,
+        GgufExportMetadata,
+        SuiteMetadata,
+    )
 
 EXIT_OK, EXIT_FAILED, EXIT_GATE_REFUSED = 0, 1, 2
 CURATION_ASSETS = ("labeled_examples", "base_model", "holdout_suite", "regression_suite", "curated_dataset")
@@ -29,12 +43,8 @@ SENSOR_CURSORS_FILE = "monitor_sensor_cursors.json"
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":
-        from finetune_loop.core.common.spec import task_spec_json_schema
-
         print(json.dumps(task_spec_json_schema(), indent=2))
         return EXIT_OK
-    from finetune_loop.core.common.spec import TaskSpecError
-
     try:
         session = Session.open(args.task, args.home)
     except TaskSpecError as exc:
@@ -77,14 +87,11 @@ class Session:
     sees them (FINETUNE_LOOP_HOME, and DAGSTER_HOME under it unless already set), so the runs a
     command makes are the ones `make ui` shows."""
 
-    spec: object
-    home: object
+    spec: TaskSpec
+    home: LoopHome
 
     @classmethod
     def open(cls, task_path: Path, home_dir: Path | None) -> "Session":
-        from finetune_loop.core.common.home import HOME_ENV_VAR, LoopHome
-        from finetune_loop.core.common.spec import load_task_spec
-
         spec = load_task_spec(task_path)
         if home_dir is not None:
             os.environ[HOME_ENV_VAR] = str(home_dir.resolve())
@@ -164,14 +171,14 @@ def run_loop(session: Session, args) -> int:
 class RunOutcome:
     """What a run materialized, read back through the metadata contract (None: not materialized)."""
 
-    checks: dict
-    curated: object = None
-    holdout: object = None
-    regression: object = None
-    eval_report: object = None
-    export: object = None
-    champion: object = None
-    drift: object = None
+    checks: dict[str, bool]
+    curated: "CuratedDatasetMetadata | None" = None
+    holdout: "SuiteMetadata | None" = None
+    regression: "SuiteMetadata | None" = None
+    eval_report: "EvalReportMetadata | None" = None
+    export: "GgufExportMetadata | None" = None
+    champion: "ChampionModelMetadata | None" = None
+    drift: "DriftReportMetadata | None" = None
 
     @classmethod
     def from_result(cls, result) -> "RunOutcome":
@@ -204,13 +211,13 @@ def _rate(value: float | None) -> str:
 def _summary(spec, home, run_id: str, run: RunOutcome, minutes: float, only_curation: bool) -> str:
     lines = ["", f"=== finetune-loop summary: {spec.name} (Dagster run {run_id}, {minutes:.1f} min) ==="]
     if run.curated is not None:
-        c = run.curated
+        data = run.curated
         lines += [
-            f"data        {c.rows_read} rows read -> {c.train_rows} train + {c.validation_rows} validation (version {c.data_version})",
-            f"            quarantined {c.quarantined_rows} {c.quarantine_reasons}; revoked sources {c.revoked_source_rows}; PII replaced {c.pii_replacements}",
-            f"            duplicates removed: {c.duplicates_removed} exact, {c.near_duplicates_removed} near; rows reserved for suites "
-            f"{c.suite_rows_reserved}; suite overlaps (contamination) removed {c.contamination_removed}; "
-            f"no_contamination {_passed(run.checks, 'no_contamination')}; truncation rate {c.truncation_rate:.3f}",
+            f"data        {data.rows_read} rows read -> {data.train_rows} train + {data.validation_rows} validation (version {data.data_version})",
+            f"            quarantined {data.quarantined_rows} {data.quarantine_reasons}; revoked sources {data.revoked_source_rows}; PII replaced {data.pii_replacements}",
+            f"            duplicates removed: {data.duplicates_removed} exact, {data.near_duplicates_removed} near; rows reserved for suites "
+            f"{data.suite_rows_reserved}; suite overlaps (contamination) removed {data.contamination_removed}; "
+            f"no_contamination {_passed(run.checks, 'no_contamination')}; truncation rate {data.truncation_rate:.3f}",
         ]
     for name, suite in (("holdout_suite", run.holdout), ("regression_suite", run.regression)):
         if suite is not None:
@@ -220,23 +227,24 @@ def _summary(spec, home, run_id: str, run: RunOutcome, minutes: float, only_cura
             lines.append("dedup audit\n" + run.curated.dedup_audit)
         return "\n".join(lines)
     if run.eval_report is not None:
-        e = run.eval_report
-        champion = "none yet" if e.champion_version is None else f"v{e.champion_version} ({_rate(e.champion_accuracy)})"
+        evaluation = run.eval_report
+        champion = "none yet" if evaluation.champion_version is None else f"v{evaluation.champion_version} ({_rate(evaluation.champion_accuracy)})"
         lines += [
-            f"accuracy    base {e.base_accuracy:.3f} -> tuned {e.candidate_accuracy:.3f} on {e.holdout_rows} frozen holdout rows",
-            f"layers      champion {champion}; regression pass rate {_rate(e.candidate_regression_pass_rate)}; "
-            f"probe pass rate {_rate(e.candidate_probe_pass_rate)}; frontier {e.frontier}",
-            f"gate        {e.gate}",
+            f"accuracy    base {evaluation.base_accuracy:.3f} -> tuned {evaluation.candidate_accuracy:.3f} on {evaluation.holdout_rows} frozen holdout rows",
+            f"layers      champion {champion}; regression pass rate {_rate(evaluation.candidate_regression_pass_rate)}; "
+            f"probe pass rate {_rate(evaluation.candidate_probe_pass_rate)}; frontier {evaluation.frontier}",
+            f"gate        {evaluation.gate}",
         ]
     else:
         lines.append("accuracy    not evaluated (a step before eval_report failed; see the Dagster run)")
     if run.export is not None:
-        x = run.export
+        export = run.export
         lines += [
-            f"gguf        v{x.model_version}: {x.gguf_path} ({x.quant_type}, {x.file_size_mb} MB); llama.cpp accuracy {x.accuracy_gguf:.3f} "
-            f"(delta {x.accuracy_delta:+.3f} vs merged model); {'ships' if x.shipped else 'NOT shipped, failed ' + x.failed_checks}",
+            f"gguf        v{export.model_version}: {export.gguf_path} ({export.quant_type}, {export.file_size_mb} MB); llama.cpp accuracy "
+            f"{export.accuracy_gguf:.3f} (delta {export.accuracy_delta:+.3f} vs merged model); "
+            f"{'ships' if export.shipped else 'NOT shipped, failed ' + export.failed_checks}",
             "            " + "; ".join(f"{name} {_passed(run.checks, name)}" for name in ("matches_merged_model", "quant_within_budget", "chat_template_roundtrip")),
-            "            " + x.variants.replace("\n", "\n            "),
+            "            " + export.variants.replace("\n", "\n            "),
         ]
     else:
         lines.append("gguf        not exported in this run")
