@@ -301,6 +301,17 @@ def test_a_gguf_that_fails_its_checks_is_never_promoted_and_the_old_champion_kee
     assert not (bundle / "tiny_triage-Q8_0.gguf").exists()
 
 
+def test_every_run_carries_the_hash_of_the_spec_it_ran(loop_state):
+    from finetune_loop.core.common.spec import load_task_spec
+
+    runs = loop_state["instance"].get_runs(ascending=True)
+    # Launched by the CLI with the tag, or (the hand-picked runs) tagged at their first step.
+    assert len(runs) >= 6 and all(run.tags.get("finetune_loop/spec_sha256") for run in runs)
+    assert runs[0].tags["finetune_loop/spec_sha256"] == load_task_spec(loop_state["task"]).spec_sha256
+    home = loop_state["home"].root
+    assert {path.stem for path in (home / "run_specs").glob("*.yaml")} >= {run.run_id for run in runs[:3]}
+
+
 def test_hand_picked_export_or_promotion_refuses_what_the_gates_refused(loop_state):
     hand_picked = loop_state["hand_picked"]
     succeeded, message = hand_picked["gguf_export"]

@@ -97,6 +97,14 @@ def _read(entry: Any) -> Any:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrackedMetadata(AssetMetadata):
+    """An asset whose work is an MLflow run: its id, and a link that opens it in the MLflow UI."""
+
+    mlflow_run_id: str
+    mlflow_run: str = url_field()
+
+
+@dataclass(frozen=True, kw_only=True)
 class SuiteMetadata(AssetMetadata):
     asset: ClassVar[str] = "holdout_suite / regression_suite"
     content_hash: str
@@ -133,10 +141,8 @@ class CuratedDatasetMetadata(AssetMetadata):
 
 
 @dataclass(frozen=True, kw_only=True)
-class LoraAdapterMetadata(AssetMetadata):
+class LoraAdapterMetadata(TrackedMetadata):
     asset: ClassVar[str] = "lora_adapter"
-    mlflow_run_id: str
-    mlflow_run: str = url_field()
     model_name: str
     model_version: str
     data_version: str
@@ -155,7 +161,7 @@ class LoraAdapterMetadata(AssetMetadata):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalReportMetadata(AssetMetadata):
+class EvalReportMetadata(TrackedMetadata):
     asset: ClassVar[str] = "eval_report"
     primary_metric: str
     base_accuracy: float
@@ -171,8 +177,6 @@ class EvalReportMetadata(AssetMetadata):
     gate_lines: str = markdown_field()
     holdout_rows: int
     frontier: str
-    mlflow_run_id: str
-    mlflow_run: str = url_field()
     eval_seconds: float
     table: str = markdown_field()
     chart: str = markdown_field()
@@ -181,7 +185,7 @@ class EvalReportMetadata(AssetMetadata):
 
 
 @dataclass(frozen=True, kw_only=True)
-class GgufExportMetadata(AssetMetadata):
+class GgufExportMetadata(TrackedMetadata):
     asset: ClassVar[str] = "gguf_export"
     model_name: str
     model_version: str
@@ -205,8 +209,6 @@ class GgufExportMetadata(AssetMetadata):
     modelfile: str = path_field()
     model_card: str = path_field()
     export_seconds: float
-    mlflow_run_id: str
-    mlflow_run: str = url_field()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,7 +223,7 @@ class ChampionModelMetadata(AssetMetadata):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DriftReportMetadata(AssetMetadata):
+class DriftReportMetadata(TrackedMetadata):
     asset: ClassVar[str] = "drift_report"
     drift_detected: bool
     signals_fired: str
@@ -241,5 +243,3 @@ class DriftReportMetadata(AssetMetadata):
     window: str
     window_end: str
     columns: dict = json_field()
-    mlflow_run_id: str
-    mlflow_run: str = url_field()

@@ -5,7 +5,8 @@ One spec per run: the first step of a run snapshots the task file's text under t
 (`run_specs/<run id>.yaml`); every later step of that run, in this process or another, loads the
 snapshot, so an edit to the task file during a run cannot mix two specs. A run launched with tag
 `finetune_loop/spec_sha256` (the CLI, the sensors and the schedule set it) refuses to start on a
-task file whose hash differs from the one it was launched for.
+task file whose hash differs from the one it was launched for; a run launched without it (from the
+UI) is tagged with the hash of the snapshot it runs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class LoopResource(dg.ConfigurableResource):
         run = context.dagster_run
         if run is not None:
             self._spec = self._run_spec(run.run_id, run.tags.get(SPEC_HASH_TAG))
+            # A run launched without the tag (from the UI, or one asset picked by hand) gets it here,
+            # so every run says which spec it ran.
+            if SPEC_HASH_TAG not in run.tags and context.instance is not None:
+                context.instance.add_run_tags(run.run_id, {SPEC_HASH_TAG: self._spec.spec_sha256, TASK_TAG: self._spec.name})
 
     def _run_spec(self, run_id: str, launched_hash: str | None) -> TaskSpec:
         snapshot = self.loop_home().root / "run_specs" / f"{run_id}.yaml"
