@@ -116,3 +116,14 @@ def test_schema_and_loader_reject_the_same_out_of_range_value(tmp_path):
 if __name__ == "__main__":
     regenerate_readme()
     print(f"{README}: task key table regenerated")
+
+
+def test_schema_command_prints_the_json_schema_editors_validate_with(capsys):
+    import json
+
+    from finetune_loop.cli import EXIT_OK, main
+
+    assert main(["schema"]) == EXIT_OK
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == task_spec_json_schema()
+    assert printed["$schema"].startswith("https://json-schema.org/")
