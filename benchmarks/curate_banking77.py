@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from finetune_loop.core.common.spec import load_task_spec
-from finetune_loop.core.data import contamination, curation, suites
+from finetune_loop.core.data import curation, suites
 from finetune_loop.core.train import base_model, prompts
 
 TASK = Path(__file__).with_name("banking77_task.yaml")
@@ -49,7 +49,7 @@ def main() -> int:
         dataset = curation.curate_dataset(spec, [holdout, regression], home / "datasets", token_length=token_length)
         timings["curate_dataset"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        remaining = contamination.contamination_between(spec, dataset, [holdout, regression])
+        remaining = curation.contamination_between(spec, dataset, [holdout, regression])
         timings["no_contamination check"] = time.perf_counter() - clock
         total = sum(timings.values())
 
