@@ -153,11 +153,11 @@ def baseline_trainer(spec, base_dir: Path, rows: list[Example], out_dir: Path, *
     return Trainer(model=get_peft_model(model, lora), args=args, train_dataset=dataset, data_collator=collate, processing_class=tokenizer)
 
 
-def computed_tokens(trainer, input_ids: torch.Tensor) -> int:
+def computed_tokens(arm_trainer, input_ids: torch.Tensor) -> int:
     """Token positions the forward pass computes, padding included; the shared prefix counts once."""
-    prefix = getattr(trainer, "prefix_length", 0)
+    prefix = getattr(arm_trainer, "prefix_length", 0)
     rows, width = input_ids.shape
-    return prefix + rows * (width - prefix) if prefix and trainer._shares_prefix(input_ids) else rows * width
+    return prefix + rows * (width - prefix) if prefix and arm_trainer._shares_prefix(input_ids) else rows * width
 
 
 class PeakRss:
