@@ -17,14 +17,40 @@ One JSON object per line:
 
 Only `feedback.label` may become a training label. A flag such as a thumbs-down says something
 went wrong, not what was right, so it never turns into a label on its own.
+
+Hostile input: no single line can stop, blind or move the loop. Every line that is not a usable
+request becomes a quarantine entry `{"file", "line", "reason": "<kind>: <detail>", "row"}`; only
+empty (or space/tab/CR only) lines are passed over. The rules:
+
+- Lines are split on `\\n` only (a trailing `\\r` is dropped), as bytes, and each line is decoded on
+  its own, so U+2028, U+2029 or U+0085 inside a JSON string never splits a row or shifts the line
+  numbers of the rows after it. A UTF-8 byte-order mark at the start of a file is tolerated.
+- "not UTF-8": a line that is not valid UTF-8 (the rest of the file is kept); its `row` is the text
+  with the bad bytes as `\\xNN` escapes.
+- "malformed JSON": not JSON (NaN and Infinity included), "nested too deep" (more than MAX_JSON_DEPTH levels of arrays and
+  objects), "duplicate key '<k>'" in any object, or "lone surrogate" (an unpaired `\\ud800`-style
+  escape in any key or string). For these `row` is the raw line.
+- "bad timestamp": not ISO 8601, or without a time zone. A naive timestamp is rejected, never
+  assumed to be UTC: the serving layer's local time is unknowable here.
+- "timestamp in the future": later than `now + MAX_CLOCK_SKEW` (now: the wall clock unless the
+  caller passes `now`), so one row stamped 2099 can neither anchor `ProductionLog.window` nor move
+  the feedback sensor's cursor.
+- "not a .jsonl file": in a directory log, `*.jsonl` files are read whatever the suffix's case
+  (`.JSONL` too); every other entry (a `.json` file, a sub-directory, a broken link ...) is a
+  quarantine entry with `"line": None` (also listed by `ProductionLog.skipped`), and
+  `log_data_version` covers those entries as well as the files read.
+
+So for every file read, records + quarantined lines + blank lines = the lines in the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +58,12 @@ from finetune_loop.core.common.files import sha256_file, write_jsonl
 from finetune_loop.core.common.spec import FieldMapping, TaskSpec
 
 FEEDBACK_SOURCE = "production_feedback"
+# A request stamped later than now + MAX_CLOCK_SKEW is quarantined ("timestamp in the future").
+MAX_CLOCK_SKEW = timedelta(hours=1)
+# Arrays and objects nested deeper than this are quarantined ("malformed JSON: nested too deep").
+MAX_JSON_DEPTH = 64
+_BOM = b"\xef\xbb\xbf"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,12 @@ class ProductionLog:
     files: list[Path] = field(default_factory=list)
 
     @property
+    def skipped(self) -> list[dict]:
+        """The entries of a directory log that were not read (not `*.jsonl` files): quarantine
+        entries with `"line": None`."""
+        return [q for q in self.quarantine if q.get("line") is None]
+
+    @property
     def texts(self) -> list[str]:
         return [r.text for r in self.records]
 
@@ -67,56 +105,195 @@ class ProductionLog:
         return max(self.records, key=lambda r: r.timestamp).timestamp.isoformat() if self.records else None
 
     def window(self, days: float, end: datetime | None = None) -> "ProductionLog":
-        """The records of the `days` before `end` (default: the newest record), quarantine kept whole."""
+        """The records of the `days` before `end` (default: the newest record), quarantine kept whole.
+        The newest record is never later than the reader's now + MAX_CLOCK_SKEW, so one row stamped
+        in the future cannot move the window."""
         if not self.records:
             return self
         end = end or max(r.timestamp for r in self.records)
-        start = end - timedelta(days=days)
-        kept = [r for r in self.records if start < r.timestamp <= end]
+        try:
+            start: datetime | None = end - timedelta(days=days)
+        except OverflowError:  # an end near year 1: the window reaches back to the start of time
+            start = None
+        kept = [r for r in self.records if (start is None or start < r.timestamp) and r.timestamp <= end]
         return ProductionLog(kept, self.quarantine, self.files)
 
     def labelled(self) -> list[ProductionRecord]:
         return [r for r in self.records if r.feedback_label is not None]
 
 
+def _is_log_file(entry: Path) -> bool:
+    return entry.suffix.lower() == ".jsonl" and entry.is_file()
+
+
 def log_files(path: Path) -> list[Path]:
-    """The `.jsonl` files of the log in name order (a single file is a log of one file)."""
+    """The `*.jsonl` files of the log (suffix in any case) in name order (a single file is a log of
+    one file)."""
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.glob("*.jsonl") if p.is_file())
+        return sorted(p for p in path.iterdir() if _is_log_file(p))
     raise FileNotFoundError(f"production log not found: {path}")
 
 
+def skipped_entries(path: Path) -> list[Path]:
+    """The entries of a directory log that are not read: everything but its `*.jsonl` files."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if not _is_log_file(p))
+    if path.is_file():
+        return []
+    raise FileNotFoundError(f"production log not found: {path}")
+
+
+def _skip_reason(entry: Path) -> str:
+    if entry.is_dir():
+        kind = "a directory"
+    elif entry.is_file():
+        kind = f"a {entry.suffix or 'suffix-less'} file, only *.jsonl files are read"
+    elif entry.is_symlink():
+        kind = "a broken link"
+    else:
+        kind = "not a regular file"
+    return f"not a .jsonl file: {entry.name!r} is {kind}"
+
+
+def _entry_fingerprint(entry: Path) -> str:
+    """What of a skipped entry the data version covers: a file's content, a directory's listing
+    (relative paths and sizes), else its kind."""
+    if entry.is_file():
+        return sha256_file(entry)
+    if entry.is_dir():
+        listing = hashlib.sha256()
+        for sub in sorted(entry.rglob("*")):
+            size = sub.stat().st_size if sub.is_file() else -1
+            listing.update(f"{sub.relative_to(entry).as_posix()}\0{size}\n".encode("utf-8", "backslashreplace"))
+        return "dir:" + listing.hexdigest()
+    return "other"
+
+
 def log_data_version(path: Path) -> str:
-    """Changes when a file arrives, disappears or changes: a hash over every file's name and content."""
+    """Changes when a file arrives, disappears or changes: a hash over every read file's name and
+    content and over every skipped entry (see `skipped_entries`), so a `.json` file or a
+    sub-directory dropped into the log changes the version too."""
     digest = hashlib.sha256()
     for file in log_files(path):
-        digest.update(f"{file.name}\0{sha256_file(file)}\n".encode())
+        digest.update(f"{file.name}\0{sha256_file(file)}\n".encode("utf-8", "backslashreplace"))
+    for entry in skipped_entries(path):
+        digest.update(f"skipped\0{entry.name}\0{_entry_fingerprint(entry)}\n".encode("utf-8", "backslashreplace"))
     return digest.hexdigest()[:16]
 
 
-def read_production_log(path: Path, input_field: str = "text", labels: Sequence[str] | None = None) -> ProductionLog:
-    """Every usable request of the log; each rejected line is quarantined with "<kind>: <detail>".
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    row: dict = {}
+    for key, value in pairs:
+        if key in row:
+            raise _DuplicateKey(key)
+        row[key] = value
+    return row
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _json_problem(value: object) -> str | None:
+    """Too deep or a lone surrogate anywhere in a parsed row (walked without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                return "lone surrogate in a string"
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return f"nested too deep (more than {MAX_JSON_DEPTH} levels)"
+            if isinstance(item, dict):
+                for key, sub in item.items():
+                    if _LONE_SURROGATE.search(key):
+                        return f"lone surrogate in key {key!r}"
+                    stack.append((sub, depth + 1))
+            else:
+                stack.extend((sub, depth + 1) for sub in item)
+    return None
+
+
+def _parse_line(text: str) -> tuple[object, str | None]:
+    """The JSON value of one line, or a "malformed JSON: <detail>" reason."""
+    try:
+        row = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except _DuplicateKey as exc:
+        return None, f"malformed JSON: duplicate key {exc.args[0]!r}"
+    except json.JSONDecodeError as exc:
+        return None, f"malformed JSON: {exc.msg}"
+    except ValueError as exc:  # NaN/Infinity, an integer of more digits than Python converts
+        return None, f"malformed JSON: {exc}"
+    except RecursionError:
+        return None, f"malformed JSON: nested too deep (more than {MAX_JSON_DEPTH} levels)"
+    problem = _json_problem(row)
+    return (None, f"malformed JSON: {problem}") if problem else (row, None)
+
+
+def _lines(file: Path):
+    """(line number, bytes) per line: split on b"\\n" only, a trailing b"\\r" dropped, a leading
+    byte-order mark of the file dropped."""
+    data = file.read_bytes()
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+        yield line_no, raw[:-1] if raw.endswith(b"\r") else raw
+
+
+def read_production_log(
+    path: Path,
+    input_field: str = "text",
+    labels: Sequence[str] | None = None,
+    *,
+    now: datetime | None = None,
+) -> ProductionLog:
+    """Every usable request of the log; each rejected line is quarantined with "<kind>: <detail>"
+    (the rules are in the module docstring), and so is every entry of a directory log that is not
+    a `*.jsonl` file (with `"line": None`).
 
     With `labels`, a prediction or feedback label outside the task's label set is rejected too.
+    A timestamp later than `now` (default: the wall clock) + MAX_CLOCK_SKEW is rejected.
     """
+    if now is None:
+        now = datetime.now(timezone.utc)
+    elif now.tzinfo is None:
+        raise ValueError(f"now must carry a time zone, got {now.isoformat()}")
+    latest = now + MAX_CLOCK_SKEW
     files = log_files(path)
     records: list[ProductionRecord] = []
-    quarantine: list[dict] = []
+    quarantine: list[dict] = [
+        {"file": entry.name, "line": None, "reason": _skip_reason(entry), "row": None} for entry in skipped_entries(path)
+    ]
     first_seen: dict[str, str] = {}
     allowed = set(labels) if labels is not None else None
     for file in files:
-        for line_no, raw in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-            if not raw.strip():
+        for line_no, raw in _lines(file):
+            if not raw.strip(b" \t\r"):
                 continue
             where = f"{file.name}:{line_no}"
             try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                quarantine.append({"file": file.name, "line": line_no, "reason": f"malformed JSON: {exc.msg}", "row": raw})
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reason = f"not UTF-8: byte 0x{raw[exc.start]:02x} at position {exc.start} ({exc.reason})"
+                quarantine.append({"file": file.name, "line": line_no, "reason": reason, "row": raw.decode("utf-8", "backslashreplace")})
+                continue
+            row, problem = _parse_line(text)
+            if problem is not None:
+                quarantine.append({"file": file.name, "line": line_no, "reason": problem, "row": text})
                 continue
             record, problem = _parse_row(row, input_field, allowed)
+            if problem is None and record.timestamp > latest:
+                problem = (
+                    f"timestamp in the future: {row['timestamp']!r} is later than {now.isoformat()} "
+                    f"+ {MAX_CLOCK_SKEW} of allowed clock skew"
+                )
             if problem is None and record.request_id in first_seen:
                 problem = f"duplicate request_id: {record.request_id!r} first seen at {first_seen[record.request_id]}"
             if problem is not None:
@@ -146,8 +323,10 @@ def _parse_row(row: object, input_field: str, allowed: set[str] | None) -> tuple
     if prediction is not None and (not isinstance(prediction, str) or (allowed is not None and prediction not in allowed)):
         return None, f"unknown prediction: {prediction!r} is not a task label"
     latency = row.get("latency_ms")
-    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float)) or latency < 0):
-        return None, f"bad latency_ms: {latency!r} is not a number >= 0"
+    if latency is not None and (
+        isinstance(latency, bool) or not isinstance(latency, (int, float)) or not math.isfinite(latency) or latency < 0
+    ):
+        return None, f"bad latency_ms: {latency!r} is not a finite number >= 0"
     feedback = row.get("feedback")
     feedback_label = feedback_source = None
     if feedback is not None:
