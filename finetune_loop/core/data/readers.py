@@ -11,8 +11,9 @@ and nothing here knows a task's field mapping.
 from __future__ import annotations
 
 import csv
-import io
 import json
+import re
+import threading
 from pathlib import Path
 
 from finetune_loop.core.common.examples import (
@@ -48,26 +49,110 @@ def _load_hub_dataset(hub_id: str):
     return dataset
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict, str | None]]:
+def _read_rows(path: Path, required_column: str | None = None) -> list[tuple[int, dict, str | None]]:
     """(row number, parsed row, problem) per data row; parse errors become problems, not crashes.
 
     Formats: `.jsonl`, `.csv`, `.parquet`, or a directory written by Hugging Face
-    `datasets.save_to_disk` (its `train` split when it holds several)."""
+    `datasets.save_to_disk` (its `train` split when it holds several). `required_column` (the
+    task's input field) must be a column of a CSV or Parquet file: without it the whole file is
+    unusable (a wrong delimiter, a renamed column), which raises `CurationError` rather than
+    quarantining every row."""
     if path.is_dir():
         return _read_hf_dataset_dir(path)
-    readers = {".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        raise CurationError(
-            f"unsupported labeled examples format {path.suffix.lower()!r} for {path}; use .jsonl, .csv, .parquet "
-            "or a datasets.save_to_disk directory"
-        )
-    return reader(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".csv":
+        return _read_csv(path, required_column)
+    if suffix == ".parquet":
+        return _read_parquet(path, required_column)
+    raise CurationError(
+        f"unsupported labeled examples format {suffix!r} for {path}; use .jsonl, .csv, .parquet "
+        "or a datasets.save_to_disk directory"
+    )
+
+
+# Deeper rows than this are quarantined: nothing the loop trains on nests this deep, and a deeper
+# one would only risk a RecursionError in some later json.dumps or comparison.
+MAX_JSON_DEPTH = 100
+_BOM = b"\xef\xbb\xbf"
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    row: dict = {}
+    for key, value in pairs:
+        if key in row:
+            raise _DuplicateKey(key)
+        row[key] = value
+    return row
+
+
+def loads_strict(text: str) -> object:
+    """`json.loads`, except that a duplicate key raises `_DuplicateKey` instead of the last one
+    silently winning. Other failures are `json.JSONDecodeError`, `RecursionError` or `ValueError`."""
+    return json.loads(text, object_pairs_hook=_pairs_without_duplicates)
+
+
+def json_problem(text: str) -> tuple[object, str | None]:
+    """(parsed value, None), or (None, "malformed JSON: <detail>") for text that does not parse
+    cleanly: a syntax error, a duplicate key, nesting too deep, or a number Python refuses."""
+    try:
+        value = loads_strict(text)
+    except _DuplicateKey as exc:
+        return None, f"malformed JSON: duplicate key {exc.key!r}"
+    except json.JSONDecodeError as exc:
+        return None, f"malformed JSON: {exc.msg} at column {exc.colno}"
+    except RecursionError:
+        return None, "malformed JSON: nested too deep"
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        return None, f"malformed JSON: {exc}"
+    if _depth_exceeds(value, MAX_JSON_DEPTH):
+        return None, f"malformed JSON: nested too deep (more than {MAX_JSON_DEPTH} levels)"
+    return value, None
+
+
+def _depth_exceeds(value: object, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def find_lone_surrogate(value: object, field: str | None = None) -> tuple[str | None, str] | None:
+    """(field, character) of the first lone surrogate (U+D800..U+DFFF) in a string, key or nested
+    value, or None. JSON can escape one (`"\\ud800"`); no tokenizer or UTF-8 file can hold it."""
+    stack = [(value, field)]
+    while stack:
+        item, name = stack.pop()
+        if isinstance(item, str):
+            for ch in item:
+                if "\ud800" <= ch <= "\udfff":
+                    return name, ch
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, name if name is not None else (key if isinstance(key, str) else repr(key))))
+                stack.append((child, name if name is not None else (key if isinstance(key, str) else repr(key))))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, name) for child in item)
+    return None
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict, str | None]]:
     rows: list[tuple[int, dict, str | None]] = []
-    for line_no, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+    data = path.read_bytes()
+    if data.startswith(_BOM):  # utf-8-sig: a BOM from a Windows editor is not part of the first row
+        data = data[len(_BOM):]
+    for line_no, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -75,46 +160,167 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict, str | None]]:
         except UnicodeDecodeError as exc:
             rows.append((line_no, {"raw": raw.decode("utf-8", "replace")}, f"not valid UTF-8: {exc.reason} at byte {exc.start}"))
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rows.append((line_no, {"raw": line}, f"malformed JSON: {exc.msg} at column {exc.colno}"))
+        row, problem = json_problem(line)
+        if problem is not None:
+            rows.append((line_no, {"raw": line}, problem))
             continue
         if not isinstance(row, dict):
             rows.append((line_no, {"raw": line}, f"not a JSON object: got {type(row).__name__}"))
+            continue
+        surrogate = find_lone_surrogate(row)
+        if surrogate is not None:
+            rows.append((line_no, {"raw": line}, f"invalid Unicode: lone surrogate U+{ord(surrogate[1]):04X} in field {surrogate[0]!r}"))
             continue
         rows.append((line_no, row, None))
     return rows
 
 
-def _read_csv(path: Path) -> list[tuple[int, dict, str | None]]:
-    # surrogateescape keeps undecodable bytes as lone surrogates, so the one row holding them is
-    # quarantined ("not valid UTF-8") while the rest of the file is read.
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+_csv_limit_lock = threading.Lock()
+
+
+class _LineFeed:
+    """Physical lines for csv.reader, with a position that can be rewound to re-read lines."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        self.pos = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _physical_lines(text: str) -> list[str]:
+    # The line breaks io.StringIO(newline="") splits on (\r\n, \n, \r), kept on each line.
+    return re.findall(r"[^\r\n]*(?:\r\n|\n|\r)|[^\r\n]+\Z", text)
+
+
+def _looks_like_record(line: str, width: int) -> bool:
+    """A physical line that parses on its own into exactly `width` cells with its quotes balanced:
+    inside a multi-line cell it is most likely a record swallowed by an unclosed quote."""
+    if line.count('"') % 2:
+        return False
+    try:
+        cells = next(csv.reader([line]), [])
+    except csv.Error:
+        return False
+    return len(cells) == width
+
+
+def _read_csv(path: Path, required_column: str | None = None) -> list[tuple[int, dict, str | None]]:
+    # utf-8-sig drops a BOM (or it would become part of the first header name); surrogateescape
+    # keeps undecodable bytes as lone surrogates, so the one row holding them is quarantined
+    # ("not valid UTF-8") while the rest of the file is read.
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    lines = _physical_lines(text)
+    # No cell can be longer than the file: with that limit the csv module never raises on a long
+    # cell, and the length checks downstream quarantine an over-long row like any other.
+    with _csv_limit_lock:
+        previous = csv.field_size_limit()
+        csv.field_size_limit(max(previous, len(text) + 1))
+        try:
+            return _parse_csv(path, lines, required_column)
+        finally:
+            csv.field_size_limit(previous)
+
+
+def _parse_csv(path: Path, lines: list[str], required_column: str | None) -> list[tuple[int, dict, str | None]]:
+    feed = _LineFeed(lines)
+    reader = csv.reader(feed)
+    header: list[str] | None = None
+    while header is None:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return []
+        except csv.Error as exc:
+            raise CurationError(f"{path}: the CSV header cannot be parsed: {exc}") from exc
+        if cells:
+            header = cells
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise CurationError(f"{path}: the CSV header names {', '.join(repr(n) for n in duplicated)} more than once; header: {header!r}")
+    if required_column is not None and required_column not in header:
+        raise CurationError(_missing_column_message(path, lines, header, required_column))
+    width = len(header)
     rows: list[tuple[int, dict, str | None]] = []
-    # newline="" keeps quoted multi-line cells inside their row.
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    for row in reader:
-        line_no = reader.line_num
-        if None in row:  # more cells than header columns
-            rows.append((line_no, {k: v for k, v in row.items() if k is not None}, "malformed CSV: more cells than header columns"))
-        elif any(value is None for value in row.values()):
-            rows.append((line_no, {k: v for k, v in row.items() if v is not None}, "malformed CSV: fewer cells than header columns"))
+    while feed.pos < len(lines):
+        start = feed.pos  # index of the record's first physical line
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            rows.append((start + 1, {"raw": lines[start]}, f"malformed CSV: {exc}"))
+            feed.pos = start + 1
+            reader = csv.reader(feed)
+            continue
+        end = feed.pos  # one past its last physical line
+        if not cells:
+            continue  # a blank line, as csv.DictReader skips it
+        if end - start > 1:
+            swallowed = [i for i in range(start + 1, end) if _looks_like_record(lines[i], width)]
+            if swallowed or len(cells) != width:
+                # A quote opened on this line and closed (if ever) lines later: quarantine this line
+                # and read the lines it swallowed again as records of their own.
+                detail = f"{len(swallowed)} following line(s) that look like records" if swallowed else f"{end - start - 1} following line(s)"
+                rows.append((start + 1, {"raw": lines[start]}, f"malformed CSV: unclosed quote on line {start + 1} runs over {detail}; they are read again on their own"))
+                feed.pos = start + 1
+                continue
+        line_no = end
+        row = dict(zip(header, cells))
+        if len(cells) > width:
+            rows.append((line_no, row, "malformed CSV: more cells than header columns"))
+        elif len(cells) < width:
+            rows.append((line_no, row, "malformed CSV: fewer cells than header columns"))
         else:
             rows.append((line_no, row, None))
     return rows
 
 
-def _read_parquet(path: Path) -> list[tuple[int, dict, str | None]]:
+def _missing_column_message(path: Path, lines: list[str], header: list[str], column: str) -> str:
+    sample = "".join(lines[:20])
+    try:
+        delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+        guess = f"the file seems to use {delimiter!r} as its delimiter" + (" (the loop reads comma-separated CSV)" if delimiter != "," else "")
+    except csv.Error:
+        guess = "its delimiter could not be determined"
+    return f"{path}: the CSV header has no {column!r} column (the task's input field); found header {header!r}; {guess}"
+
+
+def _python_value(value: object) -> object:
+    """numpy scalars and arrays (list columns) as plain Python values, so validation's checks and
+    comparisons see str, int, list and dict rather than numpy types."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return [_python_value(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [_python_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _python_value(v) for k, v in value.items()}
+    return value
+
+
+def _read_parquet(path: Path, required_column: str | None = None) -> list[tuple[int, dict, str | None]]:
     import pandas as pd
 
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise CurationError(f"{path} is not a readable Parquet file: {exc}") from exc
+    if required_column is not None and required_column not in frame.columns:
+        raise CurationError(f"{path}: the Parquet file has no {required_column!r} column (the task's input field); its columns: {list(map(str, frame.columns))!r}")
     # NaN means "missing" in a Parquet column; validation expects None for that.
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return [(index, row, None) for index, row in enumerate(records, start=1)]
+    return [(index, {k: _python_value(v) for k, v in row.items()}, None) for index, row in enumerate(records, start=1)]
 
 
 def _read_hf_dataset_dir(path: Path) -> list[tuple[int, dict, str | None]]:

@@ -9,8 +9,11 @@ curation, suite freezing and the traffic simulator all read labelled rows throug
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import difflib
 import json
+import math
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,13 @@ from finetune_loop.core.common.examples import (
     Example,
 )
 from finetune_loop.core.common.spec import TaskSpec
-from finetune_loop.core.data.readers import CurationError, _read_hub_dataset, _read_rows
+from finetune_loop.core.data.readers import (
+    CurationError,
+    _read_hub_dataset,
+    _read_rows,
+    find_lone_surrogate,
+    json_problem,
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ def read_labeled_examples(spec: TaskSpec, path: Path | None = None) -> tuple[lis
         path = path or spec.labeled_examples_path
         if not path.exists():
             raise CurationError(f"labeled examples file not found: {path} (named in {spec.spec_path})")
-        raw_rows = _read_rows(path)
+        raw_rows = _read_rows(path, required_column=spec.fields.input)
         origin = path.name
     sources = load_sources(spec.sources_path)
     examples: list[Example] = []
@@ -75,7 +84,9 @@ def read_labeled_examples(spec: TaskSpec, path: Path | None = None) -> tuple[lis
         if problem is None and example.id in seen_ids:
             problem = f"duplicate id: {example.id!r} already used by an earlier row"
         if problem is not None:
-            quarantine.append({"line": line_no, "reason": problem, "row": row})
+            # The row as read, made JSON-safe (bytes, timestamps, numpy values from Parquet) so the
+            # quarantine file can always be written.
+            quarantine.append({"line": line_no, "reason": problem, "row": json_safe(row)})
             continue
         seen_ids.add(example.id)
         examples.append(example)
@@ -85,6 +96,14 @@ def read_labeled_examples(spec: TaskSpec, path: Path | None = None) -> tuple[lis
 def _validate_row(spec: TaskSpec, row: dict, default_id: str, sources: dict[str, Source] | None) -> tuple[Example | None, str | None]:
     """(example, None) for a usable row, (None, "<kind>: <detail>") for a rejected one."""
     fields = spec.fields
+    surrogate = find_lone_surrogate(row)
+    if surrogate is not None:
+        field, ch = surrogate
+        if "\udc80" <= ch <= "\udcff":  # an undecodable byte kept by surrogateescape (CSV)
+            if field == fields.input:
+                return None, "not valid UTF-8: the input holds bytes that do not decode"
+            return None, f"not valid UTF-8: field {field!r} holds bytes that do not decode"
+        return None, f"invalid Unicode: lone surrogate U+{ord(ch):04X} in field {field!r}"
     text = row.get(fields.input)
     raw_id = row.get(fields.id) if fields.id else None
     if raw_id not in (None, "") and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))):
@@ -151,10 +170,12 @@ def _validate_answer(spec: TaskSpec, row: dict) -> tuple[str | None, str | None]
             return None, "control characters in target"
         return value.strip(), None
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            return None, f"malformed JSON target: {exc.msg} at column {exc.colno}"
+        value, problem = json_problem(value)
+        if problem is not None:
+            return None, "malformed JSON target: " + problem.partition(": ")[2]
+        surrogate = find_lone_surrogate(value)
+        if surrogate is not None:
+            return None, f"invalid Unicode: lone surrogate U+{ord(surrogate[1]):04X} in the JSON target"
     if not isinstance(value, (dict, list)):
         return None, f"JSON target not an object or array: got {type(value).__name__}"
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")), None
@@ -168,3 +189,42 @@ def reason_kind(reason: str) -> str:
     """Every quarantine reason reads "<kind>: <detail>"; counts group by kind, the detail stays in
     the quarantine file."""
     return reason.partition(":")[0]
+
+
+_MAX_SAFE_DEPTH = 50
+
+
+def json_safe(value: object, _depth: int = 0) -> object:
+    """`value` with every part JSON-serialisable, for a quarantine row: bytes as a short hex
+    string, dates and timestamps as ISO strings, numpy and Arrow scalars as Python values,
+    anything else unknown as its repr. Strings, numbers, None, lists and dicts stay as they are."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if _depth > _MAX_SAFE_DEPTH:
+        return repr(value)[:200]
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(json_safe(k, _depth + 1)): json_safe(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v, _depth + 1) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        shown = raw[:64].hex()
+        return f"<{len(raw)} bytes: {shown}{'...' if len(raw) > 64 else ''}>"
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):  # pandas.Timestamp is a datetime
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    for method in ("tolist", "as_py", "item"):  # numpy arrays and scalars, Arrow scalars
+        convert = getattr(value, method, None)
+        if callable(convert):
+            try:
+                converted = convert()
+            except Exception:  # a scalar that refuses conversion still gets its repr below
+                continue
+            if converted is not value:
+                return json_safe(converted, _depth + 1)
+    return repr(value)[:200]
