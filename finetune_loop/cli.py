@@ -14,6 +14,7 @@ a step failed.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -110,6 +111,22 @@ class Session:
 
         return build_definitions(str(self.spec.spec_path), str(self.home.root))
 
+    def execute(self, job, instance, name: str, tags: dict[str, str]):
+        """Run `job` in-process with Dagster's event log, warnings and progress bars going to a log
+        file under the state directory instead of the terminal; print one line per failed step with
+        the error's own message, and where the whole trace is."""
+        log_dir = self.home.root / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{name}.log"
+        print(f"{name:<11} running; Dagster's log: {log_path}", flush=True)
+        with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
+            result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        for event in result.all_events:
+            if event.is_step_failure:
+                print(f"error: step {event.step_key} failed: {_user_message(event.step_failure_data.error)} "
+                      f"(trace in {log_path})", file=sys.stderr)
+        return result
+
     def run_tags(self) -> dict[str, str]:
         from finetune_loop.defs.resources import SPEC_HASH_TAG, TASK_TAG
 
@@ -159,12 +176,22 @@ def run_loop(session: Session, args) -> int:
         job = defs.resolve_implicit_global_asset_job_def()
         if only_curation:
             job = job.get_subset(asset_selection={dg.AssetKey(name) for name in CURATION_ASSETS})
-        result = job.execute_in_process(instance=instance, tags=session.run_tags(), raise_on_error=False)
+        result = session.execute(job, instance, args.command, session.run_tags())
     outcome = RunOutcome.from_result(result)
     print(_summary(spec, home, result.run_id, outcome, (time.perf_counter() - started) / 60, only_curation))
     if outcome.eval_report is not None and not outcome.eval_report.gate_passed:
         return EXIT_GATE_REFUSED
     return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _user_message(error) -> str:
+    """The message of the exception the user's input caused, without Dagster's wrapping (a step
+    error carries the user code's exception as its cause) and without the module path."""
+    while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"):
+        error = error.cause
+    text = error.message.strip()
+    qualified, separator, rest = text.partition(": ")
+    return f"{qualified.rsplit('.', 1)[-1]}: {rest}" if separator and " " not in qualified else text
 
 
 @dataclass(frozen=True)
@@ -252,7 +279,9 @@ def _summary(spec, home, run_id: str, run: RunOutcome, minutes: float, only_cura
         lines.append(f"champion    {run.champion.model_name} v{run.champion.version} (previous: {run.champion.previous_version or 'none'})")
     else:
         lines.append("champion    unchanged: not promoted in this run")
-    if run.drift is not None:
+    if spec.production_log_path is None:
+        lines.append("drift       not configured yet: the task names no data.production_log (monitoring starts when it does)")
+    elif run.drift is not None:
         lines.append(
             f"drift       {'DRIFT' if run.drift.drift_detected else 'no drift'} (drifted column share {run.drift.drift_share:.2f}); report {run.drift.report_path}"
         )
@@ -303,11 +332,15 @@ def monitor(session: Session, args) -> int:
     cursors = json.loads(cursors_path.read_text()) if cursors_path.is_file() else {}
     exit_code = EXIT_OK
     with dg.DagsterInstance.get() as instance:
-        report = defs.resolve_job_def("monitor_job").execute_in_process(instance=instance, tags=session.run_tags(), raise_on_error=False)
+        report = session.execute(defs.resolve_job_def("monitor_job"), instance, "monitor", session.run_tags())
         if not report.success:
             print("monitor: drift_report failed; see the Dagster run " + report.run_id, file=sys.stderr)
             return EXIT_FAILED
-        drift = DriftReportMetadata.from_dagster(report.asset_materializations_for_node("drift_report")[0].metadata)
+        materialized = report.asset_materializations_for_node("drift_report")
+        if not materialized:
+            print(f"monitor: not configured yet: {session.spec.spec_path} names no data.production_log")
+            return EXIT_OK
+        drift = DriftReportMetadata.from_dagster(materialized[0].metadata)
         print(f"drift       {'DRIFT' if drift.drift_detected else 'no drift'}: signals fired {drift.signals_fired}; "
               f"window {drift.window}; report {drift.report_path}")
         for sensor in (drift_retrain_sensor, feedback_retrain_sensor):
@@ -322,7 +355,7 @@ def monitor(session: Session, args) -> int:
                     continue
                 tags = {**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": sensor.name}
                 print(f"{sensor.name}: retrain requested, tags {json.dumps(request.tags)}", flush=True)
-                result = defs.resolve_job_def("retrain_job").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+                result = session.execute(defs.resolve_job_def("retrain_job"), instance, "retrain", tags)
                 gate = next((e for e in result.get_asset_check_evaluations() if e.check_name == "release_gate"), None)
                 verdict = "not run" if gate is None else "PASSED" if gate.passed else f"refused the candidate: {gate.description}"
                 print(f"retrain     run {result.run_id}: {'succeeded' if result.success else 'failed'}; release_gate {verdict}")
