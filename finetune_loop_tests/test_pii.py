@@ -60,6 +60,34 @@ POSITIVES = [
     ("ip", "mapped address ::ffff:192.0.2.1 in the headers", "::ffff:192.0.2.1"),
 ]
 
+# Bypasses of issue 14: Unicode look-alikes, invisible characters and other digit-group separators.
+# Matching runs on a normalised view (NFKC, zero-width characters removed) and the span it matched
+# is replaced in the original text, so the rest of each sentence comes back exactly as written.
+POSITIVES += [
+    ("email", "mail jane\u200b.doe@example.com about it", "jane\u200b.doe@example.com"),
+    ("email", "mail jane.doe@exam\u200bple.com about it", "jane.doe@exam\u200bple.com"),
+    ("email", "mail jane.doe\uff20example.com about it", "jane.doe\uff20example.com"),
+    ("email", "mail ｊａｎｅ．ｄｏｅ＠ｅｘａｍｐｌｅ．ｃｏｍ about it", "ｊａｎｅ．ｄｏｅ＠ｅｘａｍｐｌｅ．ｃｏｍ"),
+    ("email", "mail\u200d jane.doe@example.com\u2060 about it", "jane.doe@example.com"),
+    ("card", "card ４１１１ １１１１ １１１１ １１１１ was charged", "４１１１ １１１１ １１１１ １１１１"),
+    ("card", "card ４１１１１１１１１１１１１１１１ was charged", "４１１１１１１１１１１１１１１１"),
+    ("card", "card 4111.1111.1111.1111 was charged", "4111.1111.1111.1111"),
+    ("card", "card 4111  1111  1111  1111 was charged", "4111  1111  1111  1111"),
+    ("card", "card 4111_1111_1111_1111 was charged", "4111_1111_1111_1111"),
+    ("card", "card 4111\u00a01111\u00a01111\u00a01111 was charged", "4111\u00a01111\u00a01111\u00a01111"),
+    ("card", "card 4111\u200b1111\u200b1111\u200b1111 was charged", "4111\u200b1111\u200b1111\u200b1111"),
+    ("card", "card 3782.822463.10005 was charged", "3782.822463.10005"),
+    ("iban", "IBAN DE89-3704-0044-0532-0130-00 please", "DE89-3704-0044-0532-0130-00"),
+    ("iban", "IBAN GB82-WEST-1234-5698-7654-32 please", "GB82-WEST-1234-5698-7654-32"),
+    ("iban", "IBAN DE89.3704.0044.0532.0130.00 please", "DE89.3704.0044.0532.0130.00"),
+    ("iban", "IBAN DE89_3704_0044_0532_0130_00 please", "DE89_3704_0044_0532_0130_00"),
+    ("iban", "IBAN DE89  3704  0044  0532  0130  00 please", "DE89  3704  0044  0532  0130  00"),
+    ("iban", "IBAN DE89\u00a03704\u00a00044\u00a00532\u00a00130\u00a000 please", "DE89\u00a03704\u00a00044\u00a00532\u00a00130\u00a000"),
+    ("iban", "IBAN ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００ please", "ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００"),
+    ("phone", "call ＋４４ ２０ ７９４６ ０９５８ please", "＋４４ ２０ ７９４６ ０９５８"),
+    ("ip", "from １９２．１６８．１．１０ today", "１９２．１６８．１．１０"),
+]
+
 # Look-alikes that are not PII and must come back untouched.
 NEGATIVES = [
     "card 4111 1111 1111 1112 was declined",  # fails Luhn
@@ -79,6 +107,12 @@ NEGATIVES = [
     "the job ran at 10:30:00 on device 00:1a:2b:3c:4d:5e",  # time and MAC address, not IPv6
     "compile error in std::vector<int>",
     "tracking 1Z6108209044603325 has not moved",
+    # the new separators do not turn look-alikes into cards or IBANs
+    "order 4111.1111.1111.1112 was declined",  # dotted, fails Luhn
+    "order 4111_1111_1111_1112 and 4111  1111  1111  1112",  # fails Luhn
+    "refund to DE89-3704-0044-0532-0130-01 please",  # dashed, bad checksum
+    "release 2026.01.05 build 1234.5678.90 and ﻿café ｖ２.３.４",  # dotted dates/versions, NFKC-only text
+    "ref ４１１１１１１１１１１１１１１２ is wrong",  # full-width, fails Luhn
     "",
 ]
 
@@ -137,6 +171,14 @@ def test_adjacent_values_of_the_same_kind_are_each_counted():
     assert result == ScrubResult("ips: [IP], [IP] and [IP]", {"ip": 3})
 
 
+def test_text_outside_a_match_keeps_its_unicode():
+    # The output is the original text with the matched spans replaced, not its NFKC form.
+    text = "Ｒｅｆｕｎｄ ｐｌｅａｓｅ\u200b: ﬁle from café, jane.doe＠example.com"
+    assert scrub_pii(text) == ScrubResult("Ｒｅｆｕｎｄ ｐｌｅａｓｅ\u200b: ﬁle from café, [EMAIL]", {"email": 1})
+    # a base letter with a combining accent is one piece: the address is found and replaced whole
+    assert scrub_pii("write to jose\u0301@example.com now").text == "write to [EMAIL] now"
+
+
 def test_placeholders_are_not_detected_again():
     text = "[EMAIL] [PHONE] [CARD] [IBAN] [IP]"
     assert scrub_pii(text) == ScrubResult(text=text, counts={})
@@ -181,3 +223,109 @@ def test_pathological_inputs_stay_fast():
 def test_module_does_not_import_dagster():
     code = "import sys, finetune_loop.core.data.pii; sys.exit('dagster' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --- curation: no file written under the dataset directory holds raw PII (issue 14) --------------
+
+EMAIL, PHONE, CARD, IBAN = "zelda.quokka@example.org", "+44 20 7946 0958", "5555 5555 5555 4444", "DE89 3704 0044 0532 0130 00"
+PII_TEXT = f"mail {EMAIL} or call {PHONE}, card {CARD}, IBAN {IBAN}, also zelda\u200b.quokka\uff20example.org"
+# The raw values in every form a leaking file could hold them (compact digits, JSON escapes).
+RAW_PII = [
+    EMAIL, PHONE, CARD, IBAN, "zelda\u200b.quokka", "quokka\uff20", "zelda\\u200b", "\\uff20example",
+    "zelda.quokka", "5555555555554444", "5555 5555", "DE89370400440532013000", "DE89 3704", "7946 0958", "0532 0130",
+]
+
+
+def _pii_task(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from finetune_loop.core.common.spec import load_task_spec
+    from finetune_loop_tests.conftest import tiny_rows, write_tiny_task
+
+    spec = load_task_spec(write_tiny_task(tmp_path / "task", tmp_path / "unused-base"))
+    rows = tiny_rows(count_per_label=12)
+    for index, row in enumerate(rows):
+        row["source"] = "vendor-a" if index % 6 == 0 else "in-house"
+    good = [r for r in rows if r["source"] == "in-house"]
+    revoked = [r for r in rows if r["source"] == "vendor-a"]
+    good[0]["text"] = f"{PII_TEXT} -- {good[0]['text']}"  # a training row
+    good[1]["text"] = f"{good[1]['text']} {PII_TEXT}"
+    revoked[0]["text"] = f"{PII_TEXT} {revoked[0]['text']}"  # a revoked row
+    lines = [json.dumps(r) for r in rows]
+    lines += [
+        json.dumps({**good[0], "id": "exact-copy"}),  # exact duplicate of a PII row
+        json.dumps({"id": "q-label", "text": f"refund? {PII_TEXT}", "label": f"refunds {EMAIL}", "source": "in-house"}),  # unknown label
+        json.dumps({**good[2], "text": f"taken id {PII_TEXT}"}),  # duplicate id
+        json.dumps({"id": "q-source", "text": f"hello {PII_TEXT}", "label": "billing", "source": f"forum of {EMAIL}"}),  # unknown source
+        '{"id": "q-json", "text": "' + PII_TEXT.replace("\u200b", "") + ' unterminated',  # malformed JSON
+        json.dumps({"id": "q-long", "text": f"{PII_TEXT} " + "word " * 300, "label": "login", "source": "in-house"}),  # over-long
+    ]
+    spec.labeled_examples_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  vendor-a: {licence: CC-BY-4.0, status: revoked}\n  in-house: {licence: proprietary, status: active}\n")
+    return replace(spec, sources_path=sources)
+
+
+def _files_with_raw_pii(directory) -> dict[str, list[str]]:
+    leaks = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        content = path.read_text(encoding="utf-8")
+        found = [value for value in RAW_PII if value in content]
+        if found:
+            leaks[str(path.relative_to(directory))] = found
+    return leaks
+
+
+def test_curation_writes_no_raw_pii_in_any_file(tmp_path):
+    import json
+
+    from finetune_loop.core.data import curation, suites
+
+    spec = _pii_task(tmp_path)
+    holdout = suites.freeze_suite(spec, "holdout", tmp_path / "suites")
+    dataset = curation.curate_dataset(spec, [holdout], tmp_path / "datasets", token_length=lambda e: len(e.text.split()))
+    report = dataset.report
+    # Every category is exercised, so the check below covers each evidence file with PII in it.
+    assert report.quarantined == {"unknown label": 1, "duplicate id": 1, "unknown source": 1, "malformed JSON": 1, "over-long input": 1}
+    assert report.revoked_removed == {"vendor-a": 6}
+    assert report.duplicates_removed == 1
+    assert report.pii_replacements["email"] >= 4 and {"phone", "card", "iban"} <= set(report.pii_replacements)
+
+    assert {EMAIL, PHONE, CARD, IBAN, "zelda\\u200b"} <= set(_files_with_raw_pii(tmp_path / "task")["tickets.jsonl"])  # the check sees raw PII
+    assert _files_with_raw_pii(tmp_path / "datasets") == {}
+    assert _files_with_raw_pii(tmp_path / "suites") == {}  # frozen suites are scrubbed too (suites.py)
+
+    # What a reviewer needs is still there: reason, file, line, id and a scrubbed excerpt.
+    quarantine = [json.loads(line) for line in dataset.quarantine_path.read_text(encoding="utf-8").splitlines()]
+    by_kind = {q["reason"].partition(":")[0]: q for q in quarantine}
+    unknown_label = by_kind["unknown label"]
+    assert unknown_label["file"] == spec.labeled_examples_path.name and unknown_label["id"] == "q-label"
+    assert unknown_label["line"] == 38 and unknown_label["source"] == "in-house"
+    assert unknown_label["input"].startswith("refund? mail [EMAIL] or call [PHONE], card [CARD], IBAN [IBAN], also [EMAIL]")
+    assert unknown_label["label"] == "refunds [EMAIL]" and unknown_label["reason"].startswith("unknown label: 'refunds [EMAIL]'")
+    assert by_kind["malformed JSON"]["line"] == 41 and "[EMAIL]" in by_kind["malformed JSON"]["input"]
+    assert by_kind["over-long input"]["id"] == "q-long" and len(by_kind["over-long input"]["input"]) <= curation.EXCERPT_CHARS
+    assert by_kind["duplicate id"]["line"] == 39 and by_kind["duplicate id"]["id"] == json.loads(spec.labeled_examples_path.read_text().splitlines()[38])["id"]
+    assert set(quarantine[0]) == {"file", "line", "id", "source", "input", "label", "reason"}
+    revoked = [json.loads(line) for line in (dataset.directory / "revoked.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(revoked) == 6 and all(r["reason"] == "revoked source: 'vendor-a'" and r["id"] for r in revoked)
+    assert sum("[CARD]" in r["input"] for r in revoked) == 1
+    duplicates = [json.loads(line) for line in dataset.duplicates_path.read_text(encoding="utf-8").splitlines()]
+    assert [(d["id"], "[IBAN]" in d["input"]) for d in duplicates] == [("exact-copy", True)]
+
+
+def test_a_curation_rejected_for_too_many_bad_rows_writes_no_raw_pii(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from finetune_loop.core.data import curation, readers
+
+    spec = _pii_task(tmp_path)
+    spec = replace(spec, curation=replace(spec.curation, max_quarantine_share=0.01))
+    with pytest.raises(readers.CurationError, match="above curation.max_quarantine_share"):
+        curation.curate_dataset(spec, [], tmp_path / "datasets")
+    rejected = tmp_path / "datasets" / "rejected" / "quarantine.jsonl"
+    assert len(rejected.read_text(encoding="utf-8").splitlines()) == 4
+    assert all("input" in json.loads(line) and "row" not in json.loads(line) for line in rejected.read_text().splitlines())
+    assert _files_with_raw_pii(tmp_path / "datasets") == {}

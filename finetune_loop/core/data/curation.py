@@ -3,6 +3,15 @@
 Nothing is dropped silently: every input row ends up in exactly one of the curated splits, the
 frozen holdout, the quarantine file (with its reason), or the duplicates file (with the id it
 duplicates). The counts in `CurationReport` add up to the rows read.
+
+No evidence file holds raw PII. Quarantined and revoked rows never reach `scrub_examples` (they are
+set aside before or instead of it) and the quarantine file is logged to MLflow by every training
+run, so every row written to `quarantine.jsonl`, `revoked.jsonl` and `duplicates.jsonl` is reduced
+to what a reviewer needs -- reason, file, line, id, source and a `scrub_pii`-ed excerpt of the input
+and of the label (`EXCERPT_CHARS`) -- and the text fields of the near-duplicate, contamination and
+suite-overlap files are passed through `scrub_pii` too. These are scrubbed whatever
+`curation.scrub_pii` says: that setting decides what training sees, not what the evidence keeps.
+The full row is still in the source file, at the file and line given.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from finetune_loop.core.data.dedup import (
     remove_near_duplicates,
 )
 from finetune_loop.core.data.exact_dedup import deduplicate
-from finetune_loop.core.data.pii import scrub_examples
+from finetune_loop.core.data.pii import scrub_examples, scrub_pii
 from finetune_loop.core.data.readers import CurationError, read_examples
 from finetune_loop.core.data.splits import stratified_split, stratum_key
 from finetune_loop.core.data.suites import FrozenSuite
@@ -60,6 +69,10 @@ class CurationReport:
     dedup_audit_markdown: str
 
 
+# Characters of input and label kept (after scrubbing) in each row of an evidence file.
+EXCERPT_CHARS = 200
+
+
 @dataclass
 class CuratedDataset:
     data_version: str
@@ -75,6 +88,59 @@ class CuratedDataset:
 
 
 
+def _excerpt(value) -> str | None:
+    """`value` as text, PII scrubbed, cut to EXCERPT_CHARS (scrubbed first, so a cut can never leave
+    half of a card number that the scrubber would no longer recognise)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    text = scrub_pii(value).text
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+def _for_review(entry: dict, spec: TaskSpec) -> dict:
+    """A quarantine/revoked/duplicate entry as it is persisted: the reason, where the row is (file,
+    line, id), its source, and scrubbed excerpts of its input and label -- never the raw row.
+
+    `entry["row"]` is either an `Example` as a dict (already mapped: text, label, id, source) or a
+    raw row as read from the file, mapped through the task's field names here."""
+    row = entry.get("row")
+    fields = spec.fields
+    if isinstance(row, dict) and set(row) >= {"text", "label", "id", "source", "licence", "slices"}:
+        row_id, source, text, label = row["id"], row["source"], row["text"], row["label"]
+    elif isinstance(row, dict) and "raw" in row and len(row) == 1:  # a line that did not parse
+        row_id, source, text, label = None, None, row["raw"], None
+    elif isinstance(row, dict):
+        row_id = row.get(fields.id) if fields.id else None
+        source = row.get(fields.source) if fields.source else None
+        text, label = row.get(fields.input), row.get(fields.label)
+    else:
+        row_id, source, text, label = None, None, row, None
+    row_id = entry.get("id", row_id)
+    reviewed = {
+        "file": entry.get("file"),
+        "line": entry.get("line"),
+        # Ids stay as they are (train.jsonl holds them too); an id field of another type is no id.
+        "id": str(row_id) if isinstance(row_id, (str, int)) and not isinstance(row_id, bool) else None,
+        "source": _excerpt(source),
+        "input": _excerpt(text),
+        "label": _excerpt(label),
+    }
+    if "reason" in entry:  # a reason can quote a value ("unknown label: '...'")
+        reviewed["reason"] = scrub_pii(str(entry["reason"])).text
+    if "duplicate_of" in entry:
+        reviewed["duplicate_of"] = str(entry["duplicate_of"])
+    return reviewed
+
+
+def _scrub_fields(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
+    """`rows` with `scrub_pii` applied to the text fields `keys` (the rows are already built from
+    scrubbed examples when curation.scrub_pii is on; this keeps the evidence clean when it is off,
+    and covers suite texts however the suite was frozen)."""
+    return [{**r, **{k: scrub_pii(r[k]).text for k in keys if isinstance(r.get(k), str)}} for r in rows]
+
+
 def curate_dataset(
     spec: TaskSpec,
     suites: Sequence[FrozenSuite],
@@ -87,7 +153,9 @@ def curate_dataset(
     rows beyond the task's max_length are quarantined rather than silently truncated. `extra_inputs`
     (labelled production feedback) go through the very same checks as the labelled examples."""
     settings = spec.curation
+    origin = spec.labeled_examples_hub_id or spec.labeled_examples_path.name
     examples, quarantine = read_labeled_examples(spec)
+    quarantine = [{"file": origin, **q} for q in quarantine]
     for extra in extra_inputs:
         more, rejected = read_labeled_examples(spec, extra)
         examples += more
@@ -134,7 +202,7 @@ def curate_dataset(
     share = len(quarantine) / rows_read if rows_read else 1.0
     directory_for_errors = datasets_dir / "rejected"
     if share > settings.max_quarantine_share:
-        write_jsonl(directory_for_errors / "quarantine.jsonl", quarantine)
+        write_jsonl(directory_for_errors / "quarantine.jsonl", [_for_review(q, spec) for q in quarantine])
         top = Counter(reason_kind(q["reason"]) for q in quarantine).most_common(3)
         raise CurationError(
             f"{share:.1%} of {rows_read} rows quarantined, above curation.max_quarantine_share "
@@ -157,12 +225,13 @@ def curate_dataset(
     paths = {name: directory / f"{name}.jsonl" for name in ("train", "validation", "quarantine", "duplicates", "near_duplicates", "contamination", "suite_rows", "revoked")}
     write_jsonl(paths["train"], train_rows)
     write_jsonl(paths["validation"], validation_rows)
-    write_jsonl(paths["quarantine"], quarantine)
-    write_jsonl(paths["duplicates"], duplicates)
-    write_jsonl(paths["near_duplicates"], audit.removed)
-    write_jsonl(paths["contamination"], contaminated)
-    write_jsonl(paths["suite_rows"], reserved)
-    write_jsonl(paths["revoked"], [asdict(e) for e in revoked])
+    # Evidence files: reviewable, never raw (see the module docstring).
+    write_jsonl(paths["quarantine"], [_for_review(q, spec) for q in quarantine])
+    write_jsonl(paths["duplicates"], [_for_review(d, spec) for d in duplicates])
+    write_jsonl(paths["near_duplicates"], _scrub_fields(audit.removed, ("text", "kept_text", "label")))
+    write_jsonl(paths["contamination"], _scrub_fields(contaminated, ("text", "suite_text", "label", "suite_label")))
+    write_jsonl(paths["suite_rows"], _scrub_fields(reserved, ("text", "suite_text", "label", "suite_label")))
+    write_jsonl(paths["revoked"], [_for_review({"id": e.id, "reason": f"revoked source: {e.source!r}", "row": asdict(e)}, spec) for e in revoked])
     stages = [("valid", valid), ("after exact dedup", after_exact), ("after near dedup", after_near),
               ("after suite overlap", candidates), ("train", train), ("validation", validation)]
     flow = [_flow_table("label" if spec.is_classification else "stratum", stratum, stages)]

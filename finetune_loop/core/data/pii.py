@@ -6,20 +6,34 @@ can be recognised reliably from their shape plus a check (a checksum, a numberin
 address range) with a placeholder naming the kind, so the model still learns "the customer gave a
 card number here" without learning the number.
 
+Matching runs on a normalised *view* of the text, replacement on the text itself. The view is the
+NFKC form with invisible characters removed (zero-width space/non-joiner/joiner U+200B-U+200D, word
+joiner U+2060, BOM U+FEFF, plus soft hyphen, LRM/RLM and U+2061-U+2064), so ``jane\u200b.doe@...``,
+``jane.doe＠example.com``, full-width digits ``４１１１ …`` and NBSP-separated groups (NBSP is a
+space under NFKC) look to the detectors exactly like their plain forms. `_matching_view` keeps, for
+every character of the view, the span of the original text it came from, and each match is
+replaced over that original span. Why not output the normalised text: NFKC is lossy for text that
+holds no PII at all (full-width CJK punctuation, ligatures, superscripts, compatibility characters
+become something the customer did not write), which would change training rows for no privacy
+gain and break "text without PII comes back unchanged", on which `scrub_examples` relies to leave
+untouched rows alone. Plain ASCII (and already-normalised text without invisible characters) skips
+the mapping, so the common case costs nothing extra.
+
 What is detected, and how each candidate is validated (in the order the passes run):
 
 * ``[EMAIL]`` -- ``local@domain.tld``: a dotted domain whose last label is 2+ letters. No
   further validation: the shape alone is specific enough. Runs first, so the digits of an address
   such as ``jane.4111111111111111@example.com`` are never looked at by the number passes.
 * ``[IBAN]`` -- two letters, two check digits and 11-30 letters/digits, compact or printed in
-  groups of four, either case. Accepted only if `stdnum.iban` validates it: the ISO 13616 mod-97
+  groups of four (separated by 1-3 spaces or by one ``-``, ``.`` or ``_``), either case. Accepted only if `stdnum.iban` validates it: the ISO 13616 mod-97
   checksum plus the country's registered length and BBAN structure (python-stdnum's extra
   per-country checks are skipped: some look bank codes up in a registry frozen at release time and
   reject real IBANs). Runs before the card pass because the digit groups of an IBAN can themselves
   pass Luhn.
 * ``[CARD]`` -- 13-19 digits, first digit not 0, contiguous or printed as a 4-digit group followed
-  by groups of 3-6 digits separated by single spaces or dashes (``4111 1111 1111 1111``,
-  ``3782-822463-10005``), accepted ONLY if the Luhn checksum passes. A 16-digit order number that
+  by groups of 3-6 digits separated by 1-3 spaces or by one ``-``, ``.`` or ``_``
+  (``4111 1111 1111 1111``, ``3782-822463-10005``, ``4111.1111.1111.1111``; NBSP is a space in the
+  view), accepted ONLY if the Luhn checksum passes. A 16-digit order number that
   fails Luhn is left alone.
 * ``[IP]`` -- IPv6 (``2001:db8::1``, ``::1``, ``::ffff:192.0.2.1``) and IPv4 (``192.168.1.10``),
   each validated by the stdlib `ipaddress` module, so ``999.999.1.1`` (octets > 255) and IPv4
@@ -61,7 +75,10 @@ runs that fit a default region's plan become ``[PHONE]``: measured on random ref
 about 45 % of ten-digit numbers not starting with 0 are valid US numbers and about 70 % of 7-12
 digit numbers starting with 0 are valid German ones. That is the price of catching
 ``my number is 07911123456``; for training text, losing a reference number costs little, leaking
-a phone number does not. National-format numbers of countries outside `PHONE_REGIONS` written
+a phone number does not. A zero-width character used *as* a group separator joins the groups
+(``4111\u200b1111 1111 1111`` reads as ``41111111 1111 1111``, not a card shape) and is missed;
+digits of other scripts (Arabic-Indic, Devanagari), which NFKC keeps, are not read as digits by
+the checksum passes. National-format numbers of countries outside `PHONE_REGIONS` written
 without ``+``/``00`` are missed, as are card numbers printed in unusual groupings and two phone
 numbers separated only by a space (libphonenumber reads them as one over-long number).
 
@@ -75,6 +92,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -117,24 +135,30 @@ class ScrubResult:
 # which keeps a sentence-final "." out of the match.
 _EMAIL_RE = re.compile(r"(?<![\w.%+-])[\w.%+-]+@(?:[\w-]+\.)+[^\W\d_]{2,63}(?![\w-])")
 
+# --- digit-group separators (cards, IBANs) -------------------------------------------------------
+# Matched on the normalised view, where NBSP and the other Unicode spaces are already " ": one to
+# three spaces, or one dash, dot or underscore ("4111.1111.1111.1111", "DE89-3704-...").
+_GROUP_SEP = r"(?: {1,3}|[-._])"
+
 # --- IBAN --------------------------------------------------------------------------------------
 # Country code + check digits, then either the compact form or the printed form (groups of four
-# separated by single spaces, the last group 1-4). The printed form is greedy and can run into a
+# separated by `_GROUP_SEP`, the last group 1-4). The printed form is greedy and can run into a
 # following four-letter word ("BE68 5390 0754 7034 from"), so `_find_ibans` tries the candidate's
 # group boundaries from longest to shortest and keeps the longest prefix that validates. Letters
 # are matched in either case because customers type IBANs in lowercase too; `stdnum` upper-cases.
 _IBAN_RE = re.compile(
     r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}"
-    r"(?:[A-Za-z0-9]{11,30}|(?: [A-Za-z0-9]{4}){2,7}(?: [A-Za-z0-9]{1,4})?)"
+    r"(?:[A-Za-z0-9]{11,30}|(?:" + _GROUP_SEP + r"[A-Za-z0-9]{4}){2,7}(?:" + _GROUP_SEP + r"[A-Za-z0-9]{1,4})?)"
     r"(?![A-Za-z0-9])"
 )
-_IBAN_GROUP_END_RE = re.compile(r"[A-Za-z0-9](?= |$)")
+_IBAN_GROUP_END_RE = re.compile(r"[A-Za-z0-9](?=[ ._-]|$)")
+_IBAN_SEPARATORS_RE = re.compile(r"[ ._-]")
 
 # --- payment cards -----------------------------------------------------------------------------
-# Maximal runs of digit groups joined by single spaces/dashes, not glued to letters, digits or a
-# leading "+" (a "+" means a phone number). Which consecutive groups form the card is decided in
+# Maximal runs of digit groups joined by `_GROUP_SEP`, not glued to letters, digits or a leading
+# "+" (a "+" means a phone number). Which consecutive groups form the card is decided in
 # `_find_cards`, because a run can contain a card plus a neighbouring number ("... 1111 2 items").
-_DIGIT_RUN_RE = re.compile(r"(?<![\w+])\d+(?:[ -]\d+)*(?!\w)")
+_DIGIT_RUN_RE = re.compile(r"(?<![\w+])\d+(?:" + _GROUP_SEP + r"\d+)*(?!\w)")
 _DIGIT_GROUP_RE = re.compile(r"\d+")
 
 # --- IP addresses ------------------------------------------------------------------------------
@@ -170,6 +194,60 @@ _NANP_SHAPE_RE = re.compile(r"(?:\+?1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-
 # cannot find anything (see `_phone_windows`).
 _TRUNK_PREFIX = {region: PhoneMetadata.metadata_for_region(region).national_prefix for region in PHONE_REGIONS}
 
+# --- the matching view ---------------------------------------------------------------------------
+# Invisible characters removed from the view before matching: zero-width space / non-joiner /
+# joiner, word joiner, BOM (the ones named in issue 14), plus the soft hyphen, the LRM/RLM marks and
+# the invisible operators U+2061-U+2064, which render as nothing just the same.
+_INVISIBLE = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad\u200e\u200f\u2061\u2062\u2063\u2064")
+_INVISIBLE_RE = re.compile("[" + "".join(sorted(_INVISIBLE)) + "]")
+
+
+@dataclass(frozen=True)
+class _View:
+    """The text the detectors match on, and for each of its characters the span of the original
+    text it came from (`starts[j]`, `ends[j]`). `starts is None` means the view IS the text."""
+
+    text: str
+    starts: list[int] | None = None
+    ends: list[int] | None = None
+
+    def original(self, start: int, end: int) -> tuple[int, int]:
+        if self.starts is None:
+            return start, end
+        return self.starts[start], self.ends[end - 1]
+
+
+def _matching_view(text: str) -> _View:
+    """NFKC of `text` with invisible characters removed, mapped back to `text`'s offsets.
+
+    Normalised piecewise: a base character plus the combining marks after it is one piece (NFKC
+    composes within such a piece, never across pieces), and every character NFKC makes of a piece
+    maps back to the whole piece. A match therefore always covers whole original characters, and an
+    invisible character inside a match is replaced with it."""
+    if text.isascii() or (unicodedata.is_normalized("NFKC", text) and not _INVISIBLE_RE.search(text)):
+        return _View(text)
+    pieces: list[tuple[int, int]] = []  # original (start, end) of each piece
+    for index, char in enumerate(text):
+        if char in _INVISIBLE:
+            continue
+        if pieces and unicodedata.combining(char) and pieces[-1][1] == index:
+            pieces[-1] = (pieces[-1][0], index + 1)
+        else:
+            pieces.append((index, index + 1))
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for start, end in pieces:
+        piece = text[start:end]
+        if end - start > 1:
+            piece = "".join(c for c in piece if c not in _INVISIBLE)
+        normalised = unicodedata.normalize("NFKC", piece)
+        out.append(normalised)
+        starts.extend([start] * len(normalised))
+        ends.extend([end] * len(normalised))
+    return _View("".join(out), starts, ends)
+
+
 # --- shared ------------------------------------------------------------------------------------
 # A number glued to "#" or to a word plus dash/underscore ("INV-", "order_") is somebody's
 # identifier, not a card or phone number, even when it passes Luhn or fits a numbering plan.
@@ -193,7 +271,7 @@ def _valid_iban(candidate: str) -> bool:
     # it). Mod-97 + the country's length and BBAN structure are already a strong filter, and a
     # missed IBAN leaks PII while a rare false positive only hides a reference number.
     try:
-        _stdnum_iban.validate(candidate, check_country=False)
+        _stdnum_iban.validate(_IBAN_SEPARATORS_RE.sub("", candidate), check_country=False)
     except ValueError:  # stdnum.exceptions.ValidationError subclasses ValueError
         return False
     return True
@@ -380,20 +458,23 @@ def scrub_pii(text: str) -> ScrubResult:
     """Replace e-mails, IBANs, payment cards, IP addresses and phone numbers in `text` with
     ``[EMAIL]``, ``[IBAN]``, ``[CARD]``, ``[IP]`` and ``[PHONE]``. Deterministic; idempotent."""
     found: dict[str, int] = {}
+    view = _matching_view(text)
     for kind, finder in _PASSES:
-        spans = _non_overlapping(finder(text))
+        spans = _non_overlapping(finder(view.text))
         if not spans:
             continue
         placeholder = PLACEHOLDERS[kind]
         pieces = []
         previous = 0
-        for start, end in spans:
+        # The view maps monotonically onto the text, so non-overlapping view spans stay so.
+        for start, end in (view.original(s, e) for s, e in spans):
             pieces.append(text[previous:start])
             pieces.append(placeholder)
             previous = end
         pieces.append(text[previous:])
         text = "".join(pieces)
         found[kind] = len(spans)
+        view = _matching_view(text)
     counts = {kind: found[kind] for kind in PII_KINDS if kind in found}
     return ScrubResult(text=text, counts=counts)
 
