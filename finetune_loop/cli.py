@@ -309,7 +309,7 @@ def simulate_traffic(session: Session, args) -> int:
         )
         adapter_dir = tracker.download_version(champion)
         base = prepare_base_model(spec.base_model, home.artifacts / "base_models")
-        start = simulate.next_week_start(spec, default=datetime.now(timezone.utc))
+        start = simulate.next_week_start(spec, now=datetime.now(timezone.utc))
         path = simulate.write_week(spec, settings, base.directory, adapter_dir, champion.version, start)
     except simulate.SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)

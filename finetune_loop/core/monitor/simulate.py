@@ -37,6 +37,8 @@ SHIFTS = ("none", "phone_keyboard", "mix", "new_kind")
 _NEIGHBOURS = {"a": "s", "e": "r", "i": "o", "o": "p", "n": "m", "t": "y", "s": "d", "r": "t", "l": "k", "d": "f"}
 _SHORTHAND = {"you": "u", "please": "pls", "are": "r", "thanks": "thx", "because": "bc", "your": "ur"}
 
+WEEK = timedelta(days=7)
+
 
 class SimulationError(ValueError):
     """The simulation cannot run as asked (bad shift, missing file, no champion)."""
@@ -103,12 +105,16 @@ def draw_requests(spec: TaskSpec, settings: TrafficSettings) -> list[Example]:
     return requests
 
 
-def next_week_start(spec: TaskSpec, default: datetime) -> datetime:
-    """Traffic continues where the log ends (a week after its newest request), else from `default`."""
+def next_week_start(spec: TaskSpec, now: datetime) -> datetime:
+    """Traffic continues where the log ends (right after its newest request), but a simulated week
+    never ends after `now`: the production log quarantines requests stamped in the future, so such
+    a week would never reach the drift report or the sensors."""
+    latest_start = now - WEEK
     if spec.production_log_path is None or not spec.production_log_path.exists():
-        return default
-    log = read_production_log(spec.production_log_path, spec.fields.input)
-    return max((r.timestamp for r in log.records), default=default - timedelta(seconds=1)) + timedelta(seconds=1)
+        return latest_start
+    log = read_production_log(spec.production_log_path, spec.fields.input, now=now)
+    newest = max((r.timestamp for r in log.records), default=None)
+    return latest_start if newest is None else min(newest + timedelta(seconds=1), latest_start)
 
 
 def write_week(
@@ -143,7 +149,7 @@ def write_week(
         latencies += [1000 * (time.perf_counter() - started) / len(chunk)] * len(chunk)
 
     rng = random.Random(settings.seed + 1)
-    step = timedelta(days=7) / max(len(requests), 1)
+    step = WEEK / max(len(requests), 1)
     rows = []
     for i, (example, prediction, latency) in enumerate(zip(requests, predictions, latencies)):
         row = {
