@@ -18,7 +18,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import types
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -49,8 +51,21 @@ DESCRIPTOR_METHODS = ("ks", "wasserstein", "psi")
 
 QuantType = Literal[QUANT_TYPES]
 # The task file is validated as the JSON document YAML parses into, strictly: "8" is not an integer
-# and 1 is not true. Unknown keys are errors (extra="forbid").
-_STRICT = ConfigDict(extra="forbid", strict=True)
+# and 1 is not true. Unknown keys are errors (extra="forbid"). No number is NaN or infinite: a NaN
+# passes no range check yet fails none either (`nan > 0` and `nan <= 0` are both false), so
+# `merge_logit_tolerance: .nan` would switch its check off.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+# A task file is a page of settings; anything larger is refused before YAML parses it.
+MAX_TASK_FILE_BYTES = 1 << 20
+# Deeper nesting than any task needs (YAML's composer recurses once per level).
+_MAX_YAML_DEPTH = 32
+# Text the chat template or the tokenizer reads as structure, not words: `<|im_start|>`,
+# `<|endoftext|>` and every other `<|...|>` token, and the sentencepiece-style markers.
+_SPECIAL_TOKEN = re.compile(r"<\|[^\s]*?\|>|</?s>|<unk>|<pad>")
+# What `TaskSpec.system_prompt` joins the labels with for the instruction's `{labels}`.
+LABEL_SEPARATOR = ", "
+# The Modelfile's SYSTEM is a triple-quoted block (core/ship/modelfile.py).
+_MODELFILE_QUOTES = '"""'
 _section = pydantic_dataclasses.dataclass(frozen=True, config=_STRICT)
 
 
@@ -73,6 +88,26 @@ class FieldMapping:
     slices: tuple[str, ...] = Field(
         (), description="cohort columns (channel, language, tier …): dedup audit, floors and suite sizes are reported per value"
     )
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> FieldMapping:
+        named = {key: getattr(self, key) for key in ("input", "label", "id", "source", "licence")}
+        for key, column in [*named.items(), *((f"slices[{i}]", c) for i, c in enumerate(self.slices))]:
+            if column is not None and not column.strip():
+                raise ValueError(f"fields.{key} must name a column, got {column!r}")
+        seen: dict[str, str] = {}
+        for key, column in named.items():
+            if column is None:
+                continue
+            if column in seen:
+                raise ValueError(f"fields.{seen[column]} and fields.{key} both name the column {column!r}; each must be a column of its own")
+            seen[column] = key
+        for i, column in enumerate(self.slices):
+            if column in (self.input, self.id):
+                raise ValueError(f"fields.slices[{i}] {column!r} is the {'input' if column == self.input else 'id'} column, not a cohort")
+            if column in self.slices[:i]:
+                raise ValueError(f"fields.slices lists {column!r} twice")
+        return self
 
 
 @_section
@@ -218,6 +253,12 @@ class DriftSettings:
     cadence_days: int = Field(42, ge=1, description="a champion older than this is retrained")
     # Measured between reports, so a burst of drifted traffic launches one retrain, not one per report.
     cooldown_hours: float = Field(24.0, gt=0, description="drift_retrain_sensor launches at most one retrain per cooldown")
+    # A client with a wrong clock (or a forged row) would otherwise become "the newest request":
+    # the window would end in the future and a sensor's cursor would jump past every real request.
+    max_clock_skew_hours: float = Field(
+        1.0, gt=0, description="production requests timestamped more than this far in the future are quarantined, "
+        "so one row never moves the drift window or a sensor cursor"
+    )
 
 
 @_section
@@ -302,7 +343,30 @@ class TaskFile(BaseModel):
     @classmethod
     def _usable_as_a_model_name(cls, value: str) -> str:
         if not value.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"name must use letters, digits, '_' or '-', got {value!r}")
+            raise ValueError(f"name must use letters, digits, '_' or '-', got {_shown(value)}")
+        return value
+
+    @field_validator("base_model")
+    @classmethod
+    def _names_a_model(cls, value: str) -> str:
+        if not value.strip() or value.strip() != value or _has_control_characters(value):
+            raise ValueError(f"base_model must name a model (no surrounding spaces or line breaks), got {_shown(value)}")
+        return value
+
+    @field_validator("instruction")
+    @classmethod
+    def _usable_as_a_system_prompt(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("instruction must not be empty: it is the system prompt every row is trained and served with")
+        if _MODELFILE_QUOTES in value:
+            raise ValueError(
+                "instruction must not contain '\"\"\"': it would end the Modelfile's triple-quoted SYSTEM block "
+                "and turn the rest of the instruction into Modelfile commands"
+            )
+        if value.strip().endswith('"'):
+            raise ValueError("instruction must not end with '\"': it would run into the Modelfile's closing '\"\"\"' of SYSTEM")
+        if token := _SPECIAL_TOKEN.search(value):
+            raise ValueError(f"instruction contains the chat special token {token.group()!r}, which would inject chat structure")
         return value
 
     @model_validator(mode="after")
@@ -316,13 +380,31 @@ class TaskFile(BaseModel):
             return self
         if "labels" not in self.model_fields_set:
             raise ValueError("missing required field 'labels' (a classification task's allowed answers)")
-        if len(labels) < 2 or not all(label and label.strip() == label for label in labels):
+        if len(labels) < 2:
             raise ValueError("labels must be a list of at least two non-empty strings without surrounding spaces")
+        for i, label in enumerate(labels):
+            _check_label(f"labels[{i}]", label)
         if len(set(labels)) != len(labels):
             raise ValueError(f"labels contain duplicates: {sorted({l for l in labels if labels.count(l) > 1})}")
+        # The model's answer is compared exactly; two labels a reader (or a normalising client) cannot
+        # tell apart are one label.
+        folded: dict[str, str] = {}
+        for label in labels:
+            key = " ".join(label.split()).casefold()
+            if key in folded:
+                raise ValueError(f"labels {folded[key]!r} and {label!r} differ only by case or whitespace")
+            folded[key] = label
         limit = self.training.max_train_examples
         if limit is not None and limit < len(labels):
             raise ValueError(f"training.max_train_examples must be at least the number of labels ({len(labels)}), got {limit}")
+        return self
+
+    @model_validator(mode="after")
+    def _system_prompt_fits_the_modelfile(self) -> TaskFile:
+        prompt = self.instruction.strip().replace("{labels}", LABEL_SEPARATOR.join(self.labels))
+        if _MODELFILE_QUOTES in prompt or prompt.endswith('"'):
+            raise ValueError("labels: with the labels in place of {labels} the instruction holds '\"\"\"' "
+                             "or ends with '\"', which would break the Modelfile's triple-quoted SYSTEM block")
         return self
 
     def task_spec(self, spec_path: Path, spec_sha256: str) -> TaskSpec:
@@ -397,7 +479,36 @@ class TaskSpec:
         return f"{HUB_PREFIX}{self.labeled_examples_hub_id}" if self.labeled_examples_hub_id else str(self.labeled_examples_path)
 
     def system_prompt(self) -> str:
-        return self.instruction.strip().replace("{labels}", ", ".join(self.labels))
+        return self.instruction.strip().replace("{labels}", LABEL_SEPARATOR.join(self.labels))
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, shortened: an error message quotes a hostile value, it does not reproduce it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _has_control_characters(text: str) -> bool:
+    """Line breaks, tabs, zero-width and other format/control characters (Unicode category C*)."""
+    return any(unicodedata.category(ch).startswith("C") for ch in text)
+
+
+def _check_label(key: str, label: str) -> None:
+    """One label must be a plain answer: what the model is trained to say and compared against exactly."""
+    if not label.strip():
+        raise ValueError(f"{key} is empty")
+    if _has_control_characters(label):
+        raise ValueError(f"{key} {_shown(label)} contains a line break or another control character")
+    if label.strip() != label:
+        raise ValueError(f"{key} {_shown(label)} has leading or trailing whitespace (the model's answer is compared exactly)")
+    if token := _SPECIAL_TOKEN.search(label):
+        raise ValueError(f"{key} {_shown(label)} is or contains the chat special token {token.group()!r}, "
+                         "which the tokenizer reads as chat structure, not an answer")
+    if LABEL_SEPARATOR in label:
+        raise ValueError(f"{key} {_shown(label)} contains {LABEL_SEPARATOR!r}, the separator the instruction's {{labels}} "
+                         "joins labels with, so the model could not tell where one label ends")
+    if _MODELFILE_QUOTES in label:
+        raise ValueError(f"{key} {_shown(label)} contains '\"\"\"', which would end the Modelfile's triple-quoted SYSTEM block")
 
 
 def load_task_spec(path: str | Path, *, text: str | None = None) -> TaskSpec:
@@ -409,11 +520,17 @@ def load_task_spec(path: str | Path, *, text: str | None = None) -> TaskSpec:
     if text is not None:
         raw_bytes = text.encode("utf-8")
     elif spec_path.is_file():
-        raw_bytes = spec_path.read_bytes()
+        # Read one byte past the cap: enough to know, without reading all of a huge file.
+        with spec_path.open("rb") as stream:
+            raw_bytes = stream.read(MAX_TASK_FILE_BYTES + 1)
     else:
         raise TaskSpecError(f"task file not found: {spec_path}")
+    if len(raw_bytes) > MAX_TASK_FILE_BYTES:
+        raise TaskSpecError(f"{spec_path}: the task file is larger than {MAX_TASK_FILE_BYTES // 1024} KiB; a task file holds settings, not data")
     try:
-        raw = yaml.safe_load(raw_bytes)
+        raw = yaml.load(raw_bytes, Loader=_TaskFileLoader)  # noqa: S506 - a SafeLoader subclass
+    except _RefusedYaml as exc:
+        raise TaskSpecError(f"{spec_path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise TaskSpecError(f"{spec_path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -427,6 +544,79 @@ def load_task_spec(path: str | Path, *, text: str | None = None) -> TaskSpec:
     except TypeError as exc:  # a mapping key JSON cannot hold, such as a YAML date
         raise TaskSpecError(f"{spec_path}: keys must be plain strings: {exc}") from None
     return task.task_spec(spec_path, hashlib.sha256(raw_bytes).hexdigest())
+
+
+# --- reading the YAML: safe, and refusing what a settings file never needs ---------------------
+
+
+class _RefusedYaml(yaml.YAMLError):
+    """Valid YAML the task loader refuses: an alias or anchor, a merge key, a duplicate key, deep nesting."""
+
+
+class _TaskFileLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` without the parts of YAML that let a small file mean something else.
+
+    - Aliases and anchors: an alias bomb ("billion laughs", `&a [..]` / `*a` nested) expands a few
+      hundred bytes into gigabytes; a task file repeats nothing that needs them.
+    - Merge keys (`<<:`): one more way for a key to be set twice.
+    - Duplicate keys: YAML keeps the last one silently, so a second `learning_rate:` further down
+      would override the one a reviewer read.
+    - Nesting deeper than `_MAX_YAML_DEPTH`: the composer recurses per level.
+    Each refusal names the dotted key where it happened and its line."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._keys: list[str] = []
+
+    def _dotted(self, extra: str | None = None) -> str:
+        parts = [*self._keys, *([extra] if extra is not None else [])]
+        return "".join(p if p.startswith("[") or i == 0 else f".{p}" for i, p in enumerate(parts)) or "(top level)"
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(index, yaml.ScalarNode):
+            key = index.value
+        elif isinstance(index, int):
+            key = f"[{index}]"
+        else:
+            key = None  # the document, or a mapping key
+        if isinstance(event, yaml.AliasEvent):
+            raise _RefusedYaml(f"YAML aliases are not allowed in task files: *{event.anchor} at {self._dotted(key)} (line {line})")
+        if getattr(event, "anchor", None) is not None:
+            raise _RefusedYaml(
+                f"YAML aliases are not allowed in task files, nor anchors: &{event.anchor} at {self._dotted(key)} (line {line})"
+            )
+        if key is not None:
+            self._keys.append(key)
+        if len(self._keys) > _MAX_YAML_DEPTH:
+            raise _RefusedYaml(f"{self._keys[0]}… (line {line}) is nested deeper than {_MAX_YAML_DEPTH} levels")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            if key is not None:
+                self._keys.pop()
+        node.task_key = self._dotted(key) if key is not None else ""
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            parent = getattr(node, "task_key", "")
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                line = key_node.start_mark.line + 1
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise _RefusedYaml(f"YAML merge keys ('<<') are not allowed in task files: under {parent or '(top level)'} (line {line})")
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                except TypeError:  # an unhashable key: SafeConstructor says so below
+                    continue
+                if repeated:
+                    dotted = f"{parent}.{key}" if parent else str(key)
+                    raise _RefusedYaml(f"duplicate key {dotted!r} (line {seen[key]} and line {line}); YAML would silently keep the last one")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 # --- what a validation error means, in the words of the task file ------------------------------
@@ -460,10 +650,13 @@ def _problem(item: dict, raw: dict) -> str:
     if kind in ("value_error", "assertion_error"):  # a validator's own sentence
         return str(item["ctx"]["error"])
     path, annotation, metadata = _declaration(loc)
-    value = _value_at(raw, path)
+    value = _shown(_value_at(raw, path))
+    if kind == "finite_number":
+        bounds = _bounds(annotation, metadata, words=True)
+        return f"{'.'.join(path)} must be a finite number{f' ({bounds})' if bounds else ''}, got {value}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return f"{'.'.join(path)} must be {_bounds(annotation, metadata, words=True)}, got {value!r}"
-    return f"{'.'.join(path)} must be {_type_words(annotation, metadata, sentence=True)}, got {value!r}"
+        return f"{'.'.join(path)} must be {_bounds(annotation, metadata, words=True)}, got {value}"
+    return f"{'.'.join(path)} must be {_type_words(annotation, metadata, sentence=True)}, got {value}"
 
 
 def _unknown_keys(parent: tuple, keys: list[str]) -> str:
