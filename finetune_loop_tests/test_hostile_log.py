@@ -229,3 +229,22 @@ def test_a_2099_row_moves_neither_the_window_nor_the_feedback_decision(tmp_path)
     _write(hostile / "b.jsonl", [_line(_row(i, feedback=feedback)) for i in range(10, 13)])
     volume = feedback_decision(spec, _read(hostile).labelled(), consumed)
     assert volume.retrain and volume.newest == datetime.fromisoformat(_row(12)["timestamp"])
+
+
+def test_rejected_lines_are_persisted_only_as_scrubbed_excerpts(tmp_path):
+    from finetune_loop.core.data.production_log import read_production_log
+
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    good = {"request_id": "r1", "timestamp": "2026-10-01T10:00:00+00:00", "text": "where is my parcel"}
+    (log_dir / "week.jsonl").write_text(
+        json.dumps(good) + "\n"
+        + '{"request_id": "r2", "text": "mail me at jane.doe@example.com or call +44 20 7946 0958"\n'  # no timestamp, unclosed
+    )
+    log = read_production_log(log_dir, now=datetime(2026, 10, 2, tzinfo=timezone.utc))
+    [rejected] = log.reviewable_quarantine()
+    assert rejected["line"] == 2 and rejected["reason"].startswith("malformed JSON")
+    assert "jane.doe@example.com" not in rejected["row"] and "7946" not in rejected["row"]
+    assert "[EMAIL]" in rejected["row"] or "<EMAIL>" in rejected["row"] or "EMAIL" in rejected["row"]
+    # In memory the raw line is still there for the reader; only what is written is scrubbed.
+    assert "jane.doe@example.com" in log.quarantine[0]["row"]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from finetune_loop.core.data.pii import PII_KINDS, ScrubResult, scrub_pii
+from finetune_loop.core.data.pii import EXCERPT_CHARS, PII_KINDS, ScrubResult, scrub_pii
 
 PLACEHOLDER = {"email": "[EMAIL]", "phone": "[PHONE]", "card": "[CARD]", "iban": "[IBAN]", "ip": "[IP]"}
 
@@ -305,7 +305,7 @@ def test_curation_writes_no_raw_pii_in_any_file(tmp_path):
     assert unknown_label["input"].startswith("refund? mail [EMAIL] or call [PHONE], card [CARD], IBAN [IBAN], also [EMAIL]")
     assert unknown_label["label"] == "refunds [EMAIL]" and unknown_label["reason"].startswith("unknown label: 'refunds [EMAIL]'")
     assert by_kind["malformed JSON"]["line"] == 41 and "[EMAIL]" in by_kind["malformed JSON"]["input"]
-    assert by_kind["over-long input"]["id"] == "q-long" and len(by_kind["over-long input"]["input"]) <= curation.EXCERPT_CHARS
+    assert by_kind["over-long input"]["id"] == "q-long" and len(by_kind["over-long input"]["input"]) <= EXCERPT_CHARS
     assert by_kind["duplicate id"]["line"] == 39 and by_kind["duplicate id"]["id"] == json.loads(spec.labeled_examples_path.read_text().splitlines()[38])["id"]
     assert set(quarantine[0]) == {"file", "line", "id", "source", "input", "label", "reason"}
     revoked = [json.loads(line) for line in (dataset.directory / "revoked.jsonl").read_text(encoding="utf-8").splitlines()]

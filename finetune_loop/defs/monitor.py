@@ -62,7 +62,7 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
     report_path = loop.task_dir("drift") / f"{context.run.run_id}.html"
     log = read_production_log(spec.production_log_path, spec.fields.input, spec.labels)
     quarantine_path = report_path.with_suffix(".quarantine.jsonl")
-    write_jsonl(quarantine_path, log.quarantine)
+    write_jsonl(quarantine_path, log.reviewable_quarantine())
     window = log.window(spec.drift.window_days)
     if not window.records:
         raise dg.Failure(f"no usable production rows in {spec.production_log_path}; {len(log.quarantine)} quarantined, reasons in {quarantine_path}")

@@ -36,7 +36,11 @@ from finetune_loop.core.data.dedup import (
     remove_near_duplicates,
 )
 from finetune_loop.core.data.exact_dedup import deduplicate
-from finetune_loop.core.data.pii import scrub_examples, scrub_pii
+from finetune_loop.core.data.pii import (
+    scrub_examples,
+    scrub_pii,
+    scrubbed_excerpt,
+)
 from finetune_loop.core.data.readers import CurationError, read_examples
 from finetune_loop.core.data.splits import stratified_split, stratum_key
 from finetune_loop.core.data.suites import FrozenSuite
@@ -70,7 +74,6 @@ class CurationReport:
 
 
 # Characters of input and label kept (after scrubbing) in each row of an evidence file.
-EXCERPT_CHARS = 200
 
 
 @dataclass
@@ -82,21 +85,6 @@ class CuratedDataset:
     quarantine_path: Path
     duplicates_path: Path
     report: CurationReport
-
-
-
-
-
-
-def _excerpt(value) -> str | None:
-    """`value` as text, PII scrubbed, cut to EXCERPT_CHARS (scrubbed first, so a cut can never leave
-    half of a card number that the scrubber would no longer recognise)."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        value = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    text = scrub_pii(value).text
-    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 
 def _for_review(entry: dict, spec: TaskSpec) -> dict:
@@ -123,9 +111,9 @@ def _for_review(entry: dict, spec: TaskSpec) -> dict:
         "line": entry.get("line"),
         # Ids stay as they are (train.jsonl holds them too); an id field of another type is no id.
         "id": str(row_id) if isinstance(row_id, (str, int)) and not isinstance(row_id, bool) else None,
-        "source": _excerpt(source),
-        "input": _excerpt(text),
-        "label": _excerpt(label),
+        "source": scrubbed_excerpt(source),
+        "input": scrubbed_excerpt(text),
+        "label": scrubbed_excerpt(label),
     }
     if "reason" in entry:  # a reason can quote a value ("unknown label: '...'")
         reviewed["reason"] = scrub_pii(str(entry["reason"])).text

@@ -518,3 +518,18 @@ def _scrub_target(target: str, target_format: str, counts: Counter) -> str:
         return value
 
     return json.dumps(walk(json.loads(target)), ensure_ascii=False, separators=(",", ":"))
+
+
+# What evidence files (quarantine, duplicates, the production log's rejected lines) keep of a row.
+EXCERPT_CHARS = 200
+
+
+def scrubbed_excerpt(value) -> str | None:
+    """`value` as text, PII scrubbed, cut to EXCERPT_CHARS (scrubbed first, so a cut can never leave
+    half of a card number that the scrubber would no longer recognise)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    text = scrub_pii(value).text
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"

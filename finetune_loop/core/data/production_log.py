@@ -56,6 +56,7 @@ from typing import Sequence
 
 from finetune_loop.core.common.files import sha256_file, write_jsonl
 from finetune_loop.core.common.spec import FieldMapping, TaskSpec
+from finetune_loop.core.data.pii import scrubbed_excerpt
 
 FEEDBACK_SOURCE = "production_feedback"
 # A request stamped later than now + MAX_CLOCK_SKEW is quarantined ("timestamp in the future").
@@ -85,6 +86,11 @@ class ProductionLog:
     # {"file", "line", "reason": "<kind>: <detail>", "row"} per rejected line
     quarantine: list[dict]
     files: list[Path] = field(default_factory=list)
+
+    def reviewable_quarantine(self) -> list[dict]:
+        """The rejected lines as they may be persisted: each raw line replaced by its PII-scrubbed
+        excerpt (file, line and reason kept), so no report file holds raw personal data."""
+        return [{**entry, "row": scrubbed_excerpt(entry["row"])} for entry in self.quarantine]
 
     @property
     def skipped(self) -> list[dict]:
