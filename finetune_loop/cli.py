@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune_loop.core.common.home import HOME_ENV_VAR, LoopHome
-from finetune_loop.core.common.spec import TaskSpec, TaskSpecError, load_task_spec, task_spec_json_schema
+from finetune_loop.core.common.spec import (
+    TaskSpec,
+    TaskSpecError,
+    load_task_spec,
+    task_spec_json_schema,
+)
 
 if TYPE_CHECKING:  # Dagster loads only when a command runs the graph, not for --help or rollback.
     from finetune_loop.defs.metadata import (

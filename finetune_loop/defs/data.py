@@ -4,7 +4,8 @@ and the curated training set with its `no_contamination` check. Core: `finetune_
 
 import dagster as dg
 
-from finetune_loop.core.data import curation, production_log as production, readers, suites
+from finetune_loop.core.data import curation, readers, suites
+from finetune_loop.core.data import production_log as production
 from finetune_loop.core.train.prompts import rendered_length
 from finetune_loop.defs.common import file_or_directory_version
 from finetune_loop.defs.metadata import CuratedDatasetMetadata, SuiteMetadata

@@ -19,12 +19,17 @@ import dagster as dg
 
 from finetune_loop.core.common.files import write_jsonl
 from finetune_loop.core.data.curation import CuratedDataset
-from finetune_loop.core.data.production_log import read_production_log
+from finetune_loop.core.data.production_log import read_task_log
 from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.monitor import drift, triggers
 from finetune_loop.core.ship.registry import champion_record
 from finetune_loop.defs.common import mlflow_link, run_tags
-from finetune_loop.defs.data import curated_dataset, holdout_suite, production_log, regression_suite
+from finetune_loop.defs.data import (
+    curated_dataset,
+    holdout_suite,
+    production_log,
+    regression_suite,
+)
 from finetune_loop.defs.evaluate import eval_report
 from finetune_loop.defs.metadata import DriftReportMetadata
 from finetune_loop.defs.resources import SPEC_HASH_TAG, TASK_TAG, LoopResource
@@ -60,7 +65,7 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
         context.log.info(f"monitoring not configured yet: {spec.spec_path} names no data.production_log")
         return
     report_path = loop.task_dir("drift") / f"{context.run.run_id}.html"
-    log = read_production_log(spec.production_log_path, spec.fields.input, spec.labels)
+    log = read_task_log(spec)
     quarantine_path = report_path.with_suffix(".quarantine.jsonl")
     write_jsonl(quarantine_path, log.reviewable_quarantine())
     window = log.window(spec.drift.window_days)
@@ -211,7 +216,7 @@ def feedback_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResou
     spec = loop.spec()
     if spec.production_log_path is None:
         return dg.SkipReason(f"task {spec.name} names no data.production_log")
-    labelled = read_production_log(spec.production_log_path, spec.fields.input, spec.labels).labelled()
+    labelled = read_task_log(spec).labelled()
     consumed = datetime.fromisoformat(context.cursor) if context.cursor else None
     decision = triggers.feedback_decision(spec, labelled, consumed)
     if not decision.retrain:

@@ -259,19 +259,20 @@ def read_production_log(
     labels: Sequence[str] | None = None,
     *,
     now: datetime | None = None,
+    max_clock_skew: timedelta = MAX_CLOCK_SKEW,
 ) -> ProductionLog:
     """Every usable request of the log; each rejected line is quarantined with "<kind>: <detail>"
     (the rules are in the module docstring), and so is every entry of a directory log that is not
     a `*.jsonl` file (with `"line": None`).
 
     With `labels`, a prediction or feedback label outside the task's label set is rejected too.
-    A timestamp later than `now` (default: the wall clock) + MAX_CLOCK_SKEW is rejected.
+    A timestamp later than `now` (default: the wall clock) + `max_clock_skew` is rejected.
     """
     if now is None:
         now = datetime.now(timezone.utc)
     elif now.tzinfo is None:
         raise ValueError(f"now must carry a time zone, got {now.isoformat()}")
-    latest = now + MAX_CLOCK_SKEW
+    latest = now + max_clock_skew
     files = log_files(path)
     records: list[ProductionRecord] = []
     quarantine: list[dict] = [
@@ -298,7 +299,7 @@ def read_production_log(
             if problem is None and record.timestamp > latest:
                 problem = (
                     f"timestamp in the future: {row['timestamp']!r} is later than {now.isoformat()} "
-                    f"+ {MAX_CLOCK_SKEW} of allowed clock skew"
+                    f"+ {max_clock_skew} of allowed clock skew"
                 )
             if problem is None and record.request_id in first_seen:
                 problem = f"duplicate request_id: {record.request_id!r} first seen at {first_seen[record.request_id]}"
@@ -376,12 +377,23 @@ def feedback_rows(records: Sequence[ProductionRecord], fields: FieldMapping) -> 
     return rows
 
 
+def read_task_log(spec: TaskSpec, *, now: datetime | None = None, check_labels: bool = True) -> ProductionLog:
+    """The task's production log read with its own input field, clock-skew tolerance
+    (`drift.max_clock_skew_hours`) and, with `check_labels`, its label set: how every stage reads
+    it. Feedback for curation is read without the label check, so an unknown feedback label reaches
+    curation's quarantine with its did-you-mean instead of vanishing here."""
+    return read_production_log(
+        spec.production_log_path, spec.fields.input, spec.labels if check_labels else None, now=now,
+        max_clock_skew=timedelta(hours=spec.drift.max_clock_skew_hours),
+    )
+
+
 def write_feedback_examples(spec: TaskSpec, out_dir: Path) -> Path | None:
     """The log's labelled feedback as a labelled-examples file for the next curated_dataset, named
     by the log's data version; None when the task has no log or the log holds no feedback."""
     if spec.production_log_path is None:
         return None
-    log = read_production_log(spec.production_log_path, spec.fields.input)
+    log = read_task_log(spec, check_labels=False)
     rows = feedback_rows(log.records, spec.fields)
     if not rows:
         return None

@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from finetune_loop.core.evaluate import frontier as frontier_models
 from finetune_loop.core.common.examples import Example
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import Tracker
 from finetune_loop.core.data.probe_set import ProbeSet, load_probes
 from finetune_loop.core.data.readers import read_examples
+from finetune_loop.core.evaluate import frontier as frontier_models
 from finetune_loop.core.evaluate.gate import GateEvidence, GateVerdict, decide_release
 from finetune_loop.core.evaluate.metrics import Scores, score_suite
 from finetune_loop.core.evaluate.probes import ProbeReport, judge_probes

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from finetune_loop.core.common.spec import ShadowSettings, TaskSpec
-from finetune_loop.core.data.production_log import ProductionRecord, read_production_log
+from finetune_loop.core.data.production_log import ProductionRecord, read_task_log
 from finetune_loop.core.evaluate.scoring import predict_labels
 
 
@@ -74,7 +74,7 @@ def shadow_evaluate(spec: TaskSpec, base_dir: Path, adapter_dir: Path, champion_
 
     if spec.production_log_path is None:
         return None
-    log = read_production_log(spec.production_log_path, spec.fields.input, spec.labels)
+    log = read_task_log(spec)
     records = shadow_inputs(log.records, champion_version, spec.shadow)
     if not records:
         return None

@@ -25,11 +25,7 @@ from pathlib import Path
 
 from finetune_loop.core.common.examples import Example
 from finetune_loop.core.common.spec import TaskSpec
-from finetune_loop.core.data.production_log import (
-    append_log_file,
-    log_files,
-    read_production_log,
-)
+from finetune_loop.core.data.production_log import append_log_file, log_files, read_task_log
 from finetune_loop.core.data.validation import read_labeled_examples
 from finetune_loop.core.evaluate.scoring import predict_labels
 
@@ -112,7 +108,7 @@ def next_week_start(spec: TaskSpec, now: datetime) -> datetime:
     latest_start = now - WEEK
     if spec.production_log_path is None or not spec.production_log_path.exists():
         return latest_start
-    log = read_production_log(spec.production_log_path, spec.fields.input, now=now)
+    log = read_task_log(spec, now=now, check_labels=False)
     newest = max((r.timestamp for r in log.records), default=None)
     return latest_start if newest is None else min(newest + timedelta(seconds=1), latest_start)
 

@@ -28,8 +28,11 @@ from finetune_loop.core.ship.llama_runtime import (
 )
 from finetune_loop.core.ship.merge import merge_adapter, training_tokenizer_dir
 from finetune_loop.core.ship.model_card import write_model_card
-from finetune_loop.core.ship.registry import BUNDLE_ARTIFACT_PATH, GGUF_CHECKS_PASSED_TAG
 from finetune_loop.core.ship.modelfile import build_modelfile
+from finetune_loop.core.ship.registry import (
+    BUNDLE_ARTIFACT_PATH,
+    GGUF_CHECKS_PASSED_TAG,
+)
 from finetune_loop.core.train.base_model import BaseModel
 from finetune_loop.core.train.prompts import render_prompt
 
