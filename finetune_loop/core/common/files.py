@@ -1,10 +1,15 @@
-"""File helpers shared by the stages: content hashes (data versions, provenance) and JSONL writing."""
+"""File helpers shared by the stages: content hashes (data versions, provenance) and atomic writing
+(JSONL and text): a reader sees the old file or the whole new one, never a partial write."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import uuid
 from pathlib import Path
+from typing import IO, Iterator
 
 
 def sha256_file(path: Path) -> str:
@@ -23,10 +28,34 @@ def sha256_tree(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
+@contextlib.contextmanager
+def _atomic_open(path: Path, encoding: str = "utf-8", errors: str = "strict") -> Iterator[IO[str]]:
+    """A text handle on a temporary sibling of `path` that replaces `path` (os.replace, atomic on one
+    file system) only once the block finished without error; on error the sibling is removed and
+    `path` keeps its old content. The sibling is created like any new file (the usual permissions)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with temporary.open("x", encoding=encoding, errors=errors) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically: the old content or the new one, never a mix."""
+    with _atomic_open(path) as handle:
+        handle.write(text)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, written atomically (a row that fails to serialise leaves the old file)."""
     # A lone surrogate (an undecodable byte kept by surrogateescape, in a quarantined row) becomes the
     # JSON escape \udcXX, so the file stays valid UTF-8 and reads back to the same string.
-    with path.open("w", encoding="utf-8", errors="backslashreplace") as handle:
+    with _atomic_open(path, errors="backslashreplace") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
