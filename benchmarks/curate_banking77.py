@@ -40,10 +40,10 @@ def main() -> int:
 
         timings = {}
         clock = time.perf_counter()
-        holdout = suites.freeze_suite(spec, "holdout", home / "suites")
+        holdout = suites.freeze_suite(spec, "holdout", home / "suites", token_length=token_length)
         timings["freeze holdout_suite"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        regression = suites.freeze_suite(spec, "regression", home / "suites", exclude=[holdout])
+        regression = suites.freeze_suite(spec, "regression", home / "suites", exclude=[holdout], token_length=token_length)
         timings["freeze regression_suite"] = time.perf_counter() - clock
         clock = time.perf_counter()
         dataset = curation.curate_dataset(spec, [holdout, regression], home / "datasets", token_length=token_length)

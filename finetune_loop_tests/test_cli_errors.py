@@ -21,16 +21,40 @@ def state(tmp_path, monkeypatch):
 
 def test_a_curation_error_reaches_the_user_as_its_message(tmp_path, tiny_base_model, state, capfd):
     task = write_tiny_task(tmp_path / "task", tiny_base_model)
-    task.write_text(task.read_text().replace("production_log: production.jsonl", "production_log: production.jsonl\n  sources: missing_sources.yaml"))
+    (tmp_path / "task" / "sources.yaml").write_text("sources: []\n")
+    task.write_text(task.read_text().replace("production_log: production.jsonl", "production_log: production.jsonl\n  sources: sources.yaml"))
     assert main(["curate", "--task", str(task)]) == EXIT_FAILED
     out, err = capfd.readouterr()
-    # The first step that reads the rows (freezing the holdout) names the missing file.
-    assert "error: step holdout_suite failed: CurationError: sources file not found: " in err
-    assert "missing_sources.yaml" in err
+    # The first step that reads the rows (freezing the holdout) names the broken file.
+    assert "error: step holdout_suite failed: CurationError: " in err and "sources.yaml: expected a non-empty mapping under 'sources'" in err
     assert "Traceback" not in out + err
     # The whole trace is kept, where the message says.
     log = next((state / "logs").glob("*-curate.log"))
     assert f"trace in {log}" in err and "in load_sources\n    raise CurationError" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("labeled_examples: tickets.jsonl", "labeled_examples: tickts.jsonl", "data.labeled_examples: no such file or directory: "),
+        ("production_log: production.jsonl", "production_log: production.jsonl\n  sources: sources.yaml", "data.sources: no such file or directory: "),
+        ("name: tiny_triage", "name: tiny_triage\nprobes: probes.yaml", "probes: no such file or directory: "),
+    ],
+)
+def test_a_missing_file_the_task_names_is_an_error_naming_the_task_file_and_key(tmp_path, state, capfd, old, new, expected):
+    task = write_tiny_task(tmp_path / "task", tmp_path / "model")
+    task.write_text(task.read_text().replace(old, new))
+    assert main(["run", "--task", str(task)]) == EXIT_FAILED
+    out, err = capfd.readouterr()
+    assert err.startswith(f"error: {task}: {expected}") and "Traceback" not in out + err
+
+
+def test_a_base_model_directory_that_does_not_exist_names_the_task_file_and_key(tmp_path, state, capfd):
+    task = write_tiny_task(tmp_path / "task", tmp_path / "no-such-model")
+    assert main(["curate", "--task", str(task)]) == EXIT_FAILED
+    out, err = capfd.readouterr()
+    assert f"BaseModelError: {task}: base_model: base model directory not found: {tmp_path / 'no-such-model'}" in err
+    assert "Traceback" not in out + err and "Repo id must be" not in err
 
 
 def test_a_task_without_a_production_log_runs_and_says_monitoring_is_not_configured(tmp_path, tiny_base_model, state, capfd):

@@ -23,6 +23,7 @@ def test_example_task_loads_with_its_data():
 def _write(tmp_path: Path, **overrides) -> Path:
     raw = yaml.safe_load(EXAMPLE_TASK.read_text())
     raw["data"] = {"labeled_examples": "x.jsonl", "production_log": "y.jsonl"}
+    raw.pop("probes", None)  # the example's probes file lies beside the example, not in tmp_path
     for key, value in overrides.items():
         if value is None:
             raw.pop(key, None)
@@ -30,6 +31,8 @@ def _write(tmp_path: Path, **overrides) -> Path:
             raw[key] = value
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(raw))
+    # The data file a task names must exist when it loads.
+    (tmp_path / "x.jsonl").touch()
     return path
 
 

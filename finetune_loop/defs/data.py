@@ -45,19 +45,31 @@ def production_log(loop: LoopResource) -> dg.ObserveResult:
 def _suite_output(suite: suites.FrozenSuite) -> dg.Output:
     metadata = SuiteMetadata(
         content_hash=suite.content_hash, size=suite.size, created_this_run=suite.created, path=str(suite.path),
-        per_label=suite.per_label, per_slice=suite.per_slice,
+        per_label=suite.per_label, per_slice=suite.per_slice, excluded=suite.excluded,
     )
     return dg.Output(suite, metadata=metadata.to_dagster())
 
 
-@dg.asset(group_name=GROUP, deps=[labeled_examples], description="Frozen holdout: created once (designated file or seeded split), hash-checked ever after.")
+def _freeze(loop: LoopResource, name: str, exclude: list[suites.FrozenSuite]) -> dg.Output[suites.FrozenSuite]:
+    # Suites obey training's rules too: the length rule needs the base's tokenizer.
+    token_length = rendered_length(loop.spec(), loop.base_model().directory)
+    return _suite_output(suites.freeze_suite(loop.spec(), name, loop.task_dir("suites"), exclude=exclude, token_length=token_length))
+
+
+@dg.asset(
+    group_name=GROUP, deps=[labeled_examples, dg.AssetKey("base_model")],
+    description="Frozen holdout: created once (designated file or seeded split) under curation's rules, verified (hash, labels, sources) ever after.",
+)
 def holdout_suite(loop: LoopResource) -> dg.Output[suites.FrozenSuite]:
-    return _suite_output(suites.freeze_suite(loop.spec(), "holdout", loop.task_dir("suites")))
+    return _freeze(loop, "holdout", exclude=[])
 
 
-@dg.asset(group_name=GROUP, deps=[labeled_examples], description="Frozen regression cases: created once, never overlapping the holdout, hash-checked ever after.")
+@dg.asset(
+    group_name=GROUP, deps=[labeled_examples, dg.AssetKey("base_model")],
+    description="Frozen regression cases: created once under curation's rules, never overlapping the holdout, verified ever after.",
+)
 def regression_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite) -> dg.Output[suites.FrozenSuite]:
-    return _suite_output(suites.freeze_suite(loop.spec(), "regression", loop.task_dir("suites"), exclude=[holdout_suite]))
+    return _freeze(loop, "regression", exclude=[holdout_suite])
 
 
 @dg.asset(

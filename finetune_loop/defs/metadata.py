@@ -113,6 +113,8 @@ class SuiteMetadata(AssetMetadata):
     path: str = path_field()
     per_label: dict = json_field()
     per_slice: dict = json_field()
+    # Rows left out when the suite was frozen, per reason (revoked source, over-long input, …).
+    excluded: dict = json_field()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ from pydantic import PrivateAttr
 from finetune_loop.core.common.home import LoopHome
 from finetune_loop.core.common.spec import TaskSpec, TaskSpecError, load_task_spec
 from finetune_loop.core.common.tracker import Tracker
-from finetune_loop.core.train.base_model import BaseModel, prepare_base_model
+from finetune_loop.core.train.base_model import BaseModel, BaseModelError, prepare_base_model
 
 TASK_ENV_VAR = "FINETUNE_LOOP_TASK"
 EXAMPLE_TASK = Path(__file__).resolve().parents[1] / "tasks" / "support_triage.yaml"
@@ -83,7 +83,11 @@ class LoopResource(dg.ConfigurableResource):
     def base_model(self) -> BaseModel:
         """The task's base model, prepared once per process (its hash is cached by file size and mtime)."""
         if self._base is None:
-            self._base = prepare_base_model(self.spec().base_model, self.loop_home().artifacts / "base_models")
+            spec = self.spec()
+            try:
+                self._base = prepare_base_model(spec.base_model, self.loop_home().artifacts / "base_models")
+            except BaseModelError as exc:
+                raise BaseModelError(f"{spec.spec_path}: base_model: {exc}") from exc
         return self._base
 
     def tracker(self) -> Tracker:

@@ -550,7 +550,22 @@ def load_task_spec(path: str | Path, *, text: str | None = None) -> TaskSpec:
         raise TaskSpecError(f"{spec_path}: " + "; ".join(_problems(exc, raw))) from None
     except TypeError as exc:  # a mapping key JSON cannot hold, such as a YAML date
         raise TaskSpecError(f"{spec_path}: keys must be plain strings: {exc}") from None
-    return task.task_spec(spec_path, hashlib.sha256(raw_bytes).hexdigest())
+    spec = task.task_spec(spec_path, hashlib.sha256(raw_bytes).hexdigest())
+    _require_named_files(spec)
+    return spec
+
+
+def _require_named_files(spec: TaskSpec) -> None:
+    """The files the task names must exist when it loads, so a typo is an error naming the task
+    file and the key, not a FileNotFoundError deep inside a run. The production log is exempt: the
+    serving layer creates it, and a task may name it before the first request arrives."""
+    named = {
+        "data.labeled_examples": spec.labeled_examples_path, "data.holdout": spec.holdout_path,
+        "data.regression": spec.regression_path, "data.sources": spec.sources_path, "probes": spec.probes_path,
+    }
+    missing = [f"{key}: no such file or directory: {path}" for key, path in named.items() if path is not None and not path.exists()]
+    if missing:
+        raise TaskSpecError(f"{spec.spec_path}: " + "; ".join(missing))
 
 
 # --- reading the YAML: safe, and refusing what a settings file never needs ---------------------

@@ -61,6 +61,10 @@ def prepare_base_model(base_model: str, cache_root: Path) -> BaseModel:
         return BaseModel(base_model, target, info["source_sha256"], info.get("gguf_tokenizer_pre"))
 
     local = Path(base_model).expanduser()
+    # A path (not a hub id, which is "name" or "owner/name") that does not exist is a typo or a
+    # missing copy; asking the hub for it would only add a confusing "Repo id must be…" error.
+    if not local.exists() and (local.is_absolute() or base_model.startswith((".", "~")) or base_model.count("/") > 1):
+        raise BaseModelError(f"base model directory not found: {local}")
     if local.is_dir():
         weights = sorted(local.glob("*.safetensors")) or sorted(local.glob("*.bin"))
         if not weights or not (local / "config.json").is_file():
@@ -73,10 +77,11 @@ def prepare_base_model(base_model: str, cache_root: Path) -> BaseModel:
 
     try:
         snapshot = Path(snapshot_download(base_model, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
-    except Exception as exc:  # the hub client raises many types; the message is what the user needs
+    except Exception as exc:  # the hub client raises many types; the first line is what the user needs
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BaseModelError(
-            f"base model {base_model!r} is neither {EMBEDDED_BASE_MODEL!r}, a local directory, nor a reachable "
-            f"Hugging Face model id: {exc}"
+            f"base model {base_model!r} is neither {EMBEDDED_BASE_MODEL!r}, a local directory, nor a Hugging Face model id "
+            f"this machine can fetch ({reason}); offline, download it elsewhere and name its local directory instead"
         ) from exc
     return prepare_base_model(str(snapshot), cache_root)
 
