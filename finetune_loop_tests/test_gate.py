@@ -180,6 +180,11 @@ def test_bad_gate_values_are_rejected_with_the_field_named(tmp_path, tiny_base_m
 def test_missing_probes_file_is_an_error_naming_it(tmp_path, tiny_base_model):
     path = write_tiny_task(tmp_path, tiny_base_model)
     path.write_text(path.read_text() + "probes: nowhere.yaml\n")
+    # Refused when the task loads, naming the task file and the key, before any run starts.
+    with pytest.raises(TaskSpecError, match=r"task.yaml: probes: no such file or directory: .*nowhere.yaml"):
+        load_task_spec(path)
+    # A probes file that exists but cannot be read as probes names itself.
+    (tmp_path / "nowhere.yaml").write_bytes(b"\xff\xfe not yaml")
     spec = load_task_spec(path)
     with pytest.raises(ProbeError, match="nowhere.yaml: cannot read probes"):
         load_probes(spec.probes_path, spec)

@@ -52,7 +52,7 @@ class ProbeSet:
 def load_probes(path: Path, spec: TaskSpec) -> ProbeSet:
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ProbeError(f"{path}: cannot read probes: {exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("probes"), list) or not raw["probes"]:
         raise ProbeError(f"{path}: expected a mapping with a non-empty list under 'probes'")
