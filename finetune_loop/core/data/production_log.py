@@ -48,7 +48,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -57,14 +56,19 @@ from typing import Sequence
 from finetune_loop.core.common.files import sha256_file, write_jsonl
 from finetune_loop.core.common.spec import FieldMapping, TaskSpec
 from finetune_loop.core.data.pii import scrubbed_excerpt
+from finetune_loop.core.data.readers import (
+    BOM,
+    DuplicateKeyError,
+    depth_exceeds,
+    find_lone_surrogate,
+    loads_strict,
+)
 
 FEEDBACK_SOURCE = "production_feedback"
 # A request stamped later than now + MAX_CLOCK_SKEW is quarantined ("timestamp in the future").
 MAX_CLOCK_SKEW = timedelta(hours=1)
 # Arrays and objects nested deeper than this are quarantined ("malformed JSON: nested too deep").
 MAX_JSON_DEPTH = 64
-_BOM = b"\xef\xbb\xbf"
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -189,66 +193,39 @@ def log_data_version(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    row: dict = {}
-    for key, value in pairs:
-        if key in row:
-            raise _DuplicateKey(key)
-        row[key] = value
-    return row
-
-
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def _json_problem(value: object) -> str | None:
-    """Too deep or a lone surrogate anywhere in a parsed row (walked without recursion)."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if _LONE_SURROGATE.search(item):
-                return "lone surrogate in a string"
-        elif isinstance(item, (dict, list)):
-            if depth > MAX_JSON_DEPTH:
-                return f"nested too deep (more than {MAX_JSON_DEPTH} levels)"
-            if isinstance(item, dict):
-                for key, sub in item.items():
-                    if _LONE_SURROGATE.search(key):
-                        return f"lone surrogate in key {key!r}"
-                    stack.append((sub, depth + 1))
-            else:
-                stack.extend((sub, depth + 1) for sub in item)
-    return None
-
-
 def _parse_line(text: str) -> tuple[object, str | None]:
-    """The JSON value of one line, or a "malformed JSON: <detail>" reason."""
+    """The JSON value of one line, or a "malformed JSON: <detail>" reason. Parsed as every reader
+    of untrusted JSON parses (duplicate keys refused), and stricter than labelled rows in two
+    ways: NaN/Infinity are refused and nesting is capped at MAX_JSON_DEPTH."""
     try:
-        row = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
-    except _DuplicateKey as exc:
-        return None, f"malformed JSON: duplicate key {exc.args[0]!r}"
+        row = loads_strict(text, parse_constant=_no_constant)
+    except DuplicateKeyError as exc:
+        return None, f"malformed JSON: duplicate key {exc.key!r}"
     except json.JSONDecodeError as exc:
         return None, f"malformed JSON: {exc.msg}"
     except ValueError as exc:  # NaN/Infinity, an integer of more digits than Python converts
         return None, f"malformed JSON: {exc}"
     except RecursionError:
         return None, f"malformed JSON: nested too deep (more than {MAX_JSON_DEPTH} levels)"
-    problem = _json_problem(row)
-    return (None, f"malformed JSON: {problem}") if problem else (row, None)
+    if depth_exceeds(row, MAX_JSON_DEPTH):
+        return None, f"malformed JSON: nested too deep (more than {MAX_JSON_DEPTH} levels)"
+    surrogate = find_lone_surrogate(row)
+    if surrogate is not None:
+        where = f"key {surrogate.key!r}" if surrogate.key is not None else "a string"
+        return None, f"malformed JSON: lone surrogate in {where}"
+    return row, None
 
 
 def _lines(file: Path):
     """(line number, bytes) per line: split on b"\\n" only, a trailing b"\\r" dropped, a leading
     byte-order mark of the file dropped."""
     data = file.read_bytes()
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
+    if data.startswith(BOM):
+        data = data[len(BOM) :]
     for line_no, raw in enumerate(data.split(b"\n"), start=1):
         yield line_no, raw[:-1] if raw.endswith(b"\r") else raw
 

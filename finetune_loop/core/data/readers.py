@@ -15,6 +15,7 @@ import json
 import re
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 from finetune_loop.core.common.examples import (
     Example,
@@ -75,10 +76,12 @@ def _read_rows(path: Path, required_column: str | None = None) -> list[tuple[int
 # Deeper rows than this are quarantined: nothing the loop trains on nests this deep, and a deeper
 # one would only risk a RecursionError in some later json.dumps or comparison.
 MAX_JSON_DEPTH = 100
-_BOM = b"\xef\xbb\xbf"
+BOM = b"\xef\xbb\xbf"
 
 
-class _DuplicateKey(ValueError):
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice (json.loads would silently keep the last)."""
+
     def __init__(self, key: str):
         super().__init__(key)
         self.key = key
@@ -88,15 +91,17 @@ def _pairs_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
     row: dict = {}
     for key, value in pairs:
         if key in row:
-            raise _DuplicateKey(key)
+            raise DuplicateKeyError(key)
         row[key] = value
     return row
 
 
-def loads_strict(text: str) -> object:
-    """`json.loads`, except that a duplicate key raises `_DuplicateKey` instead of the last one
-    silently winning. Other failures are `json.JSONDecodeError`, `RecursionError` or `ValueError`."""
-    return json.loads(text, object_pairs_hook=_pairs_without_duplicates)
+def loads_strict(text: str, **json_options) -> object:
+    """`json.loads` (with `json_options`), except that a duplicate key raises `DuplicateKeyError`
+    instead of the last one silently winning. Other failures are `json.JSONDecodeError`,
+    `RecursionError` or `ValueError`. Every reader of untrusted JSON (labelled rows, JSON targets,
+    the production log) parses through this."""
+    return json.loads(text, object_pairs_hook=_pairs_without_duplicates, **json_options)
 
 
 def json_problem(text: str) -> tuple[object, str | None]:
@@ -104,7 +109,7 @@ def json_problem(text: str) -> tuple[object, str | None]:
     cleanly: a syntax error, a duplicate key, nesting too deep, or a number Python refuses."""
     try:
         value = loads_strict(text)
-    except _DuplicateKey as exc:
+    except DuplicateKeyError as exc:
         return None, f"malformed JSON: duplicate key {exc.key!r}"
     except json.JSONDecodeError as exc:
         return None, f"malformed JSON: {exc.msg} at column {exc.colno}"
@@ -112,12 +117,13 @@ def json_problem(text: str) -> tuple[object, str | None]:
         return None, "malformed JSON: nested too deep"
     except ValueError as exc:  # e.g. an integer beyond Python's digit limit
         return None, f"malformed JSON: {exc}"
-    if _depth_exceeds(value, MAX_JSON_DEPTH):
+    if depth_exceeds(value, MAX_JSON_DEPTH):
         return None, f"malformed JSON: nested too deep (more than {MAX_JSON_DEPTH} levels)"
     return value, None
 
 
-def _depth_exceeds(value: object, limit: int) -> bool:
+def depth_exceeds(value: object, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than `limit` (walked without recursion)."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -128,30 +134,37 @@ def _depth_exceeds(value: object, limit: int) -> bool:
     return False
 
 
-def find_lone_surrogate(value: object, field: str | None = None) -> tuple[str | None, str] | None:
-    """(field, character) of the first lone surrogate (U+D800..U+DFFF) in a string, key or nested
-    value, or None. JSON can escape one (`"\\ud800"`); no tokenizer or UTF-8 file can hold it."""
-    stack = [(value, field)]
+class LoneSurrogate(NamedTuple):
+    field: str | None  # the top-level field it sits under
+    char: str
+    key: str | None  # the object key that holds it, when it is in a key rather than a value
+
+
+def find_lone_surrogate(value: object, field: str | None = None) -> LoneSurrogate | None:
+    """The first lone surrogate (U+D800..U+DFFF) in a string, key or nested value, or None. JSON
+    can escape one (`"\\ud800"`); no tokenizer or UTF-8 file can hold it."""
+    stack: list[tuple[object, str | None, bool]] = [(value, field, False)]
     while stack:
-        item, name = stack.pop()
+        item, name, is_key = stack.pop()
         if isinstance(item, str):
             for ch in item:
                 if "\ud800" <= ch <= "\udfff":
-                    return name, ch
+                    return LoneSurrogate(name, ch, item if is_key else None)
         elif isinstance(item, dict):
             for key, child in item.items():
-                stack.append((key, name if name is not None else (key if isinstance(key, str) else repr(key))))
-                stack.append((child, name if name is not None else (key if isinstance(key, str) else repr(key))))
+                child_name = name if name is not None else (key if isinstance(key, str) else repr(key))
+                stack.append((key, child_name, True))
+                stack.append((child, child_name, False))
         elif isinstance(item, (list, tuple)):
-            stack.extend((child, name) for child in item)
+            stack.extend((child, name, False) for child in item)
     return None
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict, str | None]]:
     rows: list[tuple[int, dict, str | None]] = []
     data = path.read_bytes()
-    if data.startswith(_BOM):  # utf-8-sig: a BOM from a Windows editor is not part of the first row
-        data = data[len(_BOM):]
+    if data.startswith(BOM):  # utf-8-sig: a BOM from a Windows editor is not part of the first row
+        data = data[len(BOM):]
     for line_no, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
@@ -169,7 +182,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict, str | None]]:
             continue
         surrogate = find_lone_surrogate(row)
         if surrogate is not None:
-            rows.append((line_no, {"raw": line}, f"invalid Unicode: lone surrogate U+{ord(surrogate[1]):04X} in field {surrogate[0]!r}"))
+            rows.append((line_no, {"raw": line}, f"invalid Unicode: lone surrogate U+{ord(surrogate.char):04X} in field {surrogate.field!r}"))
             continue
         rows.append((line_no, row, None))
     return rows

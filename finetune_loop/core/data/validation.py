@@ -98,7 +98,7 @@ def _validate_row(spec: TaskSpec, row: dict, default_id: str, sources: dict[str,
     fields = spec.fields
     surrogate = find_lone_surrogate(row)
     if surrogate is not None:
-        field, ch = surrogate
+        field, ch = surrogate.field, surrogate.char
         if "\udc80" <= ch <= "\udcff":  # an undecodable byte kept by surrogateescape (CSV)
             if field == fields.input:
                 return None, "not valid UTF-8: the input holds bytes that do not decode"
@@ -175,7 +175,7 @@ def _validate_answer(spec: TaskSpec, row: dict) -> tuple[str | None, str | None]
             return None, "malformed JSON target: " + problem.partition(": ")[2]
         surrogate = find_lone_surrogate(value)
         if surrogate is not None:
-            return None, f"invalid Unicode: lone surrogate U+{ord(surrogate[1]):04X} in the JSON target"
+            return None, f"invalid Unicode: lone surrogate U+{ord(surrogate.char):04X} in the JSON target"
     if not isinstance(value, (dict, list)):
         return None, f"JSON target not an object or array: got {type(value).__name__}"
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")), None
