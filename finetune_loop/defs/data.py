@@ -6,7 +6,6 @@ import dagster as dg
 
 from finetune_loop.core.data import curation, readers, suites
 from finetune_loop.core.data import production_log as production
-from finetune_loop.core.train.prompts import rendered_length
 from finetune_loop.defs.common import file_or_directory_version
 from finetune_loop.defs.metadata import CuratedDatasetMetadata, SuiteMetadata
 from finetune_loop.defs.resources import LoopResource
@@ -52,8 +51,7 @@ def _suite_output(suite: suites.FrozenSuite) -> dg.Output:
 
 def _freeze(loop: LoopResource, name: str, exclude: list[suites.FrozenSuite]) -> dg.Output[suites.FrozenSuite]:
     # Suites obey training's rules too: the length rule needs the base's tokenizer.
-    token_length = rendered_length(loop.spec(), loop.base_model().directory)
-    return _suite_output(suites.freeze_suite(loop.spec(), name, loop.task_dir("suites"), exclude=exclude, token_length=token_length))
+    return _suite_output(suites.freeze_suite(loop.spec(), name, loop.task_dir("suites"), exclude=exclude, token_length=loop.token_length()))
 
 
 @dg.asset(
@@ -86,7 +84,7 @@ def curated_dataset(loop: LoopResource, holdout_suite: suites.FrozenSuite, regre
     # Labelled production feedback (never a bare thumbs-down) joins the labelled examples.
     feedback = production.write_feedback_examples(spec, loop.task_dir("feedback"))
     dataset = curation.curate_dataset(
-        spec, frozen, loop.task_dir("datasets"), token_length=rendered_length(spec, base.directory),
+        spec, frozen, loop.task_dir("datasets"), token_length=loop.token_length(),
         extra_inputs=[feedback] if feedback else [],
     )
     report = dataset.report

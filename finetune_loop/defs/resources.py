@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import dagster as dg
 from pydantic import PrivateAttr
 
+from finetune_loop.core.common.examples import Example
 from finetune_loop.core.common.home import LoopHome
 from finetune_loop.core.common.spec import TaskSpec, TaskSpecError, load_task_spec
 from finetune_loop.core.common.tracker import Tracker
-from finetune_loop.core.train.base_model import BaseModel, BaseModelError, prepare_base_model
+from finetune_loop.core.train.base_model import (
+    BaseModel,
+    BaseModelError,
+    prepare_base_model,
+)
+from finetune_loop.core.train.prompts import rendered_length
 
 TASK_ENV_VAR = "FINETUNE_LOOP_TASK"
 EXAMPLE_TASK = Path(__file__).resolve().parents[1] / "tasks" / "support_triage.yaml"
@@ -39,6 +46,7 @@ class LoopResource(dg.ConfigurableResource):
     home: str = ""
     _spec: TaskSpec | None = PrivateAttr(default=None)
     _base: BaseModel | None = PrivateAttr(default=None)
+    _token_length: Callable[[Example], int] | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         run = context.dagster_run
@@ -89,6 +97,13 @@ class LoopResource(dg.ConfigurableResource):
             except BaseModelError as exc:
                 raise BaseModelError(f"{spec.spec_path}: base_model: {exc}") from exc
         return self._base
+
+    def token_length(self) -> Callable[[Example], int]:
+        """Tokens of an example as training renders it, with the base's tokenizer loaded once per
+        process (the suites and curation all measure lengths)."""
+        if self._token_length is None:
+            self._token_length = rendered_length(self.spec(), self.base_model().directory)
+        return self._token_length
 
     def tracker(self) -> Tracker:
         return Tracker.for_task(self.loop_home(), self.spec().name)
