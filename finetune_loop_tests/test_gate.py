@@ -170,6 +170,10 @@ def test_bad_probes_files_give_specific_errors(tmp_path, tiny_base_model, probes
         ({"bootstrap_resamples": 10}, "gate.bootstrap_resamples must be at least 100"),
         ({"min_probe_pass_rate": "high"}, "gate.min_probe_pass_rate must be a number"),
         ({"bootstrap_confidence": 1.0}, "gate.bootstrap_confidence must be in [0.5, 1)"),
+        ({"expected_disagreement": float("nan")}, "gate.expected_disagreement must be a finite number (in (0, 1]), got nan"),
+        ({"recent_policy": {"drift": "better"}}, "gate.recent_policy.drift must be one of ['superior', 'non_inferior'], got 'better'"),
+        ({"recent_policy": {"feedback": "superior"}}, "unknown key(s) under gate.recent_policy: ['feedback'] (did you mean 'feedback' → 'feedback_volume'"),
+        ({"power_goal_worse_pass": 0.5}, "gate.power_goal_worse_pass must be in (0, 0.5), got 0.5"),
     ],
 )
 def test_bad_gate_values_are_rejected_with_the_field_named(tmp_path, tiny_base_model, gate, message):

@@ -190,16 +190,54 @@ class TrainingSettings:
 
 @_section
 class GateSettings:
-    """The release gate a candidate must pass before it may become champion."""
+    """The release gate a candidate must pass before it may become champion (the decision rule and its
+    statistics: core/evaluate/gate.py)."""
 
     min_accuracy: float = Field(0.70, ge=0, le=1, description="floor of the primary holdout metric (accuracy; exact match for generation)")
     must_beat_base: bool = Field(True, description="the candidate must score above the base model on the holdout")
-    # Non-inferior to the champion: the lower bound of the paired bootstrap confidence interval of
+    # Non-inferior to the champion: the one-sided lower confidence bound (paired bootstrap) of
     # (candidate − champion) on the same holdout rows must be at least −champion_margin.
-    champion_margin: float = Field(0.02, ge=0, le=1, description="non-inferiority margin against the champion (paired bootstrap CI)")
+    champion_margin: float = Field(0.02, ge=0, le=1, description="non-inferiority margin against the champion on the holdout")
     bootstrap_resamples: int = Field(2000, ge=100, description="resamples of the paired bootstrap")
-    bootstrap_confidence: float = Field(0.95, ge=0.5, lt=1, description="confidence level of the bootstrap interval")
+    # One-sided 95 %, not the 97.5 % that the lower end of a two-sided 95 % interval is: the goal is
+    # "a candidate 5 pt worse passes at most 5 %", which a 5 % test with a narrower margin meets at any
+    # suite size, and 97.5 % would need about 27 % more rows for the same power.
+    bootstrap_confidence: float = Field(
+        0.95, ge=0.5, lt=1, description="one-sided confidence of the paired tests: a candidate exactly at the margin passes 1 − this often"
+    )
     bootstrap_seed: int = Field(13, description="seed of the bootstrap")
+    # Power goals: what each paired sub-gate's operating characteristic is judged against (a sub-gate
+    # that misses them says how many rows it would need; it does not fail for it). A superiority test
+    # is judged by the same goals moved up by worse_delta: a candidate that much better passes at least
+    # equal_pass, an equal one at most worse_pass.
+    power_goal_equal_pass: float = Field(0.80, ge=0.5, lt=1, description="power goal: an equally good candidate passes at least this often")
+    power_goal_worse_delta: float = Field(
+        0.05, gt=0, lt=1, description="power goal: the regression (share of rows) a candidate must not get away with"
+    )
+    power_goal_worse_pass: float = Field(
+        0.05, gt=0, lt=0.5, description="power goal: a candidate power_goal_worse_delta worse passes at most this often"
+    )
+    # Before an evaluation has measured it, power is planned with this prior; after one, the gate uses
+    # the disagreement it observed between the candidate and its reference.
+    expected_disagreement: float = Field(
+        0.10, gt=0, le=1, description="prior share of rows where exactly one of two models is right (power before any evaluation)"
+    )
+    # The recent suite (labelled production traffic) judges whether a retrain follows the world; what it
+    # must show depends on why the loop retrained: the run's finetune_loop/trigger tag (core/monitor/
+    # triggers.py), "manual" for a run launched by hand without one. A task naming only some triggers
+    # keeps these defaults for the others.
+    recent_policy: dict[
+        Literal["drift", "feedback_volume", "feedback_accuracy", "cadence", "manual"], Literal["superior", "non_inferior"]
+    ] = Field(
+        default_factory=lambda: {
+            "drift": "superior", "feedback_volume": "superior", "feedback_accuracy": "superior", "cadence": "non_inferior", "manual": "non_inferior",
+        },
+        description="rule on recent traffic per retrain trigger: `superior` (lower bound above 0) or `non_inferior` (at least −recent_margin)",
+    )
+    recent_margin: float = Field(0.02, ge=0, le=1, description="non-inferiority margin on recent traffic (the non_inferior rule)")
+    min_recent_rows: int = Field(
+        100, ge=1, description="with fewer labelled recent rows follows_recent_traffic is not evaluated and the holdout rule alone decides"
+    )
     # Smaller slices are reported but too noisy to gate on.
     slice_tolerance: float = Field(
         0.05, ge=0, le=1, description="no slice value may fall more than this below the champion (the base when there is none)"
@@ -207,6 +245,18 @@ class GateSettings:
     min_slice_rows: int = Field(20, ge=1, description="slice values with fewer holdout rows are reported, not gated")
     min_regression_pass_rate: float = Field(0.8, ge=0, le=1, description="share of the frozen regression suite the candidate must answer right")
     min_probe_pass_rate: float = Field(0.8, ge=0, le=1, description="share of behaviour probe cases the candidate must pass")
+
+    @field_validator("recent_policy")
+    @classmethod
+    def _every_trigger_has_a_rule(cls, value: dict[str, str]) -> dict[str, str]:
+        return {**cls.__pydantic_fields__["recent_policy"].default_factory(), **value}
+
+    def recent_rule(self, trigger: str | None) -> str:
+        """The rule on recent traffic for a retrain started by `trigger` (None: launched by hand)."""
+        trigger = "manual" if trigger is None else trigger
+        if trigger not in self.recent_policy:
+            raise ValueError(f"unknown retrain trigger {trigger!r}; gate.recent_policy has a rule for {sorted(self.recent_policy)}")
+        return self.recent_policy[trigger]
 
 
 @_section

@@ -1,24 +1,61 @@
 """The release gate: a candidate ships only when every sub-gate passes, each with its numbers.
 
-Sub-gates, in the order a reader checks them:
+The decision rule
+=================
+
+A candidate ships when every sub-gate passes. A sub-gate that cannot be judged in this run is
+SKIP: it passes, says why, and says which rule decides instead; the summary names it.
 
 * `min_accuracy`: the primary holdout metric reaches the task's absolute threshold;
 * `beats_base`: it is higher than the base model's (fine-tuning must have earned its keep);
-* `non_inferior_to_champion`: paired bootstrap over the same holdout rows; the lower bound of the
-  confidence interval of (candidate − champion) is at least −champion_margin. A candidate a few
-  rows worse by chance passes; one clearly worse does not. Skipped (and said) without a champion;
+* `non_inferior_to_champion`, on the frozen holdout (what must not be forgotten): the paired test
+  below with rule non_inferior and margin gate.champion_margin. Skipped without a champion;
+* `follows_recent_traffic`, on the recent suite (labelled production traffic: whether the retrain
+  follows the world): the paired test with the rule gate.recent_policy names for the run's trigger,
+  superior (a drift- or feedback-triggered retrain must be better) or non_inferior with margin
+  gate.recent_margin (a cadence or manual retrain must not be worse); against the champion, or
+  the base while there is none. With fewer than gate.min_recent_rows rows it is not evaluated and
+  the holdout rule alone decides;
 * `slices_hold`: no slice value with enough rows falls more than slice_tolerance below the champion
   (the base without one);
 * `regression_suite`: share of the frozen regression cases answered right;
 * `behaviour_probes`: share of probe cases passed (skipped, and said, when the task has no probes).
+
+The paired test. Both models answer the same rows, so each row gives D = candidate − reference in
+{−1, 0, +1}, and the question is the true mean difference δ. The paired bootstrap resamples rows
+(the same rows for both models) to estimate how mean(D) varies from suite to suite; its (1 − c)
+quantile is L, a one-sided lower confidence bound of δ at c = gate.bootstrap_confidence (0.95).
+non_inferior passes when L ≥ −margin: it tests "δ ≤ −margin" at level 1 − c, so a candidate exactly
+margin worse passes 5 % of the time and a worse one less often. superior passes when L > 0: an
+equally good candidate passes 5 % of the time. One-sided, because only one direction is a risk; 95 %
+one-sided rather than the 97.5 % that the lower end of a two-sided 95 % interval is, because the goal
+is "5 pt worse passes ≤ 5 %", which a 5 % test with a narrower margin meets at any size, while
+97.5 % would need about 27 % more rows for the same power.
+
+Power. With n rows and a disagreement rate d (rows where exactly one model is right), mean(D) has a
+standard error near sqrt((d − δ²)/n), so the test passes a candidate δ better with probability
+Φ((δ + margin)/SE − z_c) (core/evaluate/gate_power.py). Each paired sub-gate reports that at
+δ ∈ {−5, −2, 0, +2, +5} pt, from its n and the disagreement it observed, against the goals
+gate.power_goal_*: non_inferior should pass an equal candidate ≥ 80 % and one 5 pt worse ≤ 5 %,
+superior one 5 pt better ≥ 80 % and an equal one ≤ 5 %. A sub-gate that misses them says
+"underpowered" and the rows it would need; that informs, it does not fail the candidate.
+
+How the evidence is weighed. The holdout and the recent suite are not pooled: each paired test
+must pass on its own. They judge different things, the frozen holdout what the task has always
+asked and the recent suite what the world asks now, so a gain on one cannot pay for a loss on the
+other, and pooling would weigh them by how many rows each happened to have rather than by what they
+guard. Requiring both costs power: the chance to pass is about the product of the two chances.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
+
 from finetune_loop.core.common.spec import GateSettings
+from finetune_loop.core.evaluate.gate_power import NON_INFERIOR, SUPERIOR, PowerCheck, power_check
 from finetune_loop.core.evaluate.metrics import Scores
 
 
@@ -38,16 +75,25 @@ class SubGate:
 class GateVerdict:
     passed: bool
     sub_gates: tuple[SubGate, ...]
+    # Sub-gate name -> its power check as plain JSON values (gate_power.PowerCheck.record), for the
+    # paired sub-gates that ran.
+    power: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> str:
         failed = [g for g in self.sub_gates if not g.passed]
-        if not failed:
-            return "PASSED: " + "; ".join(g.detail for g in self.sub_gates if not g.skipped)
-        return "FAILED: " + "; ".join(f"{g.name}: {g.detail}" for g in failed)
+        if failed:
+            return "FAILED: " + "; ".join(f"{g.name}: {g.detail}" for g in failed)
+        skipped = [g.name for g in self.sub_gates if g.skipped]
+        return "PASSED: " + "; ".join(g.detail for g in self.sub_gates if not g.skipped) + (
+            f"; not evaluated: {', '.join(skipped)}" if skipped else ""
+        )
 
 
 @dataclass(frozen=True)
 class BootstrapInterval:
+    """`lower` and `upper` are one-sided bounds at `confidence` each (the mean difference is above
+    `lower` with that confidence); together they span a two-sided 2·confidence − 1 interval."""
+
     mean_difference: float
     lower: float
     upper: float
@@ -56,25 +102,67 @@ class BootstrapInterval:
 
 
 def paired_bootstrap(candidate: Sequence[float], reference: Sequence[float], *, resamples: int, confidence: float, seed: int) -> BootstrapInterval:
-    """Percentile interval of mean(candidate − reference) over rows resampled with replacement;
+    """Percentile bounds of mean(candidate − reference) over rows resampled with replacement;
     pairing (the same rows for both models in every resample) removes the between-row variance
-    that two independent samples would add."""
-    import numpy as np
+    that two independent samples would add.
 
-    if len(candidate) != len(reference) or not candidate:
+    A resample's mean depends only on how often each distinct difference is drawn, so the counts
+    are drawn from the multinomial over the distinct values: the same distribution as drawing rows,
+    at a cost that does not grow with the suite (right/wrong differences take three values)."""
+    if len(candidate) != len(reference) or len(candidate) == 0:
         raise ValueError(f"paired bootstrap needs one score per row for both models: {len(candidate)} vs {len(reference)}")
     differences = np.asarray(candidate, dtype=float) - np.asarray(reference, dtype=float)
+    values, counts = np.unique(differences, return_counts=True)
     rng = np.random.default_rng(seed)
-    rows = rng.integers(0, len(differences), size=(resamples, len(differences)))
-    means = differences[rows].mean(axis=1)
-    tail = (1 - confidence) / 2
-    return BootstrapInterval(float(differences.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)), resamples, confidence)
+    means = rng.multinomial(len(differences), counts / len(differences), size=resamples) @ values / len(differences)
+    return BootstrapInterval(
+        float(differences.mean()), float(np.quantile(means, 1 - confidence)), float(np.quantile(means, confidence)), resamples, confidence
+    )
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """One paired test of the decision rule (module docstring) and what it found."""
+
+    rule: str
+    margin: float
+    interval: BootstrapInterval
+    rows: int
+    # Share of rows where exactly one of the two models is right.
+    disagreement: float
+    passed: bool
+
+    def line(self, versus: str) -> str:
+        interval = self.interval
+        threshold = "> 0" if self.rule == SUPERIOR else f"≥ margin −{self.margin:.3f}"
+        return (
+            f"{versus} {interval.mean_difference:+.3f}, one-sided {interval.confidence:.0%} lower bound {interval.lower:+.3f} "
+            f"{'' if self.passed else 'not '}{threshold} ({interval.resamples} paired resamples, n={self.rows})"
+        )
+
+
+def paired_test(candidate: Sequence[float], reference: Sequence[float], rule: str, *, margin: float, settings: GateSettings) -> PairedTest:
+    """The gate's paired test on per-row right/wrong outcomes: `non_inferior` passes when the one-sided
+    lower bound of mean(candidate − reference) is at least −margin, `superior` when it is above 0."""
+    if rule not in (NON_INFERIOR, SUPERIOR):
+        raise ValueError(f"unknown paired-test rule {rule!r}; expected {NON_INFERIOR!r} or {SUPERIOR!r}")
+    interval = paired_bootstrap(
+        candidate, reference, resamples=settings.bootstrap_resamples, confidence=settings.bootstrap_confidence, seed=settings.bootstrap_seed
+    )
+    passed = interval.lower > 0 if rule == SUPERIOR else interval.lower >= -margin
+    disagreement = float(np.mean(np.asarray(candidate) != np.asarray(reference)))
+    return PairedTest(rule, margin, interval, len(candidate), disagreement, passed)
+
+
+def _power(settings: GateSettings, test: PairedTest) -> PowerCheck:
+    return power_check(settings, test.rule, rows=test.rows, margin=test.margin, disagreement=test.disagreement)
 
 
 @dataclass(frozen=True)
 class GateEvidence:
-    """What the gate decides on: holdout scores of the three models on the same rows, and the
-    candidate's regression and probe results."""
+    """What the gate decides on: holdout scores of the three models on the same rows, the
+    candidate's regression and probe results, and, where there is a recent suite, the models' scores
+    on it and the trigger of the retrain (None: launched by hand)."""
 
     candidate: Scores
     base: Scores
@@ -85,6 +173,10 @@ class GateEvidence:
     newly_failing: int
     probe_pass_rate: float | None
     probe_cases: int
+    recent_candidate: Scores | None = None
+    recent_champion: Scores | None = None
+    recent_base: Scores | None = None
+    trigger: str | None = None
 
 
 def decide_release(settings: GateSettings, evidence: GateEvidence) -> GateVerdict:
@@ -99,7 +191,12 @@ def decide_release(settings: GateSettings, evidence: GateEvidence) -> GateVerdic
     ]
     if settings.must_beat_base:
         gates.append(SubGate("beats_base", candidate.primary > base.primary, f"candidate {metric} {candidate.primary:.3f} vs base {base.primary:.3f}"))
-    gates.append(_champion_gate(settings, evidence))
+    power: dict[str, dict] = {}
+    for paired_gate in (_champion_gate, _recent_traffic_gate):
+        gate, check = paired_gate(settings, evidence)
+        gates.append(gate)
+        if check is not None:
+            power[gate.name] = check.record()
     gates.append(_slice_gate(settings, evidence))
     gates.append(_threshold_gate(
         "regression_suite", evidence.regression_pass_rate, settings.min_regression_pass_rate,
@@ -110,25 +207,39 @@ def decide_release(settings: GateSettings, evidence: GateEvidence) -> GateVerdic
         "behaviour_probes", evidence.probe_pass_rate, settings.min_probe_pass_rate,
         f"pass rate on {evidence.probe_cases} probe cases", None, "no probe cases (the task names no probes file, or none applied)",
     ))
-    return GateVerdict(all(g.passed for g in gates), tuple(gates))
+    return GateVerdict(all(g.passed for g in gates), tuple(gates), power)
 
 
-def _champion_gate(settings: GateSettings, evidence: GateEvidence) -> SubGate:
+def _champion_gate(settings: GateSettings, evidence: GateEvidence) -> tuple[SubGate, PowerCheck | None]:
     name = "non_inferior_to_champion"
     if evidence.champion is None:
-        return SubGate(name, True, "no champion yet: nothing to be non-inferior to", skipped=True)
-    interval = paired_bootstrap(
-        evidence.candidate.correct, evidence.champion.correct,
-        resamples=settings.bootstrap_resamples, confidence=settings.bootstrap_confidence, seed=settings.bootstrap_seed,
-    )
-    passed = interval.lower >= -settings.champion_margin
-    return SubGate(
-        name,
-        passed,
-        f"candidate − champion v{evidence.champion_version} {interval.mean_difference:+.3f}, "
-        f"{interval.confidence:.0%} CI [{interval.lower:+.3f}, {interval.upper:+.3f}] "
-        f"({interval.resamples} paired resamples) vs margin −{settings.champion_margin:.3f}",
-    )
+        return SubGate(name, True, "no champion yet: nothing to be non-inferior to", skipped=True), None
+    test = paired_test(evidence.candidate.correct, evidence.champion.correct, NON_INFERIOR, margin=settings.champion_margin, settings=settings)
+    check = _power(settings, test)
+    return SubGate(name, test.passed, f"{test.line(f'candidate − champion v{evidence.champion_version}')} · {check.line()}"), check
+
+
+def _recent_traffic_gate(settings: GateSettings, evidence: GateEvidence) -> tuple[SubGate, PowerCheck | None]:
+    name = "follows_recent_traffic"
+    trigger = "manual" if evidence.trigger is None else evidence.trigger
+    rule = settings.recent_rule(trigger)
+    wanted = f"a {trigger} retrain must be {'superior' if rule == SUPERIOR else 'non-inferior'} on recent traffic"
+    rows = len(evidence.recent_candidate.correct) if evidence.recent_candidate is not None else 0
+    if rows < settings.min_recent_rows:
+        return SubGate(
+            name, True, f"not evaluated: n={rows} < min {settings.min_recent_rows} recent labelled rows; "
+            f"the holdout rule alone decides ({wanted})", skipped=True,
+        ), None
+    if evidence.champion is not None:
+        reference, who, versus = evidence.recent_champion, "champion", f"candidate − champion v{evidence.champion_version}"
+    else:
+        reference, who, versus = evidence.recent_base, "base", "candidate − base (no champion yet)"
+    if reference is None:
+        raise ValueError(f"{name}: the candidate's recent-suite scores need the {who}'s on the same rows")
+    margin = 0.0 if rule == SUPERIOR else settings.recent_margin
+    test = paired_test(evidence.recent_candidate.correct, reference.correct, rule, margin=margin, settings=settings)
+    check = _power(settings, test)
+    return SubGate(name, test.passed, f"{wanted}: {test.line(versus)} · {check.line()}"), check
 
 
 def _slice_gate(settings: GateSettings, evidence: GateEvidence) -> SubGate:
