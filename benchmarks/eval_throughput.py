@@ -49,7 +49,7 @@ from finetune_loop.core.common.home import LoopHome
 from finetune_loop.core.common.spec import load_task_spec
 from finetune_loop.core.evaluate.scoring import label_token_sequences, predict_labels
 from finetune_loop.core.train.base_model import prepare_base_model
-from finetune_loop.core.train.prompts import render_prompt
+from finetune_loop.core.train.prompts import encode_prompt
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "finetune_loop" / "tasks" / "support_triage.yaml"
@@ -83,7 +83,8 @@ def generate_one_by_one(model, tokenizer, spec, texts, max_new_tokens: int) -> l
     labels = set(spec.labels)
     answers = []
     for text in texts:
-        encoded = tokenizer(render_prompt(tokenizer, spec, text), return_tensors="pt", add_special_tokens=False)
+        ids = torch.tensor([encode_prompt(tokenizer, spec, text)])
+        encoded = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         with torch.no_grad():
             out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)

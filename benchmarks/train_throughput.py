@@ -121,8 +121,8 @@ def baseline_trainer(spec, base_dir: Path, rows: list[Example], out_dir: Path, *
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     encoded = []
     for r in rows:
-        prompt = tokenizer(prompts.render_prompt(tokenizer, spec, r.text), add_special_tokens=False)["input_ids"]
-        answer = tokenizer(prompts.render_completion(tokenizer, spec, r.text, r.label), add_special_tokens=False)["input_ids"]
+        prompt = prompts.encode_prompt(tokenizer, spec, r.text)
+        answer = prompts.encode_completion(tokenizer, spec, r.text, r.label)
         # naive: loss on every token; tuned: on the answer only.
         encoded.append({"input_ids": prompt + answer, "labels": (prompt if naive else [-100] * len(prompt)) + answer})
     longest_in_dataset = max(len(e["input_ids"]) for e in encoded)

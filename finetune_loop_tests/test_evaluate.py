@@ -39,7 +39,7 @@ def _adapter_answering(base_dir: Path, out_dir: Path, spec, texts: list[str], an
     adapters answer differently, so mixing them up would show."""
     from peft import LoraConfig, get_peft_model
 
-    from finetune_loop.core.train.prompts import render_completion, render_prompt
+    from finetune_loop.core.train.prompts import encode_completion, encode_prompt
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -47,8 +47,8 @@ def _adapter_answering(base_dir: Path, out_dir: Path, spec, texts: list[str], an
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     rows = []
     for text, answer in zip(texts, answers):
-        prompt = tokenizer(render_prompt(tokenizer, spec, text), add_special_tokens=False)["input_ids"]
-        completion = tokenizer(render_completion(tokenizer, spec, text, answer), add_special_tokens=False)["input_ids"]
+        prompt = encode_prompt(tokenizer, spec, text)
+        completion = encode_completion(tokenizer, spec, text, answer)
         rows.append((torch.tensor([prompt + completion]), torch.tensor([[-100] * len(prompt) + completion])))
     model.train()
     for step in range(steps):

@@ -21,6 +21,7 @@ from finetune_loop.core.ship import gguf_writer
 from finetune_loop.core.ship.gguf_writer import UnsupportedArchitectureError, write_gguf
 from finetune_loop.core.ship.llama_runtime import classify_with_llama_cpp, load_gguf, quantize_gguf
 from finetune_loop.core.ship.merge import MergeMismatchError, merge_adapter
+from finetune_loop.core.train.prompts import PromptSegments
 from finetune_loop_tests.tiny_models import (
     CHATML_TEMPLATE,
     build_tiny_llama,
@@ -66,6 +67,17 @@ def tokenizer(tiny_dir):
 @pytest.fixture(scope="module")
 def prompts(tokenizer) -> list[str]:
     return [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CONVERSATIONS]
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tokenizer, prompts) -> list[list[int]]:
+    return [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+
+
+def _trusted(prompts: list[str]) -> list[PromptSegments]:
+    """The test's own chat renderings as prompts with no user text to keep apart (all of it is the
+    test's, so every control token in it is meant)."""
+    return [PromptSegments(prompt, "", "") for prompt in prompts]
 
 
 @pytest.fixture(scope="module")
@@ -239,10 +251,10 @@ def test_classify_picks_the_label_whose_whole_answer_is_most_likely(f32_gguf, pr
     sequences = {label: tokenizer(label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for label in labels}
     expected = [_hf_most_likely_label(hf_model, tokenizer, prompt, sequences) for prompt in prompts]
     # The second round reuses cached prompt prefixes and answer prefixes; answers must not change.
-    chosen = classify_with_llama_cpp(f32_gguf, prompts * 2, sequences, n_ctx=512)
+    chosen = classify_with_llama_cpp(f32_gguf, _trusted(prompts) * 2, sequences, n_ctx=512)
     assert chosen == expected * 2
     with pytest.raises(ValueError, match="answer tokens"):
-        classify_with_llama_cpp(f32_gguf, prompts, {"printer": []}, n_ctx=512)
+        classify_with_llama_cpp(f32_gguf, _trusted(prompts), {"printer": []}, n_ctx=512)
 
 
 def test_unsupported_architecture_is_rejected_naming_the_supported_ones(tmp_path):
@@ -323,16 +335,16 @@ def _random_adapter(model_dir: Path, adapter_dir: Path, *, seed: int = 1) -> Pat
     return adapter_dir
 
 
-def test_merge_adapter_equals_base_plus_adapter(tiny_dir, tmp_path, hf_model, tokenizer, prompts):
+def test_merge_adapter_equals_base_plus_adapter(tiny_dir, tmp_path, hf_model, tokenizer, prompts, prompt_ids):
     import peft
 
     adapter_dir = _random_adapter(tiny_dir, tmp_path / "adapter")
     adapted = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32), adapter_dir).eval()
-    ids = tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
+    ids = prompt_ids[0]
     with torch.no_grad():
         expected = adapted(input_ids=torch.tensor([ids])).logits[0].numpy()
 
-    merged = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompts)
+    merged = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompt_ids)
 
     # The merge measured itself against base + adapter, in fp32, on every position of every prompt.
     assert merged.prompts_checked == len(prompts)
@@ -348,18 +360,18 @@ def test_merge_adapter_equals_base_plus_adapter(tiny_dir, tmp_path, hf_model, to
     assert max_diff < F32_LOGIT_ATOL
 
 
-def test_merge_beyond_tolerance_is_an_error_with_the_numbers(tiny_dir, tmp_path, prompts):
+def test_merge_beyond_tolerance_is_an_error_with_the_numbers(tiny_dir, tmp_path, prompt_ids):
     adapter_dir = _random_adapter(tiny_dir, tmp_path / "adapter")
     # fp32 summation order alone moves logits by ~1e-6; a tolerance below that must trip.
     with pytest.raises(MergeMismatchError, match=r"changed the logits by up to .* \(tolerance 1e-12, 4 prompts\)"):
-        merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompts, tolerance=1e-12)
+        merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompt_ids, tolerance=1e-12)
     assert not (tmp_path / "merged").exists()
 
 
-def test_qlora_adapter_is_merged_into_the_unquantized_base_only(tiny_dir, tmp_path, prompts):
+def test_qlora_adapter_is_merged_into_the_unquantized_base_only(tiny_dir, tmp_path, prompt_ids):
     adapter_dir = _random_adapter(tiny_dir, tmp_path / "adapter")
     (adapter_dir / "rebuild_manifest.json").write_text(json.dumps({"plan": {"qlora": True}}))
-    merged = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompts[:1])
+    merged = merge_adapter(tiny_dir, adapter_dir, tmp_path / "merged", check_prompts=prompt_ids[:1])
     assert merged.adapter_was_qlora is True
     assert json.loads((merged.directory / "config.json").read_text()).get("dtype") == "float32"
     # A base saved in 4-bit would swallow the LoRA update: refused before any merge.

@@ -12,7 +12,7 @@ from finetune_loop.core.evaluate.scoring import label_token_sequences, predict_l
 from finetune_loop.core.ship.gguf_writer import write_gguf
 from finetune_loop.core.ship.llama_runtime import classify_with_llama_cpp
 from finetune_loop.core.train.base_model import prepare_base_model
-from finetune_loop.core.train.prompts import render_completion, render_prompt
+from finetune_loop.core.train.prompts import encode_completion, encode_prompt, prompt_segments, render_completion, render_prompt
 from finetune_loop.defs.resources import EXAMPLE_TASK
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_gguf_of_the_base_answers_like_the_hf_model(real_base, spec, tmp_path):
     # The evaluation's scorer and llama.cpp apply one rule: the most likely whole answer.
     hf_predictions = predict_labels(model, tokenizer, spec, texts)
     gguf_path = write_gguf(real_base.directory, tmp_path / "base-f32.gguf", outtype="f32", tokenizer_pre=real_base.gguf_tokenizer_pre)
-    prompts = [render_prompt(tokenizer, spec, t) for t in texts]
+    prompts = [prompt_segments(tokenizer, spec, t) for t in texts]
     gguf_predictions = classify_with_llama_cpp(gguf_path, prompts, label_token_sequences(tokenizer, spec))
     assert set(hf_predictions) <= set(spec.labels)
     agreement = sum(a == b for a, b in zip(hf_predictions, gguf_predictions)) / len(texts)
@@ -90,8 +90,8 @@ def test_loss_mask_covers_exactly_the_answer_tokens_on_the_real_chat_template(re
         batch = trainer.data_collator([row])
         input_ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
         example = next(r for r in rows if tokenizer.decode(input_ids).find(r.text) >= 0)
-        prompt_ids = tokenizer(render_prompt(tokenizer, spec, example.text), add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(render_completion(tokenizer, spec, example.text, example.label), add_special_tokens=False)["input_ids"]
+        prompt_ids = encode_prompt(tokenizer, spec, example.text)
+        answer_ids = encode_completion(tokenizer, spec, example.text, example.label)
         assert input_ids == prompt_ids + answer_ids
         assert labels == [-100] * len(prompt_ids) + answer_ids
         assert tokenizer.decode(answer_ids) == f"{example.label}<|im_end|>"

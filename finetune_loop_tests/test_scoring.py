@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune_loop.core.common.spec import load_task_spec
 from finetune_loop.core.evaluate import scoring
-from finetune_loop.core.train.prompts import render_prompt
+from finetune_loop.core.train.prompts import encode_prompt
 from finetune_loop_tests.conftest import tiny_rows, write_tiny_task
 
 
@@ -22,7 +22,7 @@ def tiny(tmp_path_factory, tiny_base_model):
 
 def _brute_force(model, tokenizer, spec, text: str) -> dict[str, float]:
     """Sum of log-probabilities of each label's answer tokens, from prompt + answer in one pass."""
-    prompt = tokenizer(render_prompt(tokenizer, spec, text), add_special_tokens=False)["input_ids"]
+    prompt = encode_prompt(tokenizer, spec, text)
     totals = {}
     for label, answer in scoring.label_token_sequences(tokenizer, spec).items():
         with torch.no_grad():
@@ -46,7 +46,7 @@ def test_batched_label_scores_equal_one_full_forward_per_label(tiny):
     next_tokens = [s.next_token_id for s in scoring.score_prompts(model, tokenizer, spec, texts, batch_size=4)]
     with torch.no_grad():
         expected_next = [
-            int(model(torch.tensor([tokenizer(render_prompt(tokenizer, spec, t), add_special_tokens=False)["input_ids"]])).logits[0, -1].argmax())
+            int(model(torch.tensor([encode_prompt(tokenizer, spec, t)])).logits[0, -1].argmax())
             for t in texts
         ]
     assert next_tokens == expected_next
@@ -71,7 +71,8 @@ def test_batched_generation_equals_one_generate_call_per_text(tiny):
     texts = ["where is my parcel", "x", "my account is locked please help asap"]
     answers = scoring.generate_answers(model, tokenizer, spec, texts, max_new_tokens=6)
     for text, answer in zip(texts, answers):
-        prompt = tokenizer(render_prompt(tokenizer, spec, text), return_tensors="pt", add_special_tokens=False)
+        ids = torch.tensor([encode_prompt(tokenizer, spec, text)])
+        prompt = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         with torch.no_grad():
             tokens = model.generate(**prompt, max_new_tokens=6, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                                     pad_token_id=tokenizer.pad_token_id)[0, prompt["input_ids"].shape[1]:].tolist()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from finetune_loop.core.common.spec import TaskSpec
-from finetune_loop.core.train.prompts import render_completion, render_prompt
+from finetune_loop.core.train.prompts import encode_completion, encode_prompt
 
 # Rows per batch: the label stage runs batch_size × labels rows at once.
 DEFAULT_BATCH_SIZE = 16
@@ -37,7 +37,7 @@ def label_token_sequences(tokenizer, spec: TaskSpec) -> dict[str, tuple[int, ...
     stop_id = tokenizer.eos_token_id
     sequences = {}
     for label in spec.labels:
-        ids = tokenizer(render_completion(tokenizer, spec, "-", label), add_special_tokens=False)["input_ids"]
+        ids = encode_completion(tokenizer, spec, "-", label)
         if stop_id not in ids:
             raise ValueError(f"the chat template does not close the answer with the EOS token {tokenizer.eos_token!r}")
         sequences[label] = tuple(ids[: ids.index(stop_id) + 1])
@@ -84,7 +84,7 @@ def score_prompts(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, bat
         return []
     labels = list(spec.labels)
     sequences = label_token_sequences(tokenizer, spec)
-    prompts = [tokenizer(render_prompt(tokenizer, spec, t), add_special_tokens=False)["input_ids"] for t in texts]
+    prompts = [encode_prompt(tokenizer, spec, t) for t in texts]
     prefix_length = _common_prefix_length(prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
@@ -181,7 +181,7 @@ def generate_answers(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, 
 
     stop_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_id
-    prompts = [render_prompt(tokenizer, spec, t) for t in texts]
+    prompts = [encode_prompt(tokenizer, spec, t) for t in texts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str | None] = [None] * len(prompts)
     previous_side = tokenizer.padding_side
@@ -190,7 +190,7 @@ def generate_answers(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, 
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            encoded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt", padding=True)
             encoded = encoded.to(next(model.parameters()).device)
             with torch.no_grad():
                 generated = model.generate(

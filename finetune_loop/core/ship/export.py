@@ -34,7 +34,7 @@ from finetune_loop.core.ship.registry import (
     GGUF_CHECKS_PASSED_TAG,
 )
 from finetune_loop.core.train.base_model import BaseModel
-from finetune_loop.core.train.prompts import render_prompt
+from finetune_loop.core.train.prompts import encode_segments, prompt_segments
 
 # Holdout prompts run through base + adapter and the merged model to check the merge (all positions).
 MERGE_CHECK_PROMPTS = 8
@@ -75,10 +75,10 @@ def export_and_verify(
     out_dir = Path(out_dir)
 
     tokenizer = AutoTokenizer.from_pretrained(training_tokenizer_dir(adapter_dir, base.directory))
-    prompts = [render_prompt(tokenizer, spec, text) for text in texts]
+    prompts = [prompt_segments(tokenizer, spec, text) for text in texts]
     merged = merge_adapter(
         base.directory, adapter_dir, out_dir / "merged", tolerance=settings.merge_logit_tolerance,
-        check_prompts=prompts[:MERGE_CHECK_PROMPTS],
+        check_prompts=[encode_segments(tokenizer, prompt) for prompt in prompts[:MERGE_CHECK_PROMPTS]],
     )
     # The reference every GGUF is judged against: the merged model in fp32, as HF runs it.
     merged_model = AutoModelForCausalLM.from_pretrained(merged.directory, dtype=torch.float32)

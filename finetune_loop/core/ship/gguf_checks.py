@@ -26,10 +26,12 @@ from finetune_loop.core.ship.modelfile import (
     parse_modelfile,
     render_go_template,
 )
+from finetune_loop.core.train.base_model import BaseModelError
 from finetune_loop.core.train.prompts import (
-    chat_messages,
-    render_completion,
-    render_prompt,
+    encode_completion,
+    encode_prompt,
+    prompt_segments,
+    split_user_text,
 )
 
 MATCHES_MERGED_MODEL = "matches_merged_model"
@@ -128,7 +130,7 @@ def chat_template_roundtrip(
 
         # The end of an answer, as training saw it, and as llama.cpp and Ollama will stop on it.
         training_eos = tokenizer.eos_token_id
-        answer_ids = tokenizer(render_completion(tokenizer, spec, texts[0], spec.labels[0]), add_special_tokens=False)["input_ids"]
+        answer_ids = encode_completion(tokenizer, spec, texts[0], spec.labels[0])
         if answer_ids[-1] != training_eos:
             problems.append(f"training answers end with token {answer_ids[-1]}, not the EOS {training_eos}")
         if llm.token_eos() != training_eos:
@@ -156,20 +158,23 @@ def chat_template_roundtrip(
             if template else None
         )
         mismatches = {"gguf_template": 0, "modelfile_template": 0}
+        renderers = {}
+        if formatter is not None:
+            renderers["gguf_template"] = _jinja_renderer(formatter)
+        if modelfile is not None:
+            go_template = modelfile.template
+            renderers["modelfile_template"] = lambda messages: render_go_template(go_template, messages)
         first_mismatch = ""
         for text in texts:
-            messages = chat_messages(spec, text)
             # What training and evaluation fed the model, and what a server gets from each template.
-            expected = tokenizer(render_prompt(tokenizer, spec, text), add_special_tokens=False)["input_ids"]
+            expected = encode_prompt(tokenizer, spec, text)
             rendered = {}
-            if formatter is not None:
-                rendered["gguf_template"] = formatter(messages=messages).prompt
-            if modelfile is not None:
+            for source, render in list(renderers.items()):
                 try:
-                    rendered["modelfile_template"] = render_go_template(modelfile.template, messages)
-                except ModelfileError as exc:
-                    problems.append(f"Modelfile TEMPLATE: {exc}")
-                    modelfile = None
+                    rendered[source] = split_user_text(render, spec, text)
+                except (ModelfileError, BaseModelError) as exc:
+                    problems.append(f"{source}: {exc}")
+                    del renderers[source]
             for source, prompt in rendered.items():
                 ids = serving_tokens(llm, prompt)
                 if ids != expected:
@@ -211,6 +216,11 @@ def _first_difference(source: str, expected: list[int], got: list[int], token_te
     )
 
 
+def _jinja_renderer(formatter):
+    """The GGUF's own chat template as a renderer of chat messages (see prompts.split_user_text)."""
+    return lambda messages: formatter(messages=messages).prompt
+
+
 # Room after the longest label for the grammar to reach its end-of-generation token.
 _GENERATION_SLACK = 4
 _FREE_GENERATION_TOKENS = 32
@@ -225,7 +235,7 @@ def _generation_stops(llm, tokenizer, spec: TaskSpec, texts, formatter) -> tuple
     longest = max(len(llm.tokenize(label.encode(), add_bos=False, special=False)) for label in spec.labels)
     stopped = free_stopped = 0
     for text in texts:
-        prompt = formatter(messages=chat_messages(spec, text)).prompt if formatter else render_prompt(tokenizer, spec, text)
+        prompt = split_user_text(_jinja_renderer(formatter), spec, text) if formatter else prompt_segments(tokenizer, spec, text)
         tokens = serving_tokens(llm, prompt)
         constrained = llm.create_completion(tokens, max_tokens=longest + _GENERATION_SLACK, temperature=0.0, grammar=grammar)
         stopped += constrained["choices"][0]["finish_reason"] == "stop"

@@ -1,9 +1,10 @@
 """Running GGUF files under llama.cpp (llama-cpp-python): quantizing them, answering, timing.
 
-`quantize_gguf` calls llama.cpp's own quantizer; `run_with_llama_cpp` answers chat-rendered
-prompts with the evaluation's decision rule (the label with the highest total log-probability),
+`quantize_gguf` calls llama.cpp's own quantizer; `run_with_llama_cpp` answers split chat prompts
+(`PromptSegments`) with the evaluation's decision rule (the label with the highest total log-probability),
 reusing the KV cache of a shared prompt prefix, and measures prompt and generation speed;
-`serving_tokens` tokenizes as the server does. Everything that needs the llama_cpp package is
+`serving_tokens` tokenizes as a server should: control tokens parsed in the template's pieces only,
+the user's text as text. Everything that needs the llama_cpp package is
 here, apart from the model file's writing (gguf_writer.py) and the checks over the measured
 results (gguf_checks.py), so the export numbers are those of the artifact that ships.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune_loop.core.common.spec import QUANT_TYPES
+from finetune_loop.core.train.prompts import PromptSegments
 
 
 def load_gguf(gguf_path: Path, **kwargs):
@@ -78,13 +80,13 @@ SPEED_GENERATED_TOKENS = 32
 
 def run_with_llama_cpp(
     gguf_path: Path,
-    prompts: Sequence[str],
+    prompts: Sequence[PromptSegments],
     label_sequences: Mapping[str, Sequence[int]],
     *,
     n_ctx: int = 1024,
     n_threads: int | None = None,
 ) -> LlamaCppAnswers:
-    """Answer each already chat-rendered prompt with one label, and time the file.
+    """Answer each split chat prompt with one label, and time the file.
 
     The decision rule is the evaluation's (`scoring.predict_labels`): the label whose answer tokens
     (`label_sequences`, ending on the end-of-turn token) have the highest total log-probability
@@ -115,19 +117,25 @@ def run_with_llama_cpp(
         llm.close()
 
 
-def classify_with_llama_cpp(gguf_path: Path, prompts: Sequence[str], label_sequences: Mapping[str, Sequence[int]], **kwargs) -> list[str]:
-    """The label llama.cpp picks for each chat-rendered prompt (see run_with_llama_cpp)."""
+def classify_with_llama_cpp(gguf_path: Path, prompts: Sequence[PromptSegments], label_sequences: Mapping[str, Sequence[int]], **kwargs) -> list[str]:
+    """The label llama.cpp picks for each split chat prompt (see run_with_llama_cpp)."""
     return run_with_llama_cpp(gguf_path, prompts, label_sequences, **kwargs).labels
 
 
-def serving_tokens(llm, rendered: str) -> list[int]:
-    """Token ids of an already chat-rendered text as a llama.cpp server feeds them: special tokens
-    parsed, BOS prepended exactly when the GGUF says the model adds one, never an EOS."""
+def serving_tokens(llm, prompt: PromptSegments) -> list[int]:
+    """Token ids of a split chat prompt as a llama.cpp server should feed them: special tokens
+    parsed in the template's pieces, the user's text tokenized as text (a `<|im_end|>` typed in a
+    ticket stays five ordinary tokens), BOS prepended exactly when the GGUF says the model adds
+    one, never an EOS."""
     import llama_cpp
 
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     bos = [llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(vocab) else []
-    return bos + llm.tokenize(rendered.encode(), add_bos=False, special=True)
+
+    def ids(piece: str, *, parse_special: bool) -> list[int]:
+        return llm.tokenize(piece.encode(), add_bos=False, special=parse_special) if piece else []
+
+    return bos + ids(prompt.before, parse_special=True) + ids(prompt.user_text, parse_special=False) + ids(prompt.after, parse_special=True)
 
 
 def _last_logits(llm) -> np.ndarray:

@@ -46,7 +46,7 @@ def merge_adapter(
     adapter_dir: Path,
     out_dir: Path,
     *,
-    check_prompts: Sequence[str] = (),
+    check_prompts: Sequence[Sequence[int]] = (),
     tolerance: float = 1e-3,
 ) -> MergedModel:
     """Fold a LoRA adapter into its full-precision base, check it, and save a plain HF model directory.
@@ -55,7 +55,7 @@ def merge_adapter(
     intact; merging into fp16/bf16 or 4-bit weights rounds much of it away, and the merged model
     would no longer behave like base + adapter did in evaluation. A QLoRA adapter is therefore
     merged into the unquantized base too: the base directory holds full-precision weights, loaded
-    here without any quantization config. `check_prompts` are run through base + adapter before the
+    here without any quantization config. `check_prompts` (token ids) are run through base + adapter before the
     merge and through the merged model after; a logit difference above `tolerance` is an error.
     """
     import peft
@@ -72,7 +72,7 @@ def merge_adapter(
     tokenizer = AutoTokenizer.from_pretrained(training_tokenizer_dir(adapter_dir, base_model_dir))
     base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
     adapted = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
-    token_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in check_prompts]
+    token_ids = [list(prompt) for prompt in check_prompts]
 
     def logits(model) -> list[torch.Tensor]:
         with torch.no_grad():

@@ -71,7 +71,12 @@ def write_model_card(
         + ". Inputs unlike the training tickets (other languages, several issues in one message) are not covered by the holdout.",
         "## Use\n\n```bash\n"
         f"ollama create {spec.name} -f {shipped.modelfile_path.name}\n"
-        f"llama-cli -m {shipped.path.name} -cnv   # the chat template is embedded\n```",
+        f"llama-cli -m {shipped.path.name} -cnv   # the chat template is embedded\n```\n\n"
+        "Untrusted text: training, evaluation and the verification above tokenize the user's message as text, so "
+        "a ticket that types `<|im_end|>` or `<|im_start|>system` cannot forge a turn. A server that tokenizes the "
+        "whole rendered prompt with its control tokens parsed (Ollama, llama.cpp's `/completion` with a rendered "
+        "prompt) does not: tokenize the template's pieces and the message apart (llama.cpp `special=false` for the "
+        "message), or strip control-token strings from user text before it reaches such a server.",
     ]
     text = "---\n" + yaml.safe_dump(front_matter, sort_keys=False) + "---\n\n" + "\n\n".join(sections) + "\n"
     path.write_text(text, encoding="utf-8")

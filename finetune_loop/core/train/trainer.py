@@ -31,7 +31,7 @@ from finetune_loop.core.data.curation import CuratedDataset
 from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.data.splits import stratified_split, stratum_key
 from finetune_loop.core.train.base_model import BaseModel
-from finetune_loop.core.train.prompts import render_completion, render_prompt
+from finetune_loop.core.train.prompts import encode_completion, encode_prompt
 from finetune_loop.core.train.shared_prefix import shared_prefix_trainer_class
 
 _TRACKED_PACKAGES = (
@@ -176,9 +176,10 @@ def build_trainer(
     callbacks=(),
     plan: TrainingPlan | None = None,
 ):
-    """The SFTTrainer exactly as training uses it: prompt/completion pairs rendered through the base
-    tokenizer's chat template, loss on the completion (answer) tokens only, checkpoints every
-    `checkpoint_every_steps` steps into `out_dir`."""
+    """The SFTTrainer exactly as training uses it: prompt/completion pairs encoded through the base
+    tokenizer's chat template (`encode_prompt`: the user's text as text, never as control tokens),
+    loss on the completion (answer) tokens only, checkpoints every `checkpoint_every_steps` steps
+    into `out_dir`."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -192,9 +193,13 @@ def build_trainer(
         tokenizer.pad_token = tokenizer.eos_token
 
     def as_prompt_completion(rows):
-        return Dataset.from_list(
-            [{"prompt": render_prompt(tokenizer, spec, r.text), "completion": render_completion(tokenizer, spec, r.text, r.label)} for r in rows]
-        )
+        # Tokenized here, not by TRL: TRL would tokenize the rendered text with its control tokens
+        # parsed, the user's text included.
+        encoded = []
+        for r in rows:
+            prompt, completion = encode_prompt(tokenizer, spec, r.text), encode_completion(tokenizer, spec, r.text, r.label)
+            encoded.append({"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)})
+        return Dataset.from_list(encoded)
 
     torch.manual_seed(settings.seed)
     bf16 = plan.precision == "bf16"
