@@ -147,6 +147,23 @@ def test_feedback_sensor_on_volume_then_on_low_accuracy(instance, task):
     assert "accuracy 0.000 on the last 4 labelled requests < gate 0.700" in low.run_requests[0].tags["finetune_loop/evidence"]
 
 
+def test_a_feedback_cursor_in_the_future_is_moved_back_not_kept(instance, task):
+    # A cursor of 2099 (left by a future-dated request before such rows were quarantined) would hide
+    # every new label for 73 years. It is reset to the newest accepted label: no retrain on the old
+    # feedback, and the next labels count again.
+    log = task.parent / "production_log"
+    append_log_file(log, "week-1.jsonl", _feedback_rows(T0, 3, correct=True, prefix="a"))
+    repaired = _sensor_tick(feedback_retrain_sensor, instance, task, cursor="2099-01-01T00:00:00+00:00")
+    assert repaired.run_requests == []
+    assert "feedback cursor 2099-01-01T00:00:00+00:00 was beyond now + " in repaired.skip_message
+    newest = T0 + timedelta(minutes=2)
+    assert repaired.cursor == newest.isoformat()
+    append_log_file(log, "week-2.jsonl", _feedback_rows(T0 + timedelta(days=1), 5, correct=True, prefix="b"))
+    resumed = _sensor_tick(feedback_retrain_sensor, instance, task, repaired.cursor)
+    assert [r.tags["finetune_loop/trigger"] for r in resumed.run_requests] == ["feedback_volume"]
+    assert "5 new labelled requests" in resumed.run_requests[0].tags["finetune_loop/evidence"]
+
+
 def test_cadence_schedule_skips_while_a_retrain_is_running(instance, task):
     running = _start_retrain(instance, "tiny_triage")
     resources = build_definitions(str(task), str(task.parent / "home")).resources

@@ -381,3 +381,26 @@ def test_qlora_adapter_is_merged_into_the_unquantized_base_only(tiny_dir, tmp_pa
     (quantized_base / "config.json").write_text(json.dumps(config))
     with pytest.raises(MergeMismatchError, match="saved quantized \\(bitsandbytes\\)"):
         merge_adapter(quantized_base, adapter_dir, tmp_path / "merged-4bit")
+
+
+def test_an_interrupted_gguf_write_leaves_the_previous_file_whole(tiny_dir, tmp_path, monkeypatch):
+    out = write_gguf(tiny_dir, tmp_path / "tiny.gguf", outtype="f32")
+    before = out.read_bytes()
+
+    def killed(self, *args, **kwargs):
+        self.fout[0].write(b"half a tensor")  # bytes on disk, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_gguf(tiny_dir, out, outtype="f32")
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]  # no temporary file left behind
+
+
+def test_a_failed_quantization_writes_nothing_under_the_real_name(tmp_path):
+    source = tmp_path / "not-a-model.gguf"
+    source.write_bytes(b"GGUF but not really")
+    with pytest.raises(RuntimeError, match="failed to quantize"):
+        quantize_gguf(source, tmp_path / "out-Q8_0.gguf", "Q8_0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-model.gguf"]

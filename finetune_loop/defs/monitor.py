@@ -216,13 +216,17 @@ def feedback_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResou
     spec = loop.spec()
     if spec.production_log_path is None:
         return dg.SkipReason(f"task {spec.name} names no data.production_log")
-    labelled = read_task_log(spec).labelled()
-    consumed = datetime.fromisoformat(context.cursor) if context.cursor else None
+    now = datetime.now(timezone.utc)
+    labelled = read_task_log(spec, now=now).labelled()
+    consumed, repaired = triggers.feedback_cursor(spec, context.cursor, labelled, now)
+    if repaired:
+        context.log.warning(repaired)
     decision = triggers.feedback_decision(spec, labelled, consumed)
-    if not decision.retrain:
-        return dg.SkipReason(decision.evidence)
-    running = retrain_in_flight(context.instance, spec.name)
-    if running:
-        return dg.SkipReason(f"{decision.trigger}: waiting for retrain run {running} of {spec.name} to finish")
+    waiting = None if not decision.retrain else retrain_in_flight(context.instance, spec.name)
+    if not decision.retrain or waiting:
+        reason = decision.evidence if not decision.retrain else f"{decision.trigger}: waiting for retrain run {waiting} of {spec.name} to finish"
+        if repaired:
+            return dg.SensorResult(skip_reason=f"{reason}; {repaired}", cursor=consumed.isoformat() if consumed else None)
+        return dg.SkipReason(reason)
     request = _retrain_request(loop, f"feedback-{decision.newest.isoformat()}", decision)
     return dg.SensorResult(run_requests=[request], cursor=decision.newest.isoformat())

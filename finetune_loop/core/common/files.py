@@ -29,21 +29,30 @@ def sha256_tree(directory: Path) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_open(path: Path, encoding: str = "utf-8", errors: str = "strict") -> Iterator[IO[str]]:
-    """A text handle on a temporary sibling of `path` that replaces `path` (os.replace, atomic on one
-    file system) only once the block finished without error; on error the sibling is removed and
-    `path` keeps its old content. The sibling is created like any new file (the usual permissions)."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` for a writer that takes a file name (the GGUF writer, llama.cpp's
+    quantizer); it replaces `path` (os.replace, atomic on one file system) only once the block
+    finished without error, and on error is removed while `path` keeps its old content."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with temporary.open("x", encoding=encoding, errors=errors) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path, encoding: str = "utf-8", errors: str = "strict") -> Iterator[IO[str]]:
+    """A text handle on a temporary sibling of `path` (see atomic_path), flushed to disk before it
+    replaces `path`. The sibling is created like any new file (the usual permissions)."""
+    with atomic_path(path) as temporary:
+        with temporary.open("x", encoding=encoding, errors=errors) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def write_text_atomic(path: Path, text: str) -> None:

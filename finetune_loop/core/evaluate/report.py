@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.files import write_text_atomic
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import Tracker
 from finetune_loop.core.data.probe_set import ProbeSet, load_probes
@@ -166,7 +167,7 @@ def evaluate_candidate(
     chart_path = plot_comparison(spec, holdout, models, out_dir / "eval_chart.png")
     seconds = time.perf_counter() - started
     report_path = out_dir / "eval_report.json"
-    report_path.write_text(json.dumps(_report_json(spec, models, newly_failing, verdict, frontier_summary, seconds), indent=2))
+    write_text_atomic(report_path, json.dumps(_report_json(spec, models, newly_failing, verdict, frontier_summary, seconds), indent=2))
 
     with tracker.run(f"eval-{spec.name}", tags={"stage": "eval", **(run_tags or {})}) as run_id:
         tracker.log_params(run_id, {

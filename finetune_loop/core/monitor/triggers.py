@@ -67,6 +67,25 @@ class FeedbackDecision(Decision):
     newest: datetime | None = None
 
 
+def feedback_cursor(spec: TaskSpec, cursor: str | None, labelled: Sequence[ProductionRecord], now: datetime) -> tuple[datetime | None, str | None]:
+    """The feedback time already consumed, from the sensor's cursor, and a note when it had to be
+    repaired. A cursor later than `now` + `drift.max_clock_skew_hours` cannot have come from an
+    accepted request (a future-dated row, before such rows were quarantined, or a hand edit); kept,
+    it would hide every new label until that date. It is moved back to the newest accepted labelled
+    request: no retrain on old feedback, and counting resumes with the next label."""
+    if not cursor:
+        return None, None
+    consumed = datetime.fromisoformat(cursor)
+    latest = now + timedelta(hours=spec.drift.max_clock_skew_hours)
+    if consumed <= latest:
+        return consumed, None
+    newest = max((r.timestamp for r in labelled), default=None)
+    return newest, (
+        f"feedback cursor {consumed.isoformat()} was beyond now + {spec.drift.max_clock_skew_hours:g} h of clock skew; "
+        f"reset to the newest accepted labelled request ({newest.isoformat() if newest else 'none'})"
+    )
+
+
 def feedback_decision(spec: TaskSpec, labelled: Sequence[ProductionRecord], consumed: datetime | None) -> FeedbackDecision:
     """Retrain on `feedback.min_new_labels` labelled requests newer than `consumed`, or when
     accuracy over the last `feedback.rolling_window` labelled requests is below

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune_loop.core.common.files import atomic_path
 from finetune_loop.core.common.spec import OUTTYPES
 
 
@@ -90,19 +91,20 @@ def write_gguf(
         raise ValueError(f"the tokenizer in {model_dir} has no eos token; generation could never stop")
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     arch = gguf.MODEL_ARCH[architecture.gguf_arch]
-    writer = gguf.GGUFWriter(out_path, gguf.MODEL_ARCH_NAMES[arch])
-    try:
-        _add_hparams(writer, config, outtype, name=model_dir.name)
-        _add_vocab(writer, model_dir, tokenizer, config.vocab_size, pre, chat_template)
-        tensor_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
-        _add_tensors(writer, model_dir, config, outtype, tensor_map, architecture)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+    # Written under a temporary name: a killed export never leaves a truncated file under the real one.
+    with atomic_path(out_path) as staging:
+        writer = gguf.GGUFWriter(staging, gguf.MODEL_ARCH_NAMES[arch])
+        try:
+            _add_hparams(writer, config, outtype, name=model_dir.name)
+            _add_vocab(writer, model_dir, tokenizer, config.vocab_size, pre, chat_template)
+            tensor_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+            _add_tensors(writer, model_dir, config, outtype, tensor_map, architecture)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return out_path
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune_loop.core.common.files import atomic_path
 from finetune_loop.core.common.spec import QUANT_TYPES
 from finetune_loop.core.train.prompts import PromptSegments
 
@@ -55,12 +56,12 @@ def quantize_gguf(source: Path, dest: Path, quant_type: str) -> Path:
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"unknown quant type {quant_type!r}; supported: {', '.join(QUANT_TYPES)}")
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant_type}")
-    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise RuntimeError(f"llama.cpp failed to quantize {source} to {quant_type} (return code {rc})")
+    with atomic_path(dest) as staging:
+        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(staging).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise RuntimeError(f"llama.cpp failed to quantize {source} to {quant_type} (return code {rc})")
     return dest
 
 

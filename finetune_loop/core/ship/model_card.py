@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from finetune_loop.core.common.files import write_text_atomic
 from finetune_loop.core.common.spec import EMBEDDED_BASE_MODEL, TaskSpec
 from finetune_loop.core.ship.export_result import GgufExport
 from finetune_loop.core.train.base_model import BaseModel
@@ -79,5 +80,5 @@ def write_model_card(
         "message), or strip control-token strings from user text before it reaches such a server.",
     ]
     text = "---\n" + yaml.safe_dump(front_matter, sort_keys=False) + "---\n\n" + "\n\n".join(sections) + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     return path

@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune_loop.core.common.files import write_text_atomic
+
 _ROLES = ("system", "user", "assistant")
 # Probe contents: text no chat template adds, changes or strips.
 _PROBES = {role: f"\u27e6{role}-content\u27e7" for role in _ROLES}
@@ -46,7 +48,7 @@ class Modelfile:
         return "\n".join(lines) + "\n"
 
     def write(self, path: Path) -> Path:
-        path.write_text(self.text(), encoding="utf-8")
+        write_text_atomic(path, self.text())
         return path
 
 

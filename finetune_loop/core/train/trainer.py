@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.files import write_text_atomic
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import CHALLENGER_ALIAS, ModelVersionRef, Tracker
 from finetune_loop.core.data.curation import CuratedDataset
@@ -337,7 +338,7 @@ def train_adapter(
     }
     tags = {"stage": "train", **(run_tags or {})}
     with tracker.run(f"train-{spec.name}", tags=tags, continue_run_id=previous_run_id) as run_id:
-        (checkpoint_dir / _ATTEMPT_FILE).write_text(json.dumps({"mlflow_run_id": run_id}))
+        write_text_atomic(checkpoint_dir / _ATTEMPT_FILE, json.dumps({"mlflow_run_id": run_id}))
         if previous_run_id:
             tracker.set_tags(run_id, {"finetune_loop/resumed_from_step": resumed_from_step, "finetune_loop/resumed_by": json.dumps(run_tags or {})})
         else:
@@ -389,7 +390,7 @@ def train_adapter(
             "python": platform.python_version(),
             "git_commit": _git_commit(),
         }
-        (adapter_dir / "rebuild_manifest.json").write_text(json.dumps(manifest, indent=2))
+        write_text_atomic(adapter_dir / "rebuild_manifest.json", json.dumps(manifest, indent=2))
         loss_curve = _plot_loss_curve(trainer.state.log_history, out_dir / "loss_curve.png", spec.name)
 
         tokens_per_second = train_tokens / train_seconds
