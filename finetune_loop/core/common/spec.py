@@ -327,6 +327,21 @@ class FeedbackSettings:
     rolling_window: int = Field(
         100, ge=1, description="... or when accuracy over the last this many labelled requests is below gate.min_accuracy"
     )
+    # A label is a claim about the truth; only people (or processes) the team trusts make it.
+    # Feedback from any other source stays in the log, is counted and quarantined, never trained on.
+    trusted_sources: Annotated[tuple[str, ...], Field(min_length=1)] = Field(
+        ("agent", "reviewer", "simulated_agent"),
+        description="feedback sources whose labels become training data and recent-suite rows; others are quarantined",
+    )
+
+
+@_section
+class RecentSuiteSettings:
+    """recent_suite: labelled production requests frozen per evaluation, judged apart from the holdout."""
+
+    # Rows newer than this (and newer than what the champion trained on) are judged, never trained on.
+    days: float = Field(7.0, gt=0, description="labelled requests of the last this many days (by feedback time) form the recent suite")
+    max_rows: int = Field(500, ge=1, description="at most this many of them, the newest first")
 
 
 @_section
@@ -393,6 +408,7 @@ class TaskFile(BaseModel):
     export: ExportSettings = Field(default_factory=ExportSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    recent_suite: RecentSuiteSettings = Field(default_factory=RecentSuiteSettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     curation: CurationSettings = Field(default_factory=CurationSettings)
 
@@ -513,6 +529,7 @@ class TaskSpec:
     export: ExportSettings
     drift: DriftSettings
     feedback: FeedbackSettings
+    recent_suite: RecentSuiteSettings
     shadow: ShadowSettings
     curation: CurationSettings
     # Designated frozen-suite sources; when absent the suites come from a seeded split.

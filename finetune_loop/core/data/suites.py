@@ -90,25 +90,7 @@ def freeze_suite(
 
     designated = {"holdout": spec.holdout_path, "regression": spec.regression_path}[name]
     examples, quarantine = read_labeled_examples(spec, designated)
-    excluded = Counter(reason_kind(q["reason"]) for q in quarantine)
-    sources = load_sources(spec.sources_path)
-    if sources is not None:
-        excluded["revoked source"] += sum(1 for e in examples if sources[e.source].status == "revoked")
-        examples = [e for e in examples if sources[e.source].status == "active"]
-    # Lengths are measured on the scrubbed text, as curation does: that is what is rendered.
-    examples, _ = scrub_examples(examples, spec)
-    if token_length is not None:
-        limit = spec.training.max_length
-        within = [e for e in examples if token_length(e) <= limit]
-        excluded["over-long input"] += len(examples) - len(within)
-        examples = within
-    unique, duplicates, conflicts = deduplicate(examples)
-    excluded["exact duplicate"] += len(duplicates)
-    excluded.update(reason_kind(c["reason"]) for c in conflicts)
-    taken = {normalize_text(e.text) for suite in exclude for e in read_examples(suite.path)}
-    candidates = [e for e in unique if normalize_text(e.text) not in taken]
-    excluded["in an earlier suite"] += len(unique) - len(candidates)
-    excluded = {reason: count for reason, count in sorted(excluded.items()) if count}
+    candidates, excluded = suite_candidates(spec, examples, quarantine, exclude, token_length=token_length)
     if designated is not None:
         rows, fraction = candidates, None
     else:
@@ -130,6 +112,34 @@ def freeze_suite(
     }
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
     return FrozenSuite(name, suite_path, content_hash, len(rows), *_suite_counts(rows, spec), created=True, excluded=excluded)
+
+
+def suite_candidates(
+    spec: TaskSpec, examples: Sequence[Example], quarantine: Sequence[dict], exclude: Sequence[FrozenSuite] = (),
+    *, token_length: Callable[[Example], int] | None = None,
+) -> tuple[list[Example], dict[str, int]]:
+    """The validated rows of a suite's input that obey the training data's rules (of an active
+    source, scrubbed, within training.max_length when `token_length` is given, unique, not in an
+    earlier suite), and the count of rows left out per reason (`quarantine`: validation's)."""
+    excluded = Counter(reason_kind(q["reason"]) for q in quarantine)
+    sources = load_sources(spec.sources_path)
+    if sources is not None:
+        excluded["revoked source"] += sum(1 for e in examples if sources[e.source].status == "revoked")
+        examples = [e for e in examples if sources[e.source].status == "active"]
+    # Lengths are measured on the scrubbed text, as curation does: that is what is rendered.
+    examples, _ = scrub_examples(list(examples), spec)
+    if token_length is not None:
+        limit = spec.training.max_length
+        within = [e for e in examples if token_length(e) <= limit]
+        excluded["over-long input"] += len(examples) - len(within)
+        examples = within
+    unique, duplicates, conflicts = deduplicate(examples)
+    excluded["exact duplicate"] += len(duplicates)
+    excluded.update(reason_kind(c["reason"]) for c in conflicts)
+    taken = {normalize_text(e.text) for suite in exclude for e in read_examples(suite.path)}
+    candidates = [e for e in unique if normalize_text(e.text) not in taken]
+    excluded["in an earlier suite"] += len(unique) - len(candidates)
+    return candidates, {reason: count for reason, count in sorted(excluded.items()) if count}
 
 
 def _verify_suite(spec: TaskSpec, name: str, suite_path: Path, manifest_path: Path) -> FrozenSuite:
