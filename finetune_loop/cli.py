@@ -240,6 +240,22 @@ def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _accounting(data: "CuratedDatasetMetadata") -> str:
+    """Where every row read went, one bucket each: the splits, the suites' own rows (reserved), the
+    quarantine, exact and near duplicates, suite overlaps and revoked sources. The buckets add up to
+    the rows read; a shortfall is printed, never hidden."""
+    reserved = {"holdout": 0, "regression": 0, **data.suite_rows_reserved}
+    buckets = [(data.train_rows, "train"), (data.validation_rows, "validation")]
+    buckets += [(count, name) for name, count in reserved.items()]
+    buckets += [
+        (data.quarantined_rows, "quarantined"), (data.duplicates_removed + data.near_duplicates_removed, "duplicates"),
+        (sum(data.contamination_removed.values()), "contaminated"), (sum(data.revoked_source_rows.values()), "revoked"),
+    ]
+    line = f"accounting  read {data.rows_read} rows = " + " + ".join(f"{count} {name}" for count, name in buckets)
+    missing = data.rows_read - sum(count for count, _ in buckets)
+    return line if missing == 0 else line + f"; {missing:+d} rows UNACCOUNTED"
+
+
 def _summary(spec, home, run_id: str, run: RunOutcome, minutes: float, only_curation: bool) -> str:
     lines = ["", f"=== finetune-loop summary: {spec.name} (Dagster run {run_id}, {minutes:.1f} min) ==="]
     if run.curated is not None:
@@ -256,6 +272,7 @@ def _summary(spec, home, run_id: str, run: RunOutcome, minutes: float, only_cura
             lines.append(f"            {name}: {suite.size} rows, content hash {suite.content_hash}")
     if only_curation:
         if run.curated is not None:
+            lines.append(_accounting(run.curated))
             lines.append("dedup audit\n" + run.curated.dedup_audit)
         return "\n".join(lines)
     if run.eval_report is not None:

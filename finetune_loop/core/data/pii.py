@@ -498,6 +498,19 @@ def scrub_examples(examples: list[Example], spec: TaskSpec) -> tuple[list[Exampl
     return scrubbed, counts
 
 
+def scrub_answer(value: object) -> object:
+    """A label or target of unknown format, scrubbed: a string holding a JSON object or array has
+    its string values scrubbed (the JSON stays valid), any other string is scrubbed as text, and a
+    non-string comes back as it is (validation quarantines it)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):
+        parsed = None
+    return _scrub_target(value, "json" if isinstance(parsed, (dict, list)) else "text", Counter())
+
+
 def _scrub_target(target: str, target_format: str, counts: Counter) -> str:
     if target_format == "text":
         result = scrub_pii(target)

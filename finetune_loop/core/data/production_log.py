@@ -55,7 +55,7 @@ from typing import Sequence
 
 from finetune_loop.core.common.files import sha256_file, write_jsonl
 from finetune_loop.core.common.spec import FieldMapping, TaskSpec
-from finetune_loop.core.data.pii import scrubbed_excerpt
+from finetune_loop.core.data.pii import scrub_answer, scrub_pii, scrubbed_excerpt
 from finetune_loop.core.data.readers import (
     BOM,
     DuplicateKeyError,
@@ -338,14 +338,21 @@ def _parse_row(row: object, input_field: str, allowed: set[str] | None) -> tuple
     return record, None
 
 
-def feedback_rows(records: Sequence[ProductionRecord], fields: FieldMapping) -> list[dict]:
+def feedback_rows(records: Sequence[ProductionRecord], fields: FieldMapping, *, scrub: bool = True) -> list[dict]:
     """Labelled feedback as labelled-example rows in the task's own field names, for curation to
-    validate, scrub, de-duplicate and quarantine like any other data. Flags never become labels."""
+    validate, scrub, de-duplicate and quarantine like any other data. Flags never become labels.
+
+    These rows are written to a file in the state directory before curation reads them, so with
+    `scrub` (the default; callers pass curation.scrub_pii) the text and the label -- a label outside
+    the task's set reaches curation's quarantine as written -- are PII-scrubbed here already: no raw
+    request text is copied out of the log. Curation's scrub is idempotent, so its PII counts leave
+    these rows out."""
     rows = []
     for r in records:
         if r.feedback_label is None:
             continue
-        row = {fields.input: r.text, fields.label: r.feedback_label}
+        text, label = (scrub_pii(r.text).text, scrub_answer(r.feedback_label)) if scrub else (r.text, r.feedback_label)
+        row = {fields.input: text, fields.label: label}
         if fields.id:
             row[fields.id] = f"feedback-{r.request_id}"
         if fields.source:
@@ -367,11 +374,12 @@ def read_task_log(spec: TaskSpec, *, now: datetime | None = None, check_labels: 
 
 def write_feedback_examples(spec: TaskSpec, out_dir: Path) -> Path | None:
     """The log's labelled feedback as a labelled-examples file for the next curated_dataset, named
-    by the log's data version; None when the task has no log or the log holds no feedback."""
+    by the log's data version; None when the task has no log or the log holds no feedback. With
+    curation.scrub_pii off its rows are written as logged (see `feedback_rows`)."""
     if spec.production_log_path is None:
         return None
     log = read_task_log(spec, check_labels=False)
-    rows = feedback_rows(log.records, spec.fields)
+    rows = feedback_rows(log.records, spec.fields, scrub=spec.curation.scrub_pii)
     if not rows:
         return None
     path = out_dir / f"feedback-{log_data_version(spec.production_log_path)}.jsonl"
