@@ -245,3 +245,8 @@ class DriftReportMetadata(TrackedMetadata):
     window: str
     window_end: str
     columns: dict = json_field()
+    # Feedback naming labels the task does not know (the new_labels signal): rows in the window, and
+    # drift.new_labels_summary (count, share, per label its count and scrubbed examples). Defaults
+    # for writers that predate the signal; from_dagster still requires both keys.
+    new_label_rows: int = 0
+    new_labels: dict = dataclasses.field(default_factory=dict, metadata={_KIND: "json"})

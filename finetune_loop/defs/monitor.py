@@ -56,7 +56,7 @@ _IN_FLIGHT = [
     deps=[production_log],
     # A task without a production log yet is not a failure: the report is simply not materialized.
     output_required=False,
-    description="Evidently drift of the latest production window against the training data: inputs, predictions, feedback labels, feedback accuracy vs the champion's registered holdout score.",
+    description="Evidently drift of the latest production window against the training data: inputs, predictions, feedback labels, feedback accuracy vs the champion's registered holdout score, and feedback naming labels the task does not know (new_labels).",
 )
 def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: CuratedDataset):
     spec = loop.spec()
@@ -65,23 +65,29 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
         context.log.info(f"monitoring not configured yet: {spec.spec_path} names no data.production_log")
         return
     report_path = loop.task_dir("drift") / f"{context.run.run_id}.html"
-    log = read_task_log(spec)
+    now = datetime.now(timezone.utc)
+    log = read_task_log(spec, now=now)
     quarantine_path = report_path.with_suffix(".quarantine.jsonl")
     write_jsonl(quarantine_path, log.reviewable_quarantine())
     window = log.window(spec.drift.window_days)
     if not window.records:
         raise dg.Failure(f"no usable production rows in {spec.production_log_path}; {len(log.quarantine)} quarantined, reasons in {quarantine_path}")
+    unknown = _unknown_feedback_in_window(spec, now, window)
     reference = read_examples(curated_dataset.train_path)
     # Live feedback accuracy is compared with the score of the model serving now (after a rollback,
     # the restored version's), as the registry records it.
     champion = champion_record(tracker, spec.registered_model_name)
     eval_accuracy = champion.holdout_primary if champion else None
     result = drift.build_drift_report(
-        [e.text for e in reference], [e.label for e in reference], window.records, report_path, spec.drift, eval_accuracy
+        [e.text for e in reference], [e.label for e in reference], window.records, report_path, spec.drift, eval_accuracy,
+        unknown_feedback=unknown,
     )
     signal_values = {f"signal_{s.name}": s.value for s in result.signals.values() if s.value is not None}
     with tracker.run(f"drift-{spec.name}", tags={"stage": "drift", "signals_fired": ",".join(result.signals_fired), **run_tags(context)}) as run_id:
-        tracker.log_metrics(run_id, {"drift_share": result.drift_share, "drift_detected": float(result.drift_detected), **signal_values})
+        tracker.log_metrics(
+            run_id, {"drift_share": result.drift_share, "drift_detected": float(result.drift_detected),
+                     "new_label_rows": float(result.new_labels["count"]), **signal_values},
+        )
         tracker.log_params(
             run_id,
             {"reference_data_version": curated_dataset.data_version, "current_rows": result.current_rows,
@@ -90,6 +96,7 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
         )
         tracker.log_artifact(run_id, report_path, "drift")
         tracker.log_text(run_id, result.signals_markdown(), "drift/signals.md")
+        tracker.log_text(run_id, json.dumps(result.new_labels, indent=2, ensure_ascii=False), "drift/new_labels.json")
     metadata = DriftReportMetadata(
         drift_detected=result.drift_detected,
         signals_fired=", ".join(result.signals_fired) or "none",
@@ -108,10 +115,24 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
         window=f"{window.first_timestamp} .. {window.last_timestamp}",
         window_end=str(window.last_timestamp),
         columns=result.columns,
+        new_label_rows=result.new_labels["count"],
+        new_labels=result.new_labels,
         mlflow_run_id=run_id,
         mlflow_run=mlflow_link(tracker, run_id),
     )
     yield dg.Output(result, metadata=metadata.to_dagster())
+
+
+def _unknown_feedback_in_window(spec, now: datetime, window) -> list:
+    """The requests the label check quarantined for their feedback label alone (read again without
+    it, same `now`), over the drift window: its days, ending at the newest request of either kind, so
+    a burst of new-label feedback after the last known-label request is not cut off. Everything else
+    in the report stays on the label-checked log."""
+    unknown = drift.unknown_feedback(read_task_log(spec, now=now, check_labels=False).records, spec.labels)
+    if not unknown:
+        return []
+    end = max(r.timestamp for r in [*window.records, *unknown])
+    return drift.in_window(unknown, spec.drift.window_days, end)
 
 
 retrain_job = dg.define_asset_job(

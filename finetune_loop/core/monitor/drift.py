@@ -12,6 +12,11 @@ Four signals, each with its own threshold in the task's `drift` section:
   judged once `min_signal_rows` requests carry feedback.
 * `feedback_accuracy`: the served model's accuracy on the requests with feedback fell more than
   `max_accuracy_drop` below its accuracy at evaluation.
+* `new_labels`: humans answered with labels the task does not know (the log reader quarantines
+  those rows; `unknown_feedback` finds them again). It fires when one unknown label holds at least
+  NEW_LABEL_MIN_ROWS rows and NEW_LABEL_MIN_SHARE of the window's labelled rows. It does not set
+  `drift_detected`: a retrain cannot learn a label the task does not admit, so it asks a person to
+  add the label to the task YAML instead (the feedback sensor then retrains on the admitted rows).
 
 A signal without enough rows is reported as not evaluated, never as "no drift".
 """
@@ -20,15 +25,33 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Sequence
 
 from finetune_loop.core.common.spec import DriftSettings
+from finetune_loop.core.data.pii import scrubbed_excerpt
 from finetune_loop.core.data.production_log import ProductionRecord
 
 INPUT_COLUMNS = ("text", "length_chars", "oov_share", "non_letter_share")
 _WORD = re.compile(r"[^\W\d_]+")
+
+# new_labels fires when one unknown feedback label holds at least NEW_LABEL_MIN_ROWS rows *and*
+# NEW_LABEL_MIN_SHARE of the window's labelled rows: a single typo never fires, and neither do a
+# handful of stray labels in a window of many thousands. Module constants, not task settings yet
+# (candidates: drift.new_label_min_rows / drift.new_label_min_share).
+NEW_LABEL_MIN_ROWS = 5
+NEW_LABEL_MIN_SHARE = 0.01
+# Per unknown label, this many example requests (newest first), request id and text PII-scrubbed.
+NEW_LABEL_EXAMPLES = 3
+# At most this many unknown labels are listed (most rows first); the rest are counted. A hostile
+# log with a new label on every row cannot blow up the report.
+NEW_LABEL_MAX_LISTED = 20
+NEW_LABEL_ACTION = "add the label to the task YAML's labels to admit it (the holdout stays; the recent suite covers it)"
+# Characters of text from the log (a feedback label) that could end a table cell or make a link,
+# an image, HTML or code in the signals table are escaped there.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]()!|<>])")
 
 
 @dataclass(frozen=True)
@@ -39,6 +62,9 @@ class Signal:
     value: float | None
     threshold: float
     detail: str
+    # False for a signal that needs a person, not a retrain (new_labels): it is reported and listed
+    # in signals_fired, but does not make the report drift.
+    triggers_retrain: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +81,8 @@ class DriftResult:
     reference_rows: int
     current_rows: int
     feedback_rows: int
+    # The new_labels summary (see `new_labels_summary`): count, share, per label count and examples.
+    new_labels: dict = field(default_factory=dict)
 
     @property
     def signals_fired(self) -> list[str]:
@@ -106,11 +134,14 @@ def build_drift_report(
     report_path: Path,
     settings: DriftSettings,
     reference_accuracy: float | None = None,
+    unknown_feedback: Sequence[ProductionRecord] = (),
 ) -> DriftResult:
-    """One Evidently report (saved as HTML) over the window `current`, and the four signals.
+    """One Evidently report (saved as HTML) over the window `current`, and the five signals.
 
     `reference_labels` are the training labels (the distribution predictions and feedback are
-    compared with); `reference_accuracy` is the served model's accuracy at evaluation."""
+    compared with); `reference_accuracy` is the served model's accuracy at evaluation.
+    `unknown_feedback` are the window's requests whose feedback names a label the task does not
+    know (`unknown_feedback`); they feed only the new_labels signal, never `current`'s signals."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
@@ -160,8 +191,10 @@ def build_drift_report(
     scored = [r for r in labelled if r.prediction is not None]
     feedback_accuracy = sum(r.prediction == r.feedback_label for r in scored) / len(scored) if scored else None
     signals["feedback_accuracy"] = _accuracy_signal(feedback_accuracy, len(scored), reference_accuracy, settings)
+    new_labels = new_labels_summary(unknown_feedback, len(labelled))
+    signals["new_labels"] = _new_labels_signal(new_labels)
     return DriftResult(
-        drift_detected=any(s.fired for s in signals.values()),
+        drift_detected=any(s.fired and s.triggers_retrain for s in signals.values()),
         drift_share=drift_share,
         drift_share_threshold=settings.drift_share,
         columns=columns,
@@ -171,7 +204,90 @@ def build_drift_report(
         reference_rows=len(reference_texts),
         current_rows=len(current),
         feedback_rows=len(labelled),
+        new_labels=new_labels,
     )
+
+
+def unknown_feedback(records: Sequence[ProductionRecord], labels: Sequence[str]) -> list[ProductionRecord]:
+    """The records (read without the label check) that the label check quarantines for their
+    feedback alone: feedback naming a label outside `labels`, with no prediction or a known one. A
+    record with an unknown prediction stays what the reader makes it, an unknown prediction."""
+    known = set(labels)
+    return [
+        r for r in records
+        if r.feedback_label is not None and r.feedback_label not in known and (r.prediction is None or r.prediction in known)
+    ]
+
+
+def in_window(records: Sequence[ProductionRecord], days: float, end: datetime) -> list[ProductionRecord]:
+    """The records of the `days` up to `end`, the bounds of `ProductionLog.window`."""
+    try:
+        start: datetime | None = end - timedelta(days=days)
+    except OverflowError:
+        start = None
+    return [r for r in records if (start is None or start < r.timestamp) and r.timestamp <= end]
+
+
+def new_labels_summary(unknown: Sequence[ProductionRecord], known_labelled: int) -> dict:
+    """count and share (of all labelled rows: `known_labelled` + the unknown ones) of the requests
+    whose feedback names an unknown label; per label (most rows first, at most NEW_LABEL_MAX_LISTED)
+    its count, share and NEW_LABEL_EXAMPLES newest examples. Labels, request ids and texts come from
+    the log, so each is PII-scrubbed and cut (`scrubbed_excerpt`)."""
+    labelled = known_labelled + len(unknown)
+    by_label: dict[str, list[ProductionRecord]] = {}
+    for r in unknown:
+        by_label.setdefault(r.feedback_label, []).append(r)
+    ranked = sorted(by_label.items(), key=lambda item: (-len(item[1]), item[0]))
+    listed = []
+    for label, rows in ranked[:NEW_LABEL_MAX_LISTED]:
+        newest = sorted(rows, key=lambda r: r.timestamp, reverse=True)[:NEW_LABEL_EXAMPLES]
+        listed.append({
+            "label": scrubbed_excerpt(label),
+            "count": len(rows),
+            "share": len(rows) / labelled,
+            "fired": _label_fires(len(rows), labelled),
+            "examples": [{"request_id": scrubbed_excerpt(r.request_id), "text": scrubbed_excerpt(r.text)} for r in newest],
+        })
+    return {
+        "count": len(unknown),
+        "share": len(unknown) / labelled if labelled else None,
+        "labelled_rows": labelled,
+        "distinct_labels": len(by_label),
+        "unlisted_labels": max(0, len(by_label) - NEW_LABEL_MAX_LISTED),
+        "min_rows": NEW_LABEL_MIN_ROWS,
+        "min_share": NEW_LABEL_MIN_SHARE,
+        "fired": any(_label_fires(len(rows), labelled) for rows in by_label.values()),
+        "labels": listed,
+    }
+
+
+def _label_fires(rows: int, labelled: int) -> bool:
+    return rows >= NEW_LABEL_MIN_ROWS and rows / labelled >= NEW_LABEL_MIN_SHARE
+
+
+def _markdown_text(text: str) -> str:
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def _new_labels_signal(summary: dict) -> Signal:
+    threshold = NEW_LABEL_MIN_SHARE
+    if summary["labelled_rows"] == 0:
+        return Signal("new_labels", None, None, threshold, "not evaluated: no feedback in the window", triggers_retrain=False)
+    if summary["count"] == 0:
+        return Signal(
+            "new_labels", False, 0.0, threshold, f"none: all {summary['labelled_rows']} feedback labels are task labels",
+            triggers_retrain=False,
+        )
+    named = ", ".join(f"{_markdown_text(entry['label'])} ({entry['count']})" for entry in summary["labels"])
+    if summary["unlisted_labels"]:
+        named += f" and {summary['unlisted_labels']} more"
+    rule = f"a label fires at >= {NEW_LABEL_MIN_ROWS} rows and >= {NEW_LABEL_MIN_SHARE:.0%} of labelled rows"
+    detail = (
+        f"{summary['count']} of {summary['labelled_rows']} labelled requests ({summary['share']:.1%}) name "
+        f"{summary['distinct_labels']} label(s) the task does not know: {named}; "
+        + (NEW_LABEL_ACTION if summary["fired"] else f"below the rule ({rule}); if one is real, {NEW_LABEL_ACTION}")
+    )
+    return Signal("new_labels", summary["fired"], summary["share"], threshold, detail, triggers_retrain=False)
 
 
 def _column_verdicts(snapshot: dict) -> dict[str, dict]:
