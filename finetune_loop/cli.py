@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # Dagster loads only when a command runs the graph, not for -
     )
 
 EXIT_OK, EXIT_FAILED, EXIT_GATE_REFUSED = 0, 1, 2
-CURATION_ASSETS = ("labeled_examples", "base_model", "holdout_suite", "regression_suite", "curated_dataset")
+CURATION_ASSETS = ("labeled_examples", "base_model", "holdout_suite", "regression_suite", "recent_suite", "curated_dataset")
 SENSOR_CURSORS_FILE = "monitor_sensor_cursors.json"
 
 

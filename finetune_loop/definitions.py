@@ -20,6 +20,7 @@ ALL_ASSETS = [
     train.base_model,
     data.holdout_suite,
     data.regression_suite,
+    data.recent_suite,
     data.curated_dataset,
     train.lora_adapter,
     evaluate.eval_report,

@@ -140,7 +140,8 @@ def test_prediction_label_and_feedback_accuracy_signals(tmp_path):
 def test_labelled_feedback_joins_curation_through_the_same_checks(tmp_path):
     from finetune_loop.core.common.spec import load_task_spec
     from finetune_loop.core.data import curation, readers, suites
-    from finetune_loop.core.data.production_log import write_feedback_examples
+    from finetune_loop.core.data import recent
+    from finetune_loop.core.data.production_log import read_task_log
     from finetune_loop_tests.conftest import write_tiny_task
 
     task = write_tiny_task(tmp_path / "task", tmp_path / "no-model")
@@ -148,18 +149,24 @@ def test_labelled_feedback_joins_curation_through_the_same_checks(tmp_path):
     spec = load_task_spec(task)
     base = {"timestamp": "2026-10-02T00:00:00Z", "model_version": "1", "prediction": "billing"}
     append_log_file(spec.production_log_path, "week-1.jsonl", [
-        {**base, "request_id": "ok", "text": "my courier left the box at the wrong door", "feedback": {"label": "shipping"}},
-        {**base, "request_id": "retired", "text": "please close my loyalty card", "feedback": {"label": "loyalty"}},
+        {**base, "request_id": "ok", "text": "my courier left the box at the wrong door", "feedback": {"label": "shipping", "source": "agent"}},
+        {**base, "request_id": "retired", "text": "please close my loyalty card", "feedback": {"label": "loyalty", "source": "agent"}},
         {**base, "request_id": "flag-only", "text": "this answer was useless", "flags": ["thumbs_down"]},
+        # Newer than the rest by more than recent_suite.days: the recent suite judges it, training never sees it.
+        {**base, "timestamp": "2026-10-20T00:00:00Z", "request_id": "recent", "text": "the sign in code never arrives",
+         "feedback": {"label": "login", "source": "agent"}},
     ])
-    feedback = write_feedback_examples(spec, tmp_path / "feedback")
     suites_dir = tmp_path / "suites"
     holdout = suites.freeze_suite(spec, "holdout", suites_dir)
     regression = suites.freeze_suite(spec, "regression", suites_dir, exclude=[holdout])
+    log = read_task_log(spec, check_labels=False)
+    recent_suite = recent.freeze_recent_suite(spec, log, suites_dir, champion_feedback_until=None, exclude=[holdout, regression])
+    assert [e.id for e in readers.read_examples(recent_suite.suite.path)] == ["feedback-recent"]
+    feedback = recent.write_training_feedback(spec, log, recent_suite, tmp_path / "feedback" / "feedback.jsonl")
     dataset = curation.curate_dataset(spec, [holdout, regression], tmp_path / "datasets", extra_inputs=[feedback])
     train = {e.id: e for e in readers.read_examples(dataset.train_path) + readers.read_examples(dataset.validation_path)}
     assert train["feedback-ok"].label == "shipping" and train["feedback-ok"].source == "production_feedback"
-    assert "feedback-flag-only" not in train
+    assert "feedback-flag-only" not in train and "feedback-recent" not in train
     quarantined = [json.loads(line) for line in dataset.quarantine_path.read_text().splitlines()]
     assert [(q["file"], q["reason"].partition(":")[0]) for q in quarantined] == [(feedback.name, "unknown label")]
     assert dataset.report.rows_read == 48 + 2

@@ -190,4 +190,4 @@ def test_generation_task_uses_greedy_answers_and_generation_metrics(tmp_path, ti
     # A random model writes no valid JSON: every metric is measured, and measured as zero.
     assert candidate.metrics["json_valid"] == 0.0 and candidate.primary == 0.0
     assert [c.kind for c in result.models["candidate"].probes.cases] == ["format"]
-    assert "| **exact_match** | 4 |" in result.table_markdown
+    assert "| **holdout exact_match** | 4 |" in result.table_markdown

@@ -98,7 +98,7 @@ def test_first_run_materializes_every_asset_with_its_metadata(loop_state):
     assert 0.0 <= meta.candidate_accuracy <= 1.0
     assert meta.gate_passed is True
     table = meta.table
-    for row in ("| **accuracy** | 12 |", "| macro_f1 |", "| regression pass rate |", "| probe pass rate | 4 |", "| ms / example |", "| recall `billing` |"):
+    for row in ("| **holdout accuracy** | 12 |", "| holdout macro_f1 |", "| regression pass rate |", "| probe pass rate | 4 |", "| ms / example |", "| holdout recall `billing` |"):
         assert row in table
     assert "| | n | base | candidate (v1) |" in table  # no champion column before the first promotion
     assert meta.champion_version is None and meta.champion_accuracy is None
@@ -110,7 +110,7 @@ def test_first_run_materializes_every_asset_with_its_metadata(loop_state):
     assert set(report["models"]) == {"base", "candidate"}
     assert report["models"]["candidate"]["holdout"]["accuracy"] == pytest.approx(meta.candidate_accuracy)
     assert [g["name"] for g in report["gate"]["sub_gates"]] == [
-        "min_accuracy", "non_inferior_to_champion", "slices_hold", "regression_suite", "behaviour_probes",
+        "min_accuracy", "non_inferior_to_champion", "follows_recent_traffic", "slices_hold", "regression_suite", "behaviour_probes",
     ]
     for name in ("min_accuracy", "non_inferior_to_champion", "regression_suite", "behaviour_probes"):
         assert f"**{name}**" in meta.gate_lines

@@ -4,10 +4,16 @@ and the curated training set with its `no_contamination` check. Core: `finetune_
 
 import dagster as dg
 
-from finetune_loop.core.data import curation, readers, suites
+from collections import Counter
+from datetime import datetime
+
+from finetune_loop.core.common.files import write_jsonl
+from finetune_loop.core.common.tracker import CHAMPION_ALIAS
+from finetune_loop.core.data import curation, readers, recent, suites
 from finetune_loop.core.data import production_log as production
+from finetune_loop.core.data.validation import reason_kind
 from finetune_loop.defs.common import file_or_directory_version
-from finetune_loop.defs.metadata import CuratedDatasetMetadata, SuiteMetadata
+from finetune_loop.defs.metadata import CuratedDatasetMetadata, RecentSuiteMetadata, SuiteMetadata
 from finetune_loop.defs.resources import LoopResource
 
 GROUP = "data"
@@ -70,19 +76,68 @@ def regression_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite) -> d
     return _freeze(loop, "regression", exclude=[holdout_suite])
 
 
+def _champion_feedback_until(loop: LoopResource) -> datetime | None:
+    spec = loop.spec()
+    tracker = loop.tracker()
+    champion = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
+    until = tracker.version_tags(spec.registered_model_name, champion.version).get(recent.FEEDBACK_UNTIL_TAG) if champion else None
+    return datetime.fromisoformat(until) if until else None
+
+
+@dg.asset(
+    group_name=GROUP, deps=[production_log, dg.AssetKey("base_model")],
+    description="Recent suite: trusted labelled production requests of the last recent_suite.days, newer than the champion's "
+    "training feedback; frozen per evaluation, never trained on.",
+)
+def recent_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite, regression_suite: suites.FrozenSuite) -> dg.Output[recent.RecentSuite]:
+    spec = loop.spec()
+    if spec.production_log_path is None:
+        value = recent.RecentSuite(None, None, None, 0, note="the task names no data.production_log")
+    else:
+        value = recent.freeze_recent_suite(
+            spec, production.read_task_log(spec, check_labels=False), loop.task_dir("suites"),
+            champion_feedback_until=_champion_feedback_until(loop), exclude=[holdout_suite, regression_suite],
+            token_length=loop.token_length(),
+        )
+    quarantine_path = None
+    if value.feedback_quarantine:
+        quarantine_path = loop.task_dir("feedback") / "feedback_quarantine.jsonl"
+        write_jsonl(quarantine_path, value.feedback_quarantine)
+    metadata = RecentSuiteMetadata(
+        content_hash=value.suite.content_hash if value.suite else None,
+        size=value.size,
+        window=value.note,
+        training_cutoff=value.training_cutoff.isoformat() if value.training_cutoff else None,
+        window_rows=value.window_rows,
+        per_label=value.suite.per_label if value.suite else {},
+        excluded=value.excluded,
+        feedback_quarantined=len(value.feedback_quarantine),
+        feedback_quarantine_reasons=dict(Counter(reason_kind(q["reason"]) for q in value.feedback_quarantine)),
+        suite_path=str(value.suite.path) if value.suite else None,
+    )
+    return dg.Output(value, metadata=metadata.to_dagster())
+
+
 @dg.asset(
     group_name=GROUP,
     # The base's tokenizer measures rendered lengths (over-long rows are quarantined).
     deps=[labeled_examples, production_log, dg.AssetKey("base_model")],
-    check_specs=[dg.AssetCheckSpec("no_contamination", asset="curated_dataset", blocking=True, description="No training or validation row repeats a frozen suite row or a behaviour probe, exactly or nearly.")],
+    check_specs=[dg.AssetCheckSpec("no_contamination", asset="curated_dataset", blocking=True, description="No training or validation row repeats a frozen suite row (holdout, regression, recent) or a behaviour probe, exactly or nearly.")],
     description="Validated, PII-scrubbed, licence-filtered, de-duplicated train/validation split; bad rows quarantined with a reason.",
 )
-def curated_dataset(loop: LoopResource, holdout_suite: suites.FrozenSuite, regression_suite: suites.FrozenSuite):
+def curated_dataset(
+    loop: LoopResource, holdout_suite: suites.FrozenSuite, regression_suite: suites.FrozenSuite, recent_suite: recent.RecentSuite,
+):
     spec = loop.spec()
     base = loop.base_model()
-    frozen = [holdout_suite, regression_suite]
-    # Labelled production feedback (never a bare thumbs-down) joins the labelled examples.
-    feedback = production.write_feedback_examples(spec, loop.task_dir("feedback"))
+    frozen = [holdout_suite, regression_suite] + ([recent_suite.suite] if recent_suite.suite else [])
+    # Trusted labelled feedback older than the recent suite joins the labelled examples (never a
+    # bare thumbs-down, never a row the recent suite judges).
+    feedback = None
+    if spec.production_log_path is not None:
+        log = production.read_task_log(spec, check_labels=False)
+        name = f"feedback-{production.log_data_version(spec.production_log_path)}-{recent_suite.training_cutoff.timestamp() if recent_suite.training_cutoff else 'none'}.jsonl"
+        feedback = recent.write_training_feedback(spec, log, recent_suite, loop.task_dir("feedback") / name)
     dataset = curation.curate_dataset(
         spec, frozen, loop.task_dir("datasets"), token_length=loop.token_length(),
         extra_inputs=[feedback] if feedback else [],

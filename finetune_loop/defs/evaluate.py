@@ -8,13 +8,14 @@ from dataclasses import dataclass
 import dagster as dg
 
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS, ModelVersionRef
+from finetune_loop.core.data.recent import RecentSuite
 from finetune_loop.core.data.suites import FrozenSuite
 from finetune_loop.core.evaluate import report, shadow
 from finetune_loop.core.ship.registry import BUNDLE_ARTIFACT_PATH
 from finetune_loop.core.train.trainer import TrainedAdapter
 from finetune_loop.defs.common import mlflow_link, run_tags
 from finetune_loop.defs.metadata import EvalReportMetadata
-from finetune_loop.defs.resources import LoopResource
+from finetune_loop.defs.resources import TRIGGER_TAG, LoopResource
 
 GROUP = "evaluate"
 
@@ -32,6 +33,8 @@ class EvalReport:
     champion_version: str | None
     holdout_hash: str
     report_path: str
+    # The recent suite it was judged on too (None: there was none).
+    recent_hash: str | None = None
 
 
 @dg.asset(
@@ -39,10 +42,12 @@ class EvalReport:
     check_specs=[
         dg.AssetCheckSpec(
             "release_gate", asset="eval_report", blocking=True,
-            description="Candidate ≥ threshold, > base, non-inferior to the champion (paired bootstrap), no slice regression, regression suite and behaviour probes above their thresholds.",
+            description="Candidate ≥ threshold, > base, non-inferior to the champion on the holdout (paired bootstrap), follows recent traffic "
+            "(the trigger's rule on the recent suite), no slice regression, regression suite and behaviour probes above their thresholds.",
         )
     ],
-    description="Base vs candidate vs champion on the frozen holdout, the regression suite and the behaviour probes; the release_gate check blocks export and promotion.",
+    description="Base vs candidate vs champion on the frozen holdout, the regression suite, the recent suite and the behaviour probes; "
+    "the release_gate check blocks export and promotion.",
 )
 def eval_report(
     context: dg.AssetExecutionContext,
@@ -50,6 +55,7 @@ def eval_report(
     lora_adapter: TrainedAdapter,
     holdout_suite: FrozenSuite,
     regression_suite: FrozenSuite,
+    recent_suite: RecentSuite,
 ):
     spec = loop.spec()
     tracker = loop.tracker()
@@ -62,6 +68,13 @@ def eval_report(
     result = report.evaluate_candidate(
         spec, loop.base_model().directory, lora_adapter.directory, lora_adapter.model_version.version, holdout_suite.path,
         regression_suite.path, out_dir, tracker, champion, {**run_tags(context), "model_version": lora_adapter.model_version.version},
+        recent_path=recent_suite.suite.path if recent_suite.suite else None,
+        trigger=context.run.tags.get(TRIGGER_TAG, "manual"),
+    )
+    recent_hash = recent_suite.suite.content_hash if recent_suite.suite else None
+    tracker.tag_version(
+        lora_adapter.model_version.name, lora_adapter.model_version.version,
+        {"recent_suite_sha256": recent_hash or "none", "holdout_sha256": holdout_suite.content_hash},
     )
     # The evaluation joins the candidate's bundle, so a rollback target carries its own evidence.
     tracker.log_artifact(lora_adapter.model_version.run_id, result.report_path, BUNDLE_ARTIFACT_PATH)
@@ -77,6 +90,7 @@ def eval_report(
         champion_version=champion.version if champion else None,
         holdout_hash=holdout_suite.content_hash,
         report_path=str(result.report_path),
+        recent_hash=recent_hash,
     )
     metadata = EvalReportMetadata(
         primary_metric=result.candidate.primary_name,
@@ -91,7 +105,13 @@ def eval_report(
         gate_passed=verdict.passed,
         gate=verdict.summary(),
         gate_lines="\n".join(f"- **{g.name}** {g.line()}" for g in verdict.sub_gates),
+        gate_power=verdict.power,
         holdout_rows=len(result.candidate.correct),
+        recent_rows=recent_suite.size,
+        recent_suite_hash=recent_hash,
+        recent_candidate_accuracy=candidate.recent.primary if candidate.recent else None,
+        recent_champion_accuracy=result.models["champion"].recent.primary if "champion" in result.models and result.models["champion"].recent else None,
+        trigger=context.run.tags.get(TRIGGER_TAG, "manual"),
         frontier=result.frontier_summary,
         mlflow_run_id=result.mlflow_run_id,
         mlflow_run=mlflow_link(tracker, result.mlflow_run_id),

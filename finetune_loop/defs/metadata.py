@@ -118,6 +118,22 @@ class SuiteMetadata(AssetMetadata):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RecentSuiteMetadata(AssetMetadata):
+    asset: ClassVar[str] = "recent_suite"
+    # Empty when no labelled request is in the window: the gate then says "not evaluated".
+    content_hash: str | None
+    size: int
+    window: str
+    training_cutoff: str | None
+    window_rows: int
+    per_label: dict = json_field()
+    excluded: dict = json_field()
+    feedback_quarantined: int
+    feedback_quarantine_reasons: dict = json_field()
+    suite_path: str | None = path_field()
+
+
+@dataclass(frozen=True, kw_only=True)
 class CuratedDatasetMetadata(AssetMetadata):
     asset: ClassVar[str] = "curated_dataset"
     data_version: str
@@ -177,7 +193,15 @@ class EvalReportMetadata(TrackedMetadata):
     gate_passed: bool
     gate: str
     gate_lines: str = markdown_field()
+    # Each paired sub-gate's operating characteristic: the chance a candidate δ points better or worse passes.
+    gate_power: dict = json_field()
     holdout_rows: int
+    # The recent suite: labelled production requests newer than any model's training feedback.
+    recent_rows: int
+    recent_suite_hash: str | None
+    recent_candidate_accuracy: float | None
+    recent_champion_accuracy: float | None
+    trigger: str
     frontier: str
     eval_seconds: float
     table: str = markdown_field()

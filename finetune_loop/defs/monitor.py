@@ -28,16 +28,16 @@ from finetune_loop.defs.data import (
     curated_dataset,
     holdout_suite,
     production_log,
+    recent_suite,
     regression_suite,
 )
 from finetune_loop.defs.evaluate import eval_report
 from finetune_loop.defs.metadata import DriftReportMetadata
-from finetune_loop.defs.resources import SPEC_HASH_TAG, TASK_TAG, LoopResource
+from finetune_loop.defs.resources import SPEC_HASH_TAG, TASK_TAG, TRIGGER_TAG, LoopResource
 from finetune_loop.defs.ship import champion_model, gguf_export
 from finetune_loop.defs.train import TRAINING_RUN_TAGS, base_model, lora_adapter
 
 GROUP = "monitor"
-TRIGGER_TAG = "finetune_loop/trigger"
 EVIDENCE_TAG = "finetune_loop/evidence"
 REPORT_TAG = "finetune_loop/report"
 # The run queue limits runs carrying this tag to one at a time (dagster.yaml), so a schedule tick
@@ -138,7 +138,8 @@ def _unknown_feedback_in_window(spec, now: datetime, window) -> list:
 retrain_job = dg.define_asset_job(
     "retrain_job",
     selection=dg.AssetSelection.assets(
-        base_model.key, holdout_suite, regression_suite, curated_dataset, lora_adapter, eval_report, gguf_export, champion_model
+        base_model.key, holdout_suite, regression_suite, recent_suite, curated_dataset, lora_adapter, eval_report, gguf_export,
+        champion_model,
     ),
     tags={**RETRAIN_TAGS, **TRAINING_RUN_TAGS},
     description="Curate → train → evaluate (gate) → export and verify → promote.",

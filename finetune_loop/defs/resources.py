@@ -33,6 +33,8 @@ TASK_ENV_VAR = "FINETUNE_LOOP_TASK"
 EXAMPLE_TASK = Path(__file__).resolve().parents[1] / "tasks" / "support_triage.yaml"
 SPEC_HASH_TAG = "finetune_loop/spec_sha256"
 TASK_TAG = "finetune_loop/task"
+# What started a retrain run ("drift", "feedback_volume", "feedback_accuracy", "cadence"); none: by hand.
+TRIGGER_TAG = "finetune_loop/trigger"
 
 
 def default_task_path() -> str:

@@ -5,6 +5,7 @@
 import dagster as dg
 
 from finetune_loop.core.data.curation import CuratedDataset
+from finetune_loop.core.data.recent import FEEDBACK_UNTIL_TAG, RecentSuite
 from finetune_loop.core.data.suites import FrozenSuite
 from finetune_loop.core.train import trainer
 from finetune_loop.defs.common import mlflow_link, run_tags
@@ -46,7 +47,8 @@ def base_model(loop: LoopResource) -> dg.ObserveResult:
     retry_policy=TRAINING_RETRY_POLICY,
 )
 def lora_adapter(
-    context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: CuratedDataset, holdout_suite: FrozenSuite
+    context: dg.AssetExecutionContext, loop: LoopResource, curated_dataset: CuratedDataset, holdout_suite: FrozenSuite,
+    recent_suite: RecentSuite,
 ) -> dg.Output[trainer.TrainedAdapter]:
     spec = loop.spec()
     tracker = loop.tracker()
@@ -59,6 +61,10 @@ def lora_adapter(
     except trainer.TrainingConfigError as exc:
         # A retry cannot fix the task file; only crashes and kills are worth retrying.
         raise dg.Failure(str(exc), allow_retries=False) from exc
+    if recent_suite.training_cutoff is not None:
+        # How far this version's training feedback reaches: a later recent suite starts after it,
+        # so this version is never judged on a request it trained on.
+        tracker.tag_version(adapter.model_version.name, adapter.model_version.version, {FEEDBACK_UNTIL_TAG: recent_suite.training_cutoff.isoformat()})
     metadata = LoraAdapterMetadata.from_sources(
         adapter,
         mlflow_run=mlflow_link(tracker, adapter.mlflow_run_id),

@@ -372,21 +372,6 @@ def read_task_log(spec: TaskSpec, *, now: datetime | None = None, check_labels: 
     )
 
 
-def write_feedback_examples(spec: TaskSpec, out_dir: Path) -> Path | None:
-    """The log's labelled feedback as a labelled-examples file for the next curated_dataset, named
-    by the log's data version; None when the task has no log or the log holds no feedback. With
-    curation.scrub_pii off its rows are written as logged (see `feedback_rows`)."""
-    if spec.production_log_path is None:
-        return None
-    log = read_task_log(spec, check_labels=False)
-    rows = feedback_rows(log.records, spec.fields, scrub=spec.curation.scrub_pii)
-    if not rows:
-        return None
-    path = out_dir / f"feedback-{log_data_version(spec.production_log_path)}.jsonl"
-    write_jsonl(path, rows)
-    return path
-
-
 def append_log_file(directory: Path, name: str, rows: Sequence[dict]) -> Path:
     """Add one new file to the log; refuses to overwrite, because the log is append-only."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,7 @@ def freeze_suite(
         "seed": spec.split.seed, "fraction": fraction, "excluded": excluded,
     }
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
-    return FrozenSuite(name, suite_path, content_hash, len(rows), *_suite_counts(rows, spec), created=True, excluded=excluded)
+    return FrozenSuite(name, suite_path, content_hash, len(rows), *suite_counts(rows, spec), created=True, excluded=excluded)
 
 
 def suite_candidates(
@@ -177,7 +177,7 @@ def _verify_suite(spec: TaskSpec, name: str, suite_path: Path, manifest_path: Pa
     _check_rows_still_fit(spec, name, suite_path, examples, hint)
     excluded = manifest.get("excluded")
     excluded = {str(k): v for k, v in excluded.items() if isinstance(v, int)} if isinstance(excluded, dict) else {}
-    return FrozenSuite(name, suite_path, found, len(examples), *_suite_counts(examples, spec), excluded=excluded)
+    return FrozenSuite(name, suite_path, found, len(examples), *suite_counts(examples, spec), excluded=excluded)
 
 
 _SHOWN_IDS = 10
@@ -211,7 +211,7 @@ def _ids(ids: Sequence[str]) -> str:
     return f"ids {shown}" + (f" and {len(ids) - _SHOWN_IDS} more" if len(ids) > _SHOWN_IDS else "")
 
 
-def _suite_counts(rows: Sequence[Example], spec: TaskSpec) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+def suite_counts(rows: Sequence[Example], spec: TaskSpec) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     key = stratum_key(spec)
     per_slice = {
         slice_field: dict(sorted(Counter(e.slices.get(slice_field, MISSING_SLICE_VALUE) for e in rows).items()))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from finetune_loop.core.common.examples import Example
-from finetune_loop.core.common.files import write_text_atomic
+from finetune_loop.core.common.files import sha256_file, write_text_atomic
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import Tracker
 from finetune_loop.core.data.probe_set import ProbeSet, load_probes
@@ -49,6 +49,8 @@ class ModelEvaluation:
     regression: Scores | None
     probes: ProbeReport | None
     ms_per_example: float
+    # The recent suite (labelled production requests no model trained on); None without one.
+    recent: Scores | None = None
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,13 @@ def answer_suite(model, tokenizer, spec: TaskSpec, texts: Sequence[str], max_new
     return generate_answers(model, tokenizer, spec, texts, max_new_tokens=max_new_tokens)
 
 
-def _evaluate_model(name, version, answer: Callable[[Sequence[str]], list[str]], spec, holdout, regression, probes) -> ModelEvaluation:
+def _evaluate_model(name, version, answer: Callable[[Sequence[str]], list[str]], spec, holdout, regression, probes, recent=()) -> ModelEvaluation:
     started = time.perf_counter()
     holdout_scores = score_suite(spec, holdout, answer([e.text for e in holdout]))
     ms_per_example = (time.perf_counter() - started) * 1000 / len(holdout)
     regression_scores = score_suite(spec, regression, answer([e.text for e in regression])) if regression else None
-    return ModelEvaluation(name, version, holdout_scores, regression_scores, probes, ms_per_example)
+    recent_scores = score_suite(spec, recent, answer([e.text for e in recent])) if recent else None
+    return ModelEvaluation(name, version, holdout_scores, regression_scores, probes, ms_per_example, recent_scores)
 
 
 def evaluate_candidate(
@@ -110,8 +113,13 @@ def evaluate_candidate(
     tracker: Tracker,
     champion: ChampionAdapter | None = None,
     run_tags: dict[str, str] | None = None,
+    *,
+    recent_path: Path | None = None,
+    trigger: str = "manual",
 ) -> EvalResult:
-    """Base, candidate and champion on the same frozen suites and probes, then the release verdict."""
+    """Base, candidate and champion on the same frozen suites (holdout, regression, and the recent
+    suite when there is one) and probes, then the release verdict; `trigger` (what started the
+    retrain) picks the recent suite's rule."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -119,6 +127,7 @@ def evaluate_candidate(
     started = time.perf_counter()
     holdout = read_examples(holdout_path)
     regression = read_examples(regression_path)
+    recent = read_examples(recent_path) if recent_path else []
     probe_set = load_probes(spec.probes_path, spec) if spec.probes_path else None
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     max_new_tokens = _generation_budget(tokenizer, spec, holdout + regression)
@@ -127,7 +136,7 @@ def evaluate_candidate(
     def run(name: str, version: str | None, answering_model, base_probe_answers: dict[str, str] | None):
         answer = lambda texts: answer_suite(answering_model, tokenizer, spec, texts, max_new_tokens)  # noqa: E731
         probes, generated = _probe(spec, probe_set, answering_model, tokenizer, answer, base_probe_answers)
-        return _evaluate_model(name, version, answer, spec, holdout, regression, probes), generated
+        return _evaluate_model(name, version, answer, spec, holdout, regression, probes, recent), generated
 
     models: dict[str, ModelEvaluation] = {}
     models["base"], base_generated = run("base", None, model, None)
@@ -160,9 +169,13 @@ def evaluate_candidate(
         newly_failing=len(newly_failing),
         probe_pass_rate=candidate.probes.pass_rate if candidate.probes else None,
         probe_cases=len(candidate.probes.cases) if candidate.probes else 0,
+        recent_candidate=candidate.recent,
+        recent_champion=models["champion"].recent if "champion" in models else None,
+        recent_base=models["base"].recent,
+        trigger=trigger,
     )
     verdict = decide_release(spec.gate, evidence)
-    table = comparison_table(spec, holdout, models)
+    table = comparison_table(spec, holdout, models, recent)
     out_dir.mkdir(parents=True, exist_ok=True)
     chart_path = plot_comparison(spec, holdout, models, out_dir / "eval_chart.png")
     seconds = time.perf_counter() - started
@@ -172,6 +185,8 @@ def evaluate_candidate(
     with tracker.run(f"eval-{spec.name}", tags={"stage": "eval", **(run_tags or {})}) as run_id:
         tracker.log_params(run_id, {
             "holdout_rows": len(holdout), "holdout_path": holdout_path, "regression_rows": len(regression),
+            "recent_rows": len(recent), "recent_path": recent_path or "none",
+            "recent_sha256": sha256_file(recent_path) if recent_path else "none", "trigger": trigger,
             "probes_path": spec.probes_path, "champion_version": champion.version if champion else "none", "gate": spec.gate,
         })
         tracker.log_metrics(run_id, {
@@ -225,24 +240,38 @@ def _headline(m: ModelEvaluation) -> dict[str, float]:
     values["ms_per_example"] = m.ms_per_example
     if m.regression is not None:
         values["regression_pass_rate"] = m.regression.primary
+    if m.recent is not None:
+        values["recent_" + m.recent.primary_name] = m.recent.primary
     if m.probes is not None and m.probes.pass_rate is not None:
         values["probe_pass_rate"] = m.probes.pass_rate
     return values
 
 
-def comparison_table(spec: TaskSpec, holdout: Sequence[Example], models: dict[str, ModelEvaluation]) -> str:
-    """Markdown: one row per metric, per label (recall) and per slice value; one column per model."""
+def comparison_table(spec: TaskSpec, holdout: Sequence[Example], models: dict[str, ModelEvaluation], recent: Sequence[Example] = ()) -> str:
+    """Markdown: one row per metric, per label (recall) and per slice value of the holdout, then
+    the same for the recent suite when there is one; one column per model."""
     names = [n for n in MODEL_ORDER if n in models]
     header = ["| | n | " + " | ".join(_column(models[n]) for n in names) + " |", "|---|---:|" + "---:|" * len(names)]
 
     def row(title: str, n: int | str, values: list[float | None], fmt: str = "{:.3f}") -> str:
         return f"| {title} | {n} | " + " | ".join("–" if v is None else fmt.format(v) for v in values) + " |"
 
-    primary = models["candidate"].holdout.primary_name
-    lines = [row(f"**{primary}**", len(holdout), [models[n].holdout.primary for n in names])]
-    for metric in models["candidate"].holdout.metrics:
-        if metric != primary:
-            lines.append(row(metric, len(holdout), [models[n].holdout.metrics.get(metric) for n in names]))
+    def suite_rows(suite: str, scores: Callable[[ModelEvaluation], Scores | None], rows: int) -> list[str]:
+        candidate = scores(models["candidate"])
+        primary = candidate.primary_name
+        lines = [row(f"**{suite} {primary}**", rows, [s.primary if (s := scores(models[n])) else None for n in names])]
+        for metric in candidate.metrics:
+            if metric != primary:
+                lines.append(row(f"{suite} {metric}", rows, [s.metrics.get(metric) if (s := scores(models[n])) else None for n in names]))
+        for label, stats in candidate.per_label.items():
+            if stats.support:
+                lines.append(row(f"{suite} recall `{label}`", stats.support, [s.per_label[label].recall if (s := scores(models[n])) else None for n in names]))
+        for slice_field, values in candidate.per_slice.items():
+            for value, (_, count) in values.items():
+                lines.append(row(f"{suite} {slice_field}=`{value}`", count, [s.per_slice[slice_field][value][0] if (s := scores(models[n])) else None for n in names]))
+        return lines
+
+    lines = suite_rows("holdout", lambda m: m.holdout, len(holdout))
     regression = models["candidate"].regression
     lines.append(row("regression pass rate", len(regression.correct) if regression else 0,
                      [models[n].regression.primary if models[n].regression else None for n in names]))
@@ -250,12 +279,8 @@ def comparison_table(spec: TaskSpec, holdout: Sequence[Example], models: dict[st
     lines.append(row("probe pass rate", len(probes.cases) if probes else 0,
                      [models[n].probes.pass_rate if models[n].probes else None for n in names]))
     lines.append(row("ms / example", "", [models[n].ms_per_example for n in names], "{:.1f}"))
-    for label, stats in models["candidate"].holdout.per_label.items():
-        if stats.support:
-            lines.append(row(f"recall `{label}`", stats.support, [models[n].holdout.per_label[label].recall for n in names]))
-    for slice_field, values in models["candidate"].holdout.per_slice.items():
-        for value, (_, rows) in values.items():
-            lines.append(row(f"{slice_field}=`{value}`", rows, [models[n].holdout.per_slice[slice_field][value][0] for n in names]))
+    if models["candidate"].recent is not None:
+        lines += suite_rows("recent", lambda m: m.recent, len(recent))
     return "\n".join(header + lines)
 
 
@@ -317,9 +342,15 @@ def _report_json(spec, models, newly_failing, verdict: GateVerdict, frontier_sum
                 "probe_pass_rate_by_kind": m.probes.pass_rate_by_kind() if m.probes else None,
                 "probe_failures": [asdict(c) for c in m.probes.failures()] if m.probes else [],
                 "ms_per_example": m.ms_per_example,
+                "recent": None if m.recent is None else {
+                    "primary": m.recent.primary_name, "rows": len(m.recent.correct), **m.recent.metrics,
+                    "per_label": {label: asdict(stats) for label, stats in m.recent.per_label.items()},
+                    "per_slice": m.recent.per_slice,
+                },
             }
             for name, m in models.items()
         },
+        "gate_power": verdict.power,
         "regression_newly_failing": newly_failing,
         "frontier": frontier_summary,
         "seconds": seconds,
