@@ -72,8 +72,11 @@ PRODUCTION_PII = [
            "feedback": {"label": "login", "source": "agent"}}),
     _line({"request_id": "p-3", "timestamp": "2026-10-05T12:00:00Z", "text": f"iban {PII['dashed_iban_de']} refund", "flags": ["thumbs_down"]}),
     b'{"request_id": "p-4", "text": "broken ' + PII["nbsp_card"].encode(),
+    # Labelled two weeks after p-2: the recent suite judges it, so p-2 (older) is the one that trains.
+    _line({"request_id": "p-5", "timestamp": "2026-10-19T11:00:00Z", "text": "the reset link in the mail has expired again",
+           "feedback": {"label": "login", "source": "agent"}}),
 ]
-FEEDBACK_ROWS = 1  # p-2
+FEEDBACK_ROWS = 1  # p-2; p-5 is in the recent suite
 
 
 def hostile_corpus(good_per_label: int) -> tuple[list[bytes], dict[str, int]]:

@@ -4,6 +4,7 @@
 
 import dagster as dg
 
+from finetune_loop.core.common.tracker import CHAMPION_ALIAS
 from finetune_loop.core.data.curation import CuratedDataset
 from finetune_loop.core.data.recent import FEEDBACK_UNTIL_TAG, RecentSuite
 from finetune_loop.core.data.suites import FrozenSuite
@@ -53,10 +54,17 @@ def lora_adapter(
     spec = loop.spec()
     tracker = loop.tracker()
     base = loop.base_model()
+    out_dir = loop.task_dir("adapters") / context.run.run_id
+    # training.init: champion continues from the serving adapter; without a champion there is
+    # nothing to continue from, and the first model starts from the base (said in the log).
+    champion = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS) if spec.training.init == "champion" else None
+    if spec.training.init == "champion" and champion is None:
+        context.log.info("training.init is 'champion' but there is no champion yet: this adapter starts from the base")
     try:
         adapter = trainer.train_adapter(
-            spec, base, curated_dataset, holdout_suite.content_hash, loop.task_dir("adapters") / context.run.run_id, tracker,
+            spec, base, curated_dataset, holdout_suite.content_hash, out_dir, tracker,
             run_tags(context), checkpoints_root=loop.task_dir("checkpoints"),
+            init_adapter=champion, init_adapter_dir=tracker.download_version(champion, out_dir / "init") if champion else None,
         )
     except trainer.TrainingConfigError as exc:
         # A retry cannot fix the task file; only crashes and kills are worth retrying.

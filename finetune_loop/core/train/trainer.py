@@ -29,6 +29,7 @@ from finetune_loop.core.common.files import write_text_atomic
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import CHALLENGER_ALIAS, ModelVersionRef, Tracker
 from finetune_loop.core.data.curation import CuratedDataset
+from finetune_loop.core.data.production_log import FEEDBACK_SOURCE
 from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.data.splits import stratified_split, stratum_key
 from finetune_loop.core.train.base_model import BaseModel
@@ -160,12 +161,28 @@ def _check_target_modules(spec: TaskSpec, base_dir: Path) -> str | tuple[str, ..
 
 
 def select_training_rows(spec: TaskSpec, dataset: CuratedDataset) -> tuple[list[Example], list[Example]]:
+    """The curated training rows, under training.max_train_examples: labelled production feedback
+    first, up to training.feedback_share of the cap (a stratified sample of it when there is more),
+    then a stratified sample of the other rows for the rest (every label keeps its share)."""
     settings = spec.training
     train_rows = read_examples(dataset.train_path)
-    if settings.max_train_examples is not None and len(train_rows) > settings.max_train_examples:
-        # A stratified sample keeps every label when the CPU budget caps the rows.
-        _, train_rows = stratified_split(train_rows, settings.max_train_examples / len(train_rows), settings.seed, stratum_key(spec))
-    return train_rows, read_examples(dataset.validation_path)
+    cap = settings.max_train_examples
+    if cap is None or len(train_rows) <= cap:
+        return train_rows, read_examples(dataset.validation_path)
+    feedback = [r for r in train_rows if r.source == FEEDBACK_SOURCE]
+    others = [r for r in train_rows if r.source != FEEDBACK_SOURCE]
+    chosen_feedback = _stratified_sample(spec, feedback, min(len(feedback), round(cap * settings.feedback_share)))
+    chosen_others = _stratified_sample(spec, others, cap - len(chosen_feedback))
+    return chosen_feedback + chosen_others, read_examples(dataset.validation_path)
+
+
+def _stratified_sample(spec: TaskSpec, rows: list[Example], count: int) -> list[Example]:
+    if count >= len(rows):
+        return rows
+    if count <= 0:
+        return []
+    _, sample = stratified_split(rows, count / len(rows), spec.training.seed, stratum_key(spec))
+    return sample
 
 
 def build_trainer(
@@ -176,11 +193,13 @@ def build_trainer(
     out_dir: Path,
     callbacks=(),
     plan: TrainingPlan | None = None,
+    init_adapter: Path | None = None,
 ):
     """The SFTTrainer exactly as training uses it: prompt/completion pairs encoded through the base
     tokenizer's chat template (`encode_prompt`: the user's text as text, never as control tokens),
     loss on the completion (answer) tokens only, checkpoints every `checkpoint_every_steps` steps
-    into `out_dir`."""
+    into `out_dir`. With `init_adapter` (training.init: champion) training continues from that
+    adapter's weights instead of a fresh LoRA."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -250,6 +269,13 @@ def build_trainer(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+    peft_config = lora
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        _check_warm_start(spec, init_adapter)
+        model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+        peft_config = None  # the model already carries the (trainable) adapter
     trainer_class = SFTTrainer
     if plan.shared_prefix:
         trainer_class = shared_prefix_trainer_class()
@@ -259,18 +285,34 @@ def build_trainer(
         train_dataset=as_prompt_completion(train_rows),
         eval_dataset=as_prompt_completion(validation_rows) if validation_rows else None,
         processing_class=tokenizer,
-        peft_config=lora,
+        peft_config=peft_config,
         callbacks=list(callbacks),
     )
 
 
-def training_key(spec: TaskSpec, base: BaseModel, dataset: CuratedDataset, holdout_sha256: str) -> str:
-    """Names the checkpoint directory: the same data and the same task spec (hence the same
-    settings) resume; anything else starts afresh."""
-    material = json.dumps(
-        {"data": dataset.data_version, "holdout": holdout_sha256, "base": base.source_sha256, "spec": spec.spec_sha256},
-        sort_keys=True,
-    )
+def _check_warm_start(spec: TaskSpec, init_adapter: Path) -> None:
+    """A warm start continues the champion's own LoRA matrices: their rank and scale must be the task's."""
+    config_path = Path(init_adapter) / "adapter_config.json"
+    if not config_path.is_file():
+        raise TrainingConfigError(f"training.init is 'champion', but {init_adapter} holds no adapter_config.json")
+    config = json.loads(config_path.read_text())
+    asked = {"r": spec.training.lora_r, "lora_alpha": spec.training.lora_alpha}
+    found = {key: config.get(key) for key in asked}
+    if found != asked:
+        raise TrainingConfigError(
+            f"{spec.spec_path}: training.init is 'champion', but the champion adapter has lora_r {found['r']} and "
+            f"lora_alpha {found['lora_alpha']} where the task asks {asked['r']} and {asked['lora_alpha']}; "
+            "set training.init: base for this retrain (a rank change starts afresh)"
+        )
+
+
+def training_key(spec: TaskSpec, base: BaseModel, dataset: CuratedDataset, holdout_sha256: str, init: str = "base") -> str:
+    """Names the checkpoint directory: the same data, the same task spec (hence the same settings)
+    and the same starting adapter (`init`) resume; anything else starts afresh."""
+    fields = {"data": dataset.data_version, "holdout": holdout_sha256, "base": base.source_sha256, "spec": spec.spec_sha256}
+    if init != "base":
+        fields["init"] = init
+    material = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -303,17 +345,21 @@ def train_adapter(
     run_tags: dict[str, str] | None = None,
     checkpoints_root: Path | None = None,
     cuda_available: bool | None = None,
+    init_adapter: ModelVersionRef | None = None,
+    init_adapter_dir: Path | None = None,
 ) -> TrainedAdapter:
     """Train (or resume) the adapter; the bundle lands in `out_dir/adapter`, checkpoints under
     `checkpoints_root/<training key>` (default `out_dir.parent/checkpoints`). `cuda_available`
-    overrides device detection (None: use CUDA when present)."""
+    overrides device detection (None: use CUDA when present). `init_adapter` / `init_adapter_dir`:
+    the registered version (and its downloaded adapter) a warm start continues from."""
     import torch
     from transformers import TrainerCallback
 
     settings = spec.training
     plan = plan_training(spec, base.directory, cuda_available)  # before any work: a bad config costs nothing
     train_rows, validation_rows = select_training_rows(spec, dataset)
-    key = training_key(spec, base, dataset, holdout_sha256)
+    init = f"{init_adapter.name}/v{init_adapter.version}" if init_adapter else "base"
+    key = training_key(spec, base, dataset, holdout_sha256, init)
     checkpoint_dir = (checkpoints_root or out_dir.parent / "checkpoints") / key
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume_from = last_complete_checkpoint(checkpoint_dir)
@@ -333,6 +379,7 @@ def train_adapter(
         "train_rows_used": len(train_rows),
         "validation_rows": len(validation_rows),
         "training_key": key,
+        "init": init,
         **{f"plan.{k}": v for k, v in asdict(plan).items()},
         **{f"training.{k}": v for k, v in asdict(settings).items()},
     }
@@ -351,7 +398,10 @@ def train_adapter(
         try:
             with _deterministic(settings):
                 step_logger = _mlflow_step_logger(tracker, run_id, TrainerCallback)
-                trainer = build_trainer(spec, base.directory, train_rows, validation_rows, checkpoint_dir, [step_logger], plan)
+                trainer = build_trainer(
+                    spec, base.directory, train_rows, validation_rows, checkpoint_dir, [step_logger], plan,
+                    init_adapter=init_adapter_dir if init_adapter else None,
+                )
                 tracker.log_params(run_id, {**params, **_determinism(settings), **_trainer_hyperparameters(trainer)})
                 tokenizer = trainer.processing_class
                 if plan.device == "cuda":
@@ -380,6 +430,8 @@ def train_adapter(
             "training": asdict(settings),
             "plan": asdict(plan),
             "seed": settings.seed,
+            # A warm start's weights depend on the version it continued from.
+            "init": init,
             "determinism": _determinism(settings),
             "steps": result.global_step,
             "resumed_from_step": resumed_from_step,
