@@ -14,6 +14,7 @@ from finetune_loop.cli import EXIT_OK, main
 from finetune_loop.core.common.home import LoopHome
 from finetune_loop.core.data.production_log import append_log_file, read_production_log
 from finetune_loop_tests.conftest import tiny_rows, write_tiny_task
+from finetune_loop_tests.test_traffic_pool import add_traffic_pool, traffic_pool_rows
 
 NEW_KIND = [
     {"id": f"gdpr-{i}", "text": f"please erase every record of my account under gdpr article 17, case {i}", "label": "login"}
@@ -31,6 +32,7 @@ def loop(tmp_path_factory, tiny_base_model):
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         task = write_tiny_task(root / "task", tiny_base_model)
         task.write_text(task.read_text().replace("production.jsonl", "production_log"))
+        add_traffic_pool(task)
         # Week 0: traffic like the training data, logged before any model served it.
         week0 = [{"request_id": f"w0-{i}", "timestamp": f"2026-10-0{1 + i % 7}T09:00:00+00:00", "text": r["text"]}
                  for i, r in enumerate(tiny_rows(count_per_label=10, seed=5))]
@@ -55,6 +57,9 @@ def test_simulated_week_is_answered_by_the_champion(loop):
     assert all(r.latency_ms > 0 for r in week)
     assert 0 < sum(r.feedback_label is not None for r in week) < 60
     assert week[0].timestamp > max(r.timestamp for r in log.records if r.model_version is None)
+    # Every request is a traffic-pool row or a new-kind one, never a labelled example the model trained on.
+    drawn_from = {r["text"] for r in traffic_pool_rows()} | {r["text"] for r in NEW_KIND}
+    assert {r.text for r in week} <= drawn_from and not {r.text for r in week} & {r["text"] for r in tiny_rows()}
 
 
 def test_drift_triggers_one_tagged_retrain_that_gates_a_new_candidate(loop):
@@ -98,6 +103,7 @@ def test_a_retrain_the_gate_refuses_exits_2_and_leaves_the_champion_serving(tmp_
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     task = write_tiny_task(tmp_path / "task", tiny_base_model)
     task.write_text(task.read_text().replace("production.jsonl", "production_log"))
+    add_traffic_pool(task)
     week0 = [{"request_id": f"w0-{i}", "timestamp": "2026-10-01T09:00:00+00:00", "text": r["text"]} for i, r in enumerate(tiny_rows(10, seed=5))]
     append_log_file(tmp_path / "task" / "production_log", "week-00.jsonl", week0)
     (tmp_path / "new_kind.jsonl").write_text("".join(json.dumps(r) + "\n" for r in NEW_KIND))

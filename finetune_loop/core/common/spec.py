@@ -172,6 +172,17 @@ class TrainingSettings:
     # A CPU demo stays within its time budget by capping rows rather than steps, so every label keeps
     # its share.
     max_train_examples: int | None = Field(None, ge=1, description="stratified cap on the training rows; null trains on every curated row")
+    # Under the cap, feedback is what tells the model how the world moved; a proportional sample
+    # would let thousands of old rows crowd out a week of it.
+    feedback_share: float = Field(
+        0.5, ge=0, le=1, description="under max_train_examples, up to this share of the rows is labelled production feedback "
+        "(all of it when it fits); the rest is a stratified sample of the other curated rows"
+    )
+    # "champion" continues from the serving adapter (same rank and modules), so a retrain starts
+    # from what already works and moves less on rows nothing changed; "base" starts afresh.
+    init: Literal["base", "champion"] = Field(
+        "base", description="the adapter a retrain starts from: a fresh LoRA on the base, or the champion's adapter (warm start)"
+    )
     seed: int = Field(13, description="seed of initialisation, shuffling and dropout")
     # QLoRA: the base loaded in 4-bit NF4 with double quantization and bf16 compute (bitsandbytes,
     # CUDA only). Without CUDA a QLoRA request is an error unless qlora_cpu_fallback allows plain
@@ -371,6 +382,12 @@ class DataFiles:
         None, description="YAML `sources: {name: {licence, status: active|revoked}}`; rows of a revoked source leave the next curation, "
         "rows naming an unknown source are quarantined"
     )
+    # Simulated traffic's truth becomes feedback, and feedback becomes training data: rows drawn
+    # from labeled_examples would replay what the model trained on (and was evaluated on).
+    traffic_pool: str | None = Field(
+        None, description="labelled rows (same columns as labeled_examples) set aside for simulate-traffic to draw requests from; "
+        "never read by curation"
+    )
 
     @field_validator("labeled_examples")
     @classmethod
@@ -499,6 +516,7 @@ class TaskFile(BaseModel):
             regression_path=resolve(self.data.regression),
             sources_path=resolve(self.data.sources),
             probes_path=resolve(self.probes),
+            traffic_pool_path=resolve(self.data.traffic_pool),
             spec_path=spec_path,
             spec_sha256=spec_sha256,
         )
@@ -538,6 +556,8 @@ class TaskSpec:
     sources_path: Path | None = None
     # Behaviour probes (core/data/probe_set.py); none when the task names no probes file.
     probes_path: Path | None = None
+    # Labelled rows set aside for simulate-traffic (core/monitor/simulate.py); never curated.
+    traffic_pool_path: Path | None = None
 
     @property
     def registered_model_name(self) -> str:
@@ -629,10 +649,19 @@ def _require_named_files(spec: TaskSpec) -> None:
     named = {
         "data.labeled_examples": spec.labeled_examples_path, "data.holdout": spec.holdout_path,
         "data.regression": spec.regression_path, "data.sources": spec.sources_path, "probes": spec.probes_path,
+        "data.traffic_pool": spec.traffic_pool_path,
     }
     missing = [f"{key}: no such file or directory: {path}" for key, path in named.items() if path is not None and not path.exists()]
     if missing:
         raise TaskSpecError(f"{spec.spec_path}: " + "; ".join(missing))
+    # The pool exists so simulated traffic never replays rows the loop trains or evaluates on.
+    if spec.traffic_pool_path is not None:
+        for key in ("data.labeled_examples", "data.holdout", "data.regression"):
+            if named[key] is not None and named[key] == spec.traffic_pool_path:
+                raise TaskSpecError(
+                    f"{spec.spec_path}: data.traffic_pool names the same file as {key} ({named[key]}); "
+                    "simulated traffic needs labelled rows set aside from the ones the loop trains and evaluates on"
+                )
 
 
 # --- reading the YAML: safe, and refusing what a settings file never needs ---------------------

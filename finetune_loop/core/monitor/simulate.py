@@ -1,8 +1,13 @@
 """Simulated production traffic, answered for real by the current champion, so the loop (drift,
 feedback, retrain) can be watched end to end without a serving stack.
 
-A week of requests is drawn from the task's labelled examples (their label is the truth a human
-would give as feedback) and shifted on request:
+A week of requests is drawn from the task's traffic pool (`data.traffic_pool`: labelled rows set
+aside for simulated traffic, never curated; their label is the truth a human would give as
+feedback) and shifted on request. Never from the labelled examples: those are the rows curation
+splits into training, validation and the frozen suites, so traffic drawn from them would replay
+rows the model trained on, score it on its own training data, and feed them back into training.
+Pool rows that repeat a labelled example anyway (exactly or nearly, by curation's own measure) are
+left out and counted. The shifts:
 
 * `phone_keyboard`: a share of requests rewritten the way people type on phones (lower case, no
   punctuation, "u"/"pls", a neighbouring-key typo);
@@ -19,13 +24,16 @@ from __future__ import annotations
 import json
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from finetune_loop.core.common.examples import Example
 from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.data.dedup import find_overlaps
 from finetune_loop.core.data.production_log import append_log_file, log_files, read_task_log
+from finetune_loop.core.data.readers import CurationError
 from finetune_loop.core.data.validation import read_labeled_examples
 from finetune_loop.core.evaluate.scoring import predict_labels
 
@@ -37,7 +45,11 @@ WEEK = timedelta(days=7)
 
 
 class SimulationError(ValueError):
-    """The simulation cannot run as asked (bad shift, missing file, no champion)."""
+    """The simulation cannot run as asked (bad shift, missing file, no champion, no traffic pool)."""
+
+
+class SimulationWarning(UserWarning):
+    """The simulation ran, but left part of its input out (traffic-pool rows that repeat labelled examples)."""
 
 
 @dataclass(frozen=True)
@@ -64,16 +76,96 @@ def phone_keyboard(rng: random.Random, text: str) -> str:
     return " ".join(words)
 
 
-def draw_requests(spec: TaskSpec, settings: TrafficSettings) -> list[Example]:
-    """The week's requests (text and true label) before any model sees them."""
+@dataclass(frozen=True)
+class TrafficPool:
+    """The rows simulated requests may be drawn from."""
+
+    rows: list[Example]
+    # Valid rows the pool file holds, the left-out ones included.
+    rows_read: int
+    # One entry per left-out row: find_overlaps' {"id", "text", "suite_id", "similarity", …}, naming
+    # the labelled example it repeats (similarity 1.0: the same text once normalised).
+    overlaps: tuple[dict, ...] = ()
+
+    @property
+    def skipped_overlap(self) -> int:
+        return len(self.overlaps)
+
+
+@dataclass(frozen=True)
+class TrafficDraw:
+    """A week's requests (text and true label) before any model sees them, and the pool they came from."""
+
+    requests: list[Example]
+    pool: TrafficPool
+
+    @property
+    def skipped_overlap(self) -> int:
+        """Pool rows left out because they repeat a labelled example."""
+        return self.pool.skipped_overlap
+
+
+def read_traffic_pool(spec: TaskSpec) -> TrafficPool:
+    """The task's `data.traffic_pool`, read and validated like labelled examples, less the rows that
+    repeat a labelled example.
+
+    A row that repeats one is skipped (and counted), not refused: the labelled examples keep growing
+    (newly labelled tickets are added, rows move between files), so a pool that was disjoint when it
+    was set aside can start to overlap without anyone touching it. Skipping keeps the guarantee that
+    matters, no drawn request is a row the model may have trained on, and the count says how much of
+    the pool is gone; a pool with nothing left is refused. "Repeats" is curation's own measure (the
+    one that keeps training rows off the frozen suites): the same text after normalisation, or a
+    near duplicate at `curation.contamination_threshold`, whatever the label. An invalid row is
+    refused: the pool's labels become feedback and then training data, so a broken file is an error
+    to fix, not rows to drop quietly."""
+    path = spec.traffic_pool_path
+    if path is None:
+        raise SimulationError(
+            f"task {spec.name} names no data.traffic_pool in {spec.spec_path}: simulate-traffic draws its requests only from "
+            "labelled rows set aside for it, because drawing traffic from the labelled examples would replay rows the model "
+            "trained on (its accuracy on them would be inflated and their feedback would re-enter training); "
+            "add `traffic_pool: FILE` under `data:`, a file of labelled rows (same columns) that are not in data.labeled_examples"
+        )
+    try:
+        rows, rejected = read_labeled_examples(spec, path)
+        labelled, _ = read_labeled_examples(spec)
+    except CurationError as exc:
+        raise SimulationError(str(exc)) from None
+    if rejected:
+        first = rejected[0]
+        raise SimulationError(f"data.traffic_pool {path}: {len(rejected)} invalid rows, first (line {first['line']}): {first['reason']}")
+    if not rows:
+        raise SimulationError(f"data.traffic_pool {path} holds no rows to draw traffic from")
+    overlaps = find_overlaps(rows, {"labeled_examples": labelled}, spec.curation.contamination_threshold)
+    left_out = {o["id"] for o in overlaps}
+    kept = [e for e in rows if e.id not in left_out]
+    if not kept:
+        raise SimulationError(
+            f"every one of the {len(rows)} rows of data.traffic_pool {path} repeats a labelled example of "
+            f"{spec.labeled_examples_location} (first: pool row {overlaps[0]['id']!r} ~ {overlaps[0]['suite_id']!r}); "
+            "drawing traffic from them would replay rows the model trained on"
+        )
+    return TrafficPool(kept, len(rows), tuple(overlaps))
+
+
+def draw_requests(spec: TaskSpec, settings: TrafficSettings) -> TrafficDraw:
+    """The week's requests (text and true label) before any model sees them, drawn from the task's
+    traffic pool only (see `read_traffic_pool`)."""
     if settings.shift not in SHIFTS:
         raise SimulationError(f"unknown shift {settings.shift!r}; choose from {', '.join(SHIFTS)}")
     if not (0 <= settings.strength <= 1) or not (0 <= settings.feedback_share <= 1):
         raise SimulationError("strength and feedback_share must be in [0, 1]")
     rng = random.Random(settings.seed)
-    pool, _ = read_labeled_examples(spec)
-    if not pool:
-        raise SimulationError(f"no valid labelled examples in {spec.labeled_examples_path} to draw traffic from")
+    traffic_pool = read_traffic_pool(spec)
+    if traffic_pool.skipped_overlap:
+        first = traffic_pool.overlaps[0]
+        warnings.warn(
+            f"simulate-traffic: left out {traffic_pool.skipped_overlap} of {traffic_pool.rows_read} data.traffic_pool rows that "
+            f"repeat a labelled example (first: {first['id']!r} ~ {first['suite_id']!r}, similarity {first['similarity']})",
+            SimulationWarning,
+            stacklevel=2,
+        )
+    pool = traffic_pool.rows
     new_kind: list[Example] = []
     if settings.shift == "new_kind":
         if settings.new_kind_path is None or not settings.new_kind_path.is_file():
@@ -98,7 +190,7 @@ def draw_requests(spec: TaskSpec, settings: TrafficSettings) -> list[Example]:
         if settings.shift == "phone_keyboard" and shifted:
             example = Example(example.id, phone_keyboard(rng, example.text), example.label, example.source)
         requests.append(example)
-    return requests
+    return TrafficDraw(requests, traffic_pool)
 
 
 def next_week_start(spec: TaskSpec, now: datetime) -> datetime:
@@ -132,7 +224,7 @@ def write_week(
         raise SimulationError(f"task {spec.name} names no data.production_log in {spec.spec_path}")
     if log_dir.is_file():
         raise SimulationError(f"data.production_log is a single file ({log_dir}); simulate-traffic appends files to a directory log")
-    requests = draw_requests(spec, settings)
+    requests = draw_requests(spec, settings).requests
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir)
     batch = 16

@@ -4,10 +4,13 @@ Writes, next to this file:
 
 * ``tickets.jsonl``            labelled support tickets (10 labels) for curation / training / holdout
 * ``production_traffic.jsonl`` 8 weeks of later, unlabelled production traffic with a built-in shift
+* ``traffic_pool.jsonl``       fresh labelled tickets set aside for ``simulate-traffic`` (never curated,
+  no text shared with tickets.jsonl), so simulated requests are not rows the model trained on
 
 Everything is written by hand below (base messages per label, openers, closers, fictional
 names / e-mails on example.com and example.org / 555-01xx phone numbers) and combined by one
-seeded ``random.Random(20261121)``, so the files are reproducible byte for byte.
+seeded ``random.Random(20261121)`` (the traffic pool by its own ``random.Random(20261122)``, so
+adding it changed neither of the other files), so the files are reproducible byte for byte.
 Standard library only. Rerun from the repository root with::
 
     python finetune_loop/examples/support_triage/generate.py
@@ -24,6 +27,7 @@ import argparse
 import json
 import re
 import sys
+import unicodedata
 from collections import Counter
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -33,6 +37,9 @@ SEED = 20261121
 HERE = Path(__file__).resolve().parent
 TICKETS_FILE = HERE / "tickets.jsonl"
 TRAFFIC_FILE = HERE / "production_traffic.jsonl"
+POOL_FILE = HERE / "traffic_pool.jsonl"
+# Its own generator: drawing the pool from the main one would change every file drawn after it.
+POOL_SEED = SEED + 1
 
 # --------------------------------------------------------------------------------------------
 # 1. Data: label counts, base messages per label
@@ -51,6 +58,8 @@ TARGET_COUNTS = {
     "feedback": 74,
     "account_update": 79,
 }
+# Rows per label in traffic_pool.jsonl: a third of TARGET_COUNTS, so the same mild imbalance.
+POOL_COUNTS = {label: round(n / 3) for label, n in TARGET_COUNTS.items()}
 EXACT_DUP_SHARE = 0.03
 NEAR_DUP_SHARE = 0.03
 SHORT_SHARE = 0.12  # share of tickets that use a very short message
@@ -1318,27 +1327,82 @@ def build_traffic(rng: Random, ticket_keys: set[str]) -> list[dict]:
     return rows
 
 
+def pool_keys(text: str) -> set[str]:
+    """The texts a pool ticket must not share with a training ticket: `norm_key`, and `norm_key`
+    with apostrophes dropped ("can't" == "cant"), as curation's de-duplication compares them."""
+    return {norm_key(text), norm_key(text.replace("'", ""))}
+
+
+# Below curation's contamination_threshold (0.8) and the 0.7 its docs suggest as the stricter one.
+POOL_MAX_SIMILARITY = 0.7
+
+
+def shingle_set(text: str) -> set[str]:
+    """Character 5-grams as finetune_loop.core.data.dedup takes them (NFKC, casefold, apostrophes
+    dropped, other punctuation a space), restated here so this script needs the standard library only."""
+    text = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    text = " ".join(re.sub(r"[^\w\s]", " ", re.sub(r"['\u2019\u2018`]", "", text)).split()) or text
+    return {text} if len(text) <= 5 else {text[i : i + 5] for i in range(len(text) - 4)}
+
+
+def build_pool(rng: Random, ticket_texts: list[str]) -> list[dict]:
+    """Fresh labelled tickets from the same generator as tickets.jsonl, none of whose texts (up to
+    case, punctuation and apostrophes) is a ticket's or another pool row's, and none a near
+    duplicate of a ticket (Jaccard of character 5-grams at POOL_MAX_SIMILARITY or above, curation's
+    measure): simulated traffic must not replay what the model trained on."""
+    taken = set().union(*(pool_keys(t) for t in ticket_texts))
+    ticket_shingles = [shingle_set(t) for t in ticket_texts]
+
+    def near_a_ticket(text: str) -> bool:
+        mine = shingle_set(text)
+        return any(len(mine & other) >= POOL_MAX_SIMILARITY * len(mine | other) for other in ticket_shingles)
+    decks = {label: Deck(rng, msgs) for label, msgs in BASE.items()}
+    short_decks = {label: Deck(rng, msgs) for label, msgs in SHORT.items()}
+    rows: list[dict] = []
+    for label, target in POOL_COUNTS.items():
+        made = 0
+        while made < target:
+            ts = random_time(rng, POOL_START, POOL_END, 0.6)
+            text = compose_ticket(rng, label, ts.date(), decks, short_decks)
+            keys = pool_keys(text)
+            if keys & taken or near_a_ticket(text):
+                continue
+            taken |= keys
+            rows.append({"text": text, "label": label, "ts": ts})
+            made += 1
+    rows.sort(key=lambda r: (r["ts"], r["label"], r["text"]))
+    return [{"id": f"p-{i:05d}", "text": r["text"], "label": r["label"], "source": "synthetic-v1",
+             "created_at": iso(r["ts"])} for i, r in enumerate(rows, start=1)]
+
+
+# Written in the same months as the production traffic it stands in for.
+POOL_START, POOL_END = date(2026, 9, 1), date(2026, 10, 26)
+
+
 # --------------------------------------------------------------------------------------------
 # 7. Output
 # --------------------------------------------------------------------------------------------
 
 
-def render() -> tuple[str, str, list[dict]]:
+def render() -> tuple[str, str, list[dict], str]:
     rng = Random(SEED)
     tickets = build_tickets(rng)
     traffic = build_traffic(rng, {norm_key(t["text"]) for t in tickets})
+    pool = build_pool(Random(POOL_SEED), [t["text"] for t in tickets])
     tickets_text = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in tickets)
     traffic_text = "".join(json.dumps({"request_id": r["request_id"], "timestamp": iso(r["ts"]), "text": r["text"]},
                                       ensure_ascii=False) + "\n" for r in traffic)
-    return tickets_text, traffic_text, traffic
+    pool_text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pool)
+    return tickets_text, traffic_text, traffic, pool_text
 
 
-def print_stats(tickets_text: str, traffic: list[dict]) -> None:
-    labels = Counter(json.loads(line)["label"] for line in tickets_text.splitlines())
-    print("tickets.jsonl rows per label:")
-    for label in TARGET_COUNTS:
-        print(f"  {label:17s} {labels[label]}")
-    print(f"  {'total':17s} {sum(labels.values())}")
+def print_stats(tickets_text: str, traffic: list[dict], pool_text: str) -> None:
+    for name, text in (("tickets.jsonl", tickets_text), ("traffic_pool.jsonl", pool_text)):
+        labels = Counter(json.loads(line)["label"] for line in text.splitlines())
+        print(f"{name} rows per label:")
+        for label in TARGET_COUNTS:
+            print(f"  {label:17s} {labels[label]}")
+        print(f"  {'total':17s} {sum(labels.values())}")
     print("production_traffic.jsonl per week (rows, gdpr_request rows = the kind no label covers):")
     for week in range(1, WEEKS + 1):
         kinds = Counter(r["kind"] for r in traffic if r["week"] == week)
@@ -1354,19 +1418,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="do not write; verify the files on disk match a fresh run and print the counts")
     args = parser.parse_args(argv)
-    tickets_text, traffic_text, traffic = render()
+    tickets_text, traffic_text, traffic, pool_text = render()
+    files = ((TICKETS_FILE, tickets_text), (TRAFFIC_FILE, traffic_text), (POOL_FILE, pool_text))
     if args.check:
         ok = True
-        for path, text in ((TICKETS_FILE, tickets_text), (TRAFFIC_FILE, traffic_text)):
+        for path, text in files:
             same = path.is_file() and path.read_bytes() == text.encode("utf-8")
             ok &= same
             print(f"{path.name}: {'identical to a fresh run' if same else 'DIFFERS from a fresh run'}")
-        print_stats(tickets_text, traffic)
+        print_stats(tickets_text, traffic, pool_text)
         return 0 if ok else 1
-    TICKETS_FILE.write_bytes(tickets_text.encode("utf-8"))
-    TRAFFIC_FILE.write_bytes(traffic_text.encode("utf-8"))
-    print(f"wrote {TICKETS_FILE} and {TRAFFIC_FILE}")
-    print_stats(tickets_text, traffic)
+    for path, text in files:
+        path.write_bytes(text.encode("utf-8"))
+    print(f"wrote {', '.join(str(path) for path, _ in files)}")
+    print_stats(tickets_text, traffic, pool_text)
     return 0
 
 
