@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # Dagster loads only when a command runs the graph, not for -
         DriftReportMetadata,
         EvalReportMetadata,
         GgufExportMetadata,
+        RecentSuiteMetadata,
         SuiteMetadata,
     )
 
@@ -207,6 +208,7 @@ class RunOutcome:
     curated: "CuratedDatasetMetadata | None" = None
     holdout: "SuiteMetadata | None" = None
     regression: "SuiteMetadata | None" = None
+    recent: "RecentSuiteMetadata | None" = None
     eval_report: "EvalReportMetadata | None" = None
     export: "GgufExportMetadata | None" = None
     champion: "ChampionModelMetadata | None" = None
@@ -218,7 +220,8 @@ class RunOutcome:
 
         readers = {
             "curated_dataset": ("curated", contract.CuratedDatasetMetadata), "holdout_suite": ("holdout", contract.SuiteMetadata),
-            "regression_suite": ("regression", contract.SuiteMetadata), "eval_report": ("eval_report", contract.EvalReportMetadata),
+            "regression_suite": ("regression", contract.SuiteMetadata), "recent_suite": ("recent", contract.RecentSuiteMetadata),
+            "eval_report": ("eval_report", contract.EvalReportMetadata),
             "gguf_export": ("export", contract.GgufExportMetadata), "champion_model": ("champion", contract.ChampionModelMetadata),
             "drift_report": ("drift", contract.DriftReportMetadata),
         }
@@ -256,6 +259,16 @@ def _accounting(data: "CuratedDatasetMetadata") -> str:
     return line if missing == 0 else line + f"; {missing:+d} rows UNACCOUNTED"
 
 
+def _recent_line(evaluation: "EvalReportMetadata", recent: "RecentSuiteMetadata | None") -> str:
+    """The second comparison: labelled production requests no model trained on (see core/data/recent.py)."""
+    if not evaluation.recent_rows:
+        why = recent.window if recent is not None else "no recent suite"
+        return f"not evaluated: no recent labelled requests ({why}); the holdout rule alone decided"
+    versus = f"champion {_rate(evaluation.recent_champion_accuracy)}" if evaluation.champion_version else "no champion yet"
+    return (f"candidate {_rate(evaluation.recent_candidate_accuracy)} vs {versus} on {evaluation.recent_rows} recent labelled requests "
+            f"({recent.window if recent else 'recent suite'}; retrain trigger: {evaluation.trigger})")
+
+
 def _summary(spec, home, run_id: str, run: RunOutcome, minutes: float, only_curation: bool) -> str:
     lines = ["", f"=== finetune-loop summary: {spec.name} (Dagster run {run_id}, {minutes:.1f} min) ==="]
     if run.curated is not None:
@@ -279,7 +292,9 @@ def _summary(spec, home, run_id: str, run: RunOutcome, minutes: float, only_cura
         evaluation = run.eval_report
         champion = "none yet" if evaluation.champion_version is None else f"v{evaluation.champion_version} ({_rate(evaluation.champion_accuracy)})"
         lines += [
-            f"accuracy    base {evaluation.base_accuracy:.3f} -> tuned {evaluation.candidate_accuracy:.3f} on {evaluation.holdout_rows} frozen holdout rows",
+            f"accuracy    base {evaluation.base_accuracy:.3f} -> tuned {evaluation.candidate_accuracy:.3f} on {evaluation.holdout_rows} frozen holdout rows"
+            + (f"; champion {_rate(evaluation.champion_accuracy)}" if evaluation.champion_version else ""),
+            "recent      " + _recent_line(evaluation, run.recent),
             f"layers      champion {champion}; regression pass rate {_rate(evaluation.candidate_regression_pass_rate)}; "
             f"probe pass rate {_rate(evaluation.candidate_probe_pass_rate)}; frontier {evaluation.frontier}",
             f"gate        {evaluation.gate}",

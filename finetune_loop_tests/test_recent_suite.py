@@ -157,7 +157,7 @@ def test_max_rows_keeps_the_newest_and_trains_on_none_of_the_window(tmp_path, ti
     assert recent.write_training_feedback(spec, log, value, tmp_path / "feedback.jsonl") is None
 
 
-def test_a_run_judges_the_candidate_on_recent_traffic_and_records_the_suite(tmp_path, tiny_base_model, monkeypatch):
+def test_a_run_judges_the_candidate_on_recent_traffic_and_records_the_suite(tmp_path, tiny_base_model, monkeypatch, capsys):
     home = tmp_path / "home"
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
     monkeypatch.setenv("FINETUNE_LOOP_HOME", str(home))
@@ -167,6 +167,10 @@ def test_a_run_judges_the_candidate_on_recent_traffic_and_records_the_suite(tmp_
     rows = [{**_request(i, day=0, label=labels[i % 3]), "timestamp": (now - timedelta(hours=60 - i)).isoformat()} for i in range(60)]
     task = _task(tmp_path, tiny_base_model, rows, recent_suite={"days": 1}, gate={"min_recent_rows": 10})
     assert main(["run", "--task", str(task)]) == 0
+    # The summary prints both comparisons: the frozen holdout and the recent traffic.
+    summary = capsys.readouterr().out
+    assert "frozen holdout rows" in summary
+    assert "recent      candidate " in summary and " vs no champion yet on 24 recent labelled requests (labelled requests after " in summary
     with dg.instance_for_test(temp_dir=str(home / "dagster_home")) as instance:
         def latest(key):
             event = instance.get_latest_materialization_event(dg.AssetKey(key))
