@@ -196,3 +196,23 @@ def test_a_run_judges_the_candidate_on_recent_traffic_and_records_the_suite(tmp_
     tags = client.get_model_version("tiny_triage-adapter", "1").tags
     assert tags["recent_suite_sha256"] == suite.content_hash
     assert tags[recent.FEEDBACK_UNTIL_TAG] == suite.training_cutoff
+    assert tags["task_spec_sha256"] == load_task_spec(task).spec_sha256
+
+
+@pytest.mark.parametrize("change", ["removed", "renamed"])
+def test_removing_or_renaming_a_label_is_refused_until_the_holdout_is_replaced(tmp_path, tiny_base_model, change):
+    from finetune_loop.core.data.suites import SuiteChangedError, archive_suite
+
+    task = _task(tmp_path, tiny_base_model, [_request(0, day=0, label="billing")])
+    _freeze(task, tmp_path)
+    raw = yaml.safe_load(task.read_text())
+    raw["labels"] = [label for label in raw["labels"] if label != "login"] + (["sign_in"] if change == "renamed" else [])
+    task.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteChangedError, match=r"no longer fits the task: \d+ row\(s\) with a label no longer in the task's labels \['login'\]: ids") as refused:
+        _freeze(task, tmp_path)
+    assert "finetune-loop replace-suite --task" in str(refused.value) and "--suite holdout" in str(refused.value)
+    # Replacing it is the explicit act: the old version is archived and a new holdout is frozen.
+    archive_suite(tmp_path / "suites", "holdout")
+    archive_suite(tmp_path / "suites", "regression")
+    _, _, _, (holdout, _) = _freeze(task, tmp_path)
+    assert "login" not in holdout.per_label

@@ -465,6 +465,8 @@ def train_adapter(
             tags={
                 "data_version": dataset.data_version,
                 "base_model_sha256": base.source_sha256,
+                # A label admitted or a setting changed is a new spec: the version says which one it had.
+                "task_spec_sha256": spec.spec_sha256,
                 "rebuild_manifest": "rebuild_manifest.json",
                 "git_commit": manifest["git_commit"] or "unknown",
                 **(run_tags or {}),
