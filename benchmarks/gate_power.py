@@ -16,6 +16,7 @@ trainer and scorer, in a temporary FINETUNE_LOOP_HOME. Prints a table per arm an
 
     python benchmarks/gate_power.py                         # 3 seeds per arm, both arms
     python benchmarks/gate_power.py --seeds 5 --arms base --margin 0.04
+    python benchmarks/gate_power.py --sizing                # the OC table only: no training (seconds)
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ def main() -> None:
     parser.add_argument("--arms", default="base,champion", help="comma-separated: base (cold start), champion (warm start)")
     parser.add_argument("--margin", type=float, default=None, help="non-inferiority margin to judge with (default: the task's)")
     parser.add_argument("--home", type=Path, default=None, help="FINETUNE_LOOP_HOME (default: a new temporary directory)")
+    parser.add_argument("--sizing", action="store_true", help="print the claimed pass rate per disagreement and margin at the holdout's size, and exit")
+    parser.add_argument("--rows", type=int, default=182, help="--sizing: paired rows (the example task's holdout has 182)")
     args = parser.parse_args()
+    if args.sizing:
+        print_sizing(args.rows)
+        return
     home_dir = args.home or Path(tempfile.mkdtemp(prefix="gate_power_"))
     os.environ["FINETUNE_LOOP_HOME"] = str(home_dir)
 
@@ -134,6 +140,27 @@ def main() -> None:
         "benchmark": "gate_power", "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "holdout_rows": len(rows),
         "margin": margin, "champion_accuracy": champion_accuracy, "arms": results, "seconds": round(time.perf_counter() - started, 1),
     }))
+
+
+def print_sizing(rows: int) -> None:
+    """The non-inferiority rule's chance to pass an equal candidate, and the rows it would need
+    to meet the power goals, per disagreement rate and margin (the example task's gate settings)."""
+    from finetune_loop.core.common.spec import load_task_spec
+    from finetune_loop.core.evaluate.gate import NON_INFERIOR
+    from finetune_loop.core.evaluate.gate_power import power_check
+    from finetune_loop.defs.resources import EXAMPLE_TASK
+
+    settings = load_task_spec(EXAMPLE_TASK).gate
+    margins = (0.02, 0.03, 0.04)
+    print(f"n={rows}: P(an equal candidate passes) (rows needed for the goals)")
+    print("| disagreement | " + " | ".join(f"margin {m:.2f}" for m in margins) + " |")
+    print("|---:|" + "---:|" * len(margins))
+    for disagreement in (0.05, 0.08, 0.12):
+        cells = []
+        for margin in margins:
+            check = power_check(settings, NON_INFERIOR, rows=rows, margin=margin, disagreement=disagreement)
+            cells.append(f"{check.characteristic.pass_probability[0.0]:.2f} ({check.needed})")
+        print(f"| {disagreement:.2f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
