@@ -39,9 +39,11 @@ instance-config:
 	mkdir -p $(DAGSTER_HOME)
 	cp $(INSTANCE_CONFIG) $(DAGSTER_HOME)/dagster.yaml
 
-# On the example task the demo shows the whole loop: the first champion, then a simulated week of
-# phone-keyboard traffic answered by it, then `monitor`, whose drift report and sensors request a
-# retrain tagged with why. The task is copied under the state directory with a production log
+# On the example task the demo shows the whole loop: the first champion, then two simulated weeks of
+# phone-keyboard traffic answered by it (half of each week labelled by a simulated agent), then
+# `monitor`, whose drift report and sensors request a retrain tagged with why. The retrain trains on
+# the first week's feedback and is judged on the frozen holdout and on the second week (the recent
+# suite), which no model trained on; the summary prints both comparisons. The task is copied under the state directory with a production log
 # directory there, so simulated weeks never land inside the repository. `monitor` exiting 2 means
 # the retrain's release gate refused its candidate and the champion keeps serving: the loop doing
 # its job, not a failed demo.
@@ -54,10 +56,12 @@ ifeq ($(TASK),$(EXAMPLE_TASK))
 	mkdir -p $(dir $(DEMO_TASK))production_log
 	test -f $(dir $(DEMO_TASK))production_log/bundled.jsonl || cp $(EXAMPLE_DATA)/production_traffic.jsonl $(dir $(DEMO_TASK))production_log/bundled.jsonl
 	sed -e 's#labeled_examples: .*#labeled_examples: $(EXAMPLE_DATA)/tickets.jsonl#' \
+	    -e 's#traffic_pool: .*#traffic_pool: $(EXAMPLE_DATA)/traffic_pool.jsonl#' \
 	    -e 's#^probes: .*#probes: $(EXAMPLE_DATA)/probes.yaml#' \
 	    -e 's#production_log: .*#production_log: production_log#' $(EXAMPLE_TASK) > $(DEMO_TASK)
 	$(BIN)/finetune-loop run --task $(DEMO_TASK)
-	$(BIN)/finetune-loop simulate-traffic --task $(DEMO_TASK) --shift phone_keyboard --strength 0.6
+	$(BIN)/finetune-loop simulate-traffic --task $(DEMO_TASK) --shift phone_keyboard --strength 0.6 --rows 300 --feedback-share 0.5 --seed 1
+	$(BIN)/finetune-loop simulate-traffic --task $(DEMO_TASK) --shift phone_keyboard --strength 0.6 --rows 300 --feedback-share 0.5 --seed 2
 	$(BIN)/finetune-loop monitor --task $(DEMO_TASK) || test $$? -eq 2
 else
 	$(BIN)/finetune-loop run --task $(TASK)

@@ -58,8 +58,9 @@ TARGET_COUNTS = {
     "feedback": 74,
     "account_update": 79,
 }
-# Rows per label in traffic_pool.jsonl: a third of TARGET_COUNTS, so the same mild imbalance.
-POOL_COUNTS = {label: round(n / 3) for label, n in TARGET_COUNTS.items()}
+# Rows per label in traffic_pool.jsonl: TARGET_COUNTS again (the same mild imbalance), enough that
+# simulated weeks rarely draw one ticket twice.
+POOL_COUNTS = {label: n for label, n in TARGET_COUNTS.items()}
 EXACT_DUP_SHARE = 0.03
 NEAR_DUP_SHARE = 0.03
 SHORT_SHARE = 0.12  # share of tickets that use a very short message
