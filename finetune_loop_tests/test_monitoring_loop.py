@@ -79,7 +79,14 @@ def test_drift_triggers_one_tagged_retrain_that_gates_a_new_candidate(loop):
     eval_event = instance.get_latest_materialization_event(dg.AssetKey("eval_report"))
     assert eval_event.run_id == run.run_id and eval_event.asset_materialization.metadata["gate_passed"].value is True
     curated = instance.get_latest_materialization_event(dg.AssetKey("curated_dataset")).asset_materialization.metadata
-    assert curated["feedback_rows_in"].value > 0
+    # The week's labelled feedback is the newest there is: the recent suite judges it, so none of it
+    # trains this retrain; with fewer rows than gate.min_recent_rows the holdout rule alone decides.
+    recent = instance.get_latest_materialization_event(dg.AssetKey("recent_suite")).asset_materialization.metadata
+    # Every labelled request of the window is in the suite or counted out of it (repeats drawn twice).
+    assert recent["size"].value > 0 and recent["size"].value + sum(recent["excluded"].value.values()) == recent["window_rows"].value
+    assert curated["feedback_rows_in"].value == 0
+    gate_lines = eval_event.asset_materialization.metadata["gate_lines"].value
+    assert f"**follows_recent_traffic** SKIP not evaluated: n={recent['size'].value} < min 100" in gate_lines
     checks = {
         key.name: instance.event_log_storage.get_asset_check_execution_history(key, limit=1)[0]
         for key in (dg.AssetCheckKey(dg.AssetKey("eval_report"), "shadow_agreement"), dg.AssetCheckKey(dg.AssetKey("eval_report"), "release_gate"))
