@@ -150,11 +150,15 @@ def _materialize(tmp_path, task, spec):
     def curated_stub():
         return dataset
 
-    result = dg.materialize(
-        [curated_stub, drift_report], resources={"loop": LoopResource(task_path=str(task), home=str(tmp_path / "home"))},
-    )
-    assert result.success
-    return result.asset_materializations_for_node("drift_report")[0].metadata
+    # An instance of its own: an ephemeral one would resolve Dagster's process-wide definitions-load
+    # context, which an earlier test's (closed) instance may still occupy.
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [curated_stub, drift_report], resources={"loop": LoopResource(task_path=str(task), home=str(tmp_path / "home"))},
+            instance=instance,
+        )
+        assert result.success
+        return result.asset_materializations_for_node("drift_report")[0].metadata
 
 
 def _log_rows(refunds: int):
