@@ -155,7 +155,7 @@ def print_sizing(rows: int) -> None:
     print(f"n={rows}: P(an equal candidate passes) (rows needed for the goals)")
     print("| disagreement | " + " | ".join(f"margin {m:.2f}" for m in margins) + " |")
     print("|---:|" + "---:|" * len(margins))
-    for disagreement in (0.05, 0.08, 0.12):
+    for disagreement in (0.05, 0.08, 0.12, 0.17):
         cells = []
         for margin in margins:
             check = power_check(settings, NON_INFERIOR, rows=rows, margin=margin, disagreement=disagreement)
