@@ -4,6 +4,7 @@ and the curated training set with its `no_contamination` check. Core: `finetune_
 
 import dagster as dg
 
+import dataclasses
 from collections import Counter
 from datetime import datetime
 
@@ -94,11 +95,15 @@ def recent_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite, regressi
     if spec.production_log_path is None:
         value = recent.RecentSuite(None, None, None, 0, note="the task names no data.production_log")
     else:
+        log = production.read_task_log(spec, check_labels=False)
         value = recent.freeze_recent_suite(
-            spec, production.read_task_log(spec, check_labels=False), loop.task_dir("suites"),
-            champion_feedback_until=_champion_feedback_until(loop), exclude=[holdout_suite, regression_suite],
-            token_length=loop.token_length(),
+            spec, log, loop.task_dir("suites"), champion_feedback_until=_champion_feedback_until(loop),
+            exclude=[holdout_suite, regression_suite], token_length=loop.token_length(),
         )
+        # The same read of the log gives curated_dataset the feedback older than the suite.
+        cutoff = value.training_cutoff.timestamp() if value.training_cutoff else "none"
+        name = f"feedback-{production.log_data_version(spec.production_log_path)}-{cutoff}.jsonl"
+        value = dataclasses.replace(value, training_feedback=recent.write_training_feedback(spec, log, value, loop.task_dir("feedback") / name))
     quarantine_path = None
     if value.feedback_quarantine:
         quarantine_path = loop.task_dir("feedback") / "feedback_quarantine.jsonl"
@@ -133,11 +138,7 @@ def curated_dataset(
     frozen = [holdout_suite, regression_suite] + ([recent_suite.suite] if recent_suite.suite else [])
     # Trusted labelled feedback older than the recent suite joins the labelled examples (never a
     # bare thumbs-down, never a row the recent suite judges).
-    feedback = None
-    if spec.production_log_path is not None:
-        log = production.read_task_log(spec, check_labels=False)
-        name = f"feedback-{production.log_data_version(spec.production_log_path)}-{recent_suite.training_cutoff.timestamp() if recent_suite.training_cutoff else 'none'}.jsonl"
-        feedback = recent.write_training_feedback(spec, log, recent_suite, loop.task_dir("feedback") / name)
+    feedback = recent_suite.training_feedback
     dataset = curation.curate_dataset(
         spec, frozen, loop.task_dir("datasets"), token_length=loop.token_length(),
         extra_inputs=[feedback] if feedback else [],

@@ -65,11 +65,12 @@ def eval_report(
         report.ChampionAdapter(champion_ref.version, tracker.download_version(champion_ref, out_dir / "champion_bundle"))
         if champion_ref else None
     )
+    trigger = context.run.tags.get(TRIGGER_TAG, "manual")
     result = report.evaluate_candidate(
         spec, loop.base_model().directory, lora_adapter.directory, lora_adapter.model_version.version, holdout_suite.path,
         regression_suite.path, out_dir, tracker, champion, {**run_tags(context), "model_version": lora_adapter.model_version.version},
         recent_path=recent_suite.suite.path if recent_suite.suite else None,
-        trigger=context.run.tags.get(TRIGGER_TAG, "manual"),
+        trigger=trigger,
     )
     recent_hash = recent_suite.suite.content_hash if recent_suite.suite else None
     tracker.tag_version(
@@ -111,7 +112,7 @@ def eval_report(
         recent_suite_hash=recent_hash,
         recent_candidate_accuracy=candidate.recent.primary if candidate.recent else None,
         recent_champion_accuracy=result.models["champion"].recent.primary if "champion" in result.models and result.models["champion"].recent else None,
-        trigger=context.run.tags.get(TRIGGER_TAG, "manual"),
+        trigger=trigger,
         frontier=result.frontier_summary,
         mlflow_run_id=result.mlflow_run_id,
         mlflow_run=mlflow_link(tracker, result.mlflow_run_id),

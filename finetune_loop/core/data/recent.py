@@ -89,6 +89,9 @@ class RecentSuite:
     excluded: dict[str, int] = field(default_factory=dict)
     feedback_quarantine: list[dict] = field(default_factory=list)
     note: str = ""
+    # The feedback that may train, as a labelled-examples file for curation (write_training_feedback);
+    # None: none may, or it was not written.
+    training_feedback: Path | None = None
 
     @property
     def size(self) -> int:
