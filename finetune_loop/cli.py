@@ -117,14 +117,15 @@ class Session:
 
         return build_definitions(str(self.spec.spec_path), str(self.home.root))
 
-    def execute(self, job, instance, name: str, tags: dict[str, str]):
+    def execute(self, job, instance, name: str, tags: dict[str, str], announce: bool = True):
         """Run `job` in-process with Dagster's event log, warnings and progress bars going to a log
         file under the state directory instead of the terminal; print one line per failed step with
         the error's own message, and where the whole trace is."""
         log_dir = self.home.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{name}.log"
-        print(f"{name:<11} running; Dagster's log: {log_path}", flush=True)
+        if announce:
+            print(f"{name:<11} running; Dagster's log: {log_path}", flush=True)
         with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
             result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
         for event in result.all_events:
@@ -328,8 +329,7 @@ def _summary(spec, home, run_id: str, run: RunOutcome, minutes: float, only_cura
 
 
 def simulate_traffic(session: Session, args) -> int:
-    from datetime import datetime, timezone
-
+    from finetune_loop.core.common.clock import utc_now
     from finetune_loop.core.common.tracker import CHAMPION_ALIAS
     from finetune_loop.core.monitor import simulate
     from finetune_loop.core.train.base_model import prepare_base_model
@@ -346,7 +346,7 @@ def simulate_traffic(session: Session, args) -> int:
         )
         adapter_dir = tracker.download_version(champion)
         base = prepare_base_model(spec.base_model, home.artifacts / "base_models")
-        start = simulate.next_week_start(spec, now=datetime.now(timezone.utc))
+        start = simulate.next_week_start(spec, now=utc_now())
         path = simulate.write_week(spec, settings, base.directory, adapter_dir, champion.version, start)
     except simulate.SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -355,56 +355,112 @@ def simulate_traffic(session: Session, args) -> int:
     return EXIT_OK
 
 
-def monitor(session: Session, args) -> int:
-    """What the daemon does on a schedule, once and in-process: materialize drift_report (monitor_job),
-    evaluate drift_retrain_sensor and feedback_retrain_sensor (their cursors kept in the state
-    directory), and run every retrain_job they request with the request's tags and run key."""
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """One retrain a trigger requested and this process ran."""
+
+    requested_by: str
+    trigger: str
+    evidence: str
+    run_id: str
+    succeeded: bool
+    # None when the release gate did not run (an earlier step failed).
+    gate_passed: bool | None
+    gate_description: str
+
+
+@dataclass(frozen=True)
+class AutomationTick:
+    """What one pass of the daemon's work did: the drift report (None when the task has no
+    production log yet), the retrains it ran, and each trigger's reason for requesting nothing."""
+
+    drift: "DriftReportMetadata | None"
+    retrains: list[RetrainOutcome]
+    skipped: dict[str, str]
+
+
+def automation_tick(session: Session, defs, instance, cursors: dict[str, str], *, announce: bool = True) -> AutomationTick:
+    """What the daemon does, once and in-process, at the loop's clock (`clock.utc_now()`):
+    materialize drift_report (monitor_job), evaluate six_week_retrain_schedule, drift_retrain_sensor
+    and feedback_retrain_sensor (sensor cursors read from and written back to `cursors`), and run
+    every retrain_job they request with the request's tags and run key, one after another."""
     import dagster as dg
 
+    from finetune_loop.core.common.clock import utc_now
     from finetune_loop.defs.metadata import DriftReportMetadata
-    from finetune_loop.defs.monitor import drift_retrain_sensor, feedback_retrain_sensor
+    from finetune_loop.defs.monitor import EVIDENCE_TAG, drift_retrain_sensor, feedback_retrain_sensor, six_week_retrain_schedule
+    from finetune_loop.defs.resources import TRIGGER_TAG
+
+    say = print if announce else (lambda *a, **k: None)
+    report = session.execute(defs.resolve_job_def("monitor_job"), instance, "monitor", session.run_tags(), announce=announce)
+    if not report.success:
+        raise MonitorError("drift_report failed; see the Dagster run " + report.run_id)
+    materialized = report.asset_materializations_for_node("drift_report")
+    drift = DriftReportMetadata.from_dagster(materialized[0].metadata) if materialized else None
+    if drift is None:
+        say(f"monitor: not configured yet: {session.spec.spec_path} names no data.production_log")
+        return AutomationTick(None, [], {})
+    say(f"drift       {'DRIFT' if drift.drift_detected else 'no drift'}: signals fired {drift.signals_fired}; "
+        f"window {drift.window}; report {drift.report_path}")
+    retrains: list[RetrainOutcome] = []
+    skipped: dict[str, str] = {}
+    for trigger in (six_week_retrain_schedule, drift_retrain_sensor, feedback_retrain_sensor):
+        if isinstance(trigger, dg.ScheduleDefinition):
+            context = dg.build_schedule_context(instance=instance, scheduled_execution_time=utc_now(), resources=defs.resources)
+        else:
+            context = dg.build_sensor_context(instance=instance, cursor=cursors.get(trigger.name), definitions=defs, resources=defs.resources)
+        with context:
+            tick = trigger.evaluate_tick(context)
+        if getattr(tick, "cursor", None) is not None:
+            cursors[trigger.name] = tick.cursor
+        for request in tick.run_requests:
+            # The daemon launches one run per run key; so does this.
+            if instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": request.run_key}), limit=1):
+                say(f"{trigger.name}: run key {request.run_key} already ran")
+                continue
+            origin = "dagster/schedule_name" if isinstance(trigger, dg.ScheduleDefinition) else "dagster/sensor_name"
+            tags = {**request.tags, "dagster/run_key": request.run_key, origin: trigger.name}
+            say(f"{trigger.name}: retrain requested, tags {json.dumps(request.tags)}", flush=True)
+            result = session.execute(defs.resolve_job_def("retrain_job"), instance, "retrain", tags, announce=announce)
+            gate = next((e for e in result.get_asset_check_evaluations() if e.check_name == "release_gate"), None)
+            verdict = "not run" if gate is None else "PASSED" if gate.passed else f"refused the candidate: {gate.description}"
+            say(f"retrain     run {result.run_id}: {'succeeded' if result.success else 'failed'}; release_gate {verdict}")
+            retrains.append(RetrainOutcome(
+                trigger.name, request.tags[TRIGGER_TAG], request.tags.get(EVIDENCE_TAG, ""), result.run_id, result.success,
+                None if gate is None else gate.passed, "" if gate is None else (gate.description or ""),
+            ))
+        if not tick.run_requests:
+            skipped[trigger.name] = tick.skip_message or ""
+            say(f"{trigger.name}: {tick.skip_message}")
+    return AutomationTick(drift, retrains, skipped)
+
+
+class MonitorError(RuntimeError):
+    """The drift report, which every trigger but the schedule acts on, could not be made."""
+
+
+def monitor(session: Session, args) -> int:
+    """`automation_tick` once, with the sensor cursors kept in the state directory."""
+    import dagster as dg
 
     defs = session.definitions()
     cursors_path = Path(os.environ["DAGSTER_HOME"]) / SENSOR_CURSORS_FILE
     cursors = json.loads(cursors_path.read_text()) if cursors_path.is_file() else {}
-    exit_code = EXIT_OK
     with dg.DagsterInstance.get() as instance:
-        report = session.execute(defs.resolve_job_def("monitor_job"), instance, "monitor", session.run_tags())
-        if not report.success:
-            print("monitor: drift_report failed; see the Dagster run " + report.run_id, file=sys.stderr)
+        try:
+            tick = automation_tick(session, defs, instance, cursors)
+        except MonitorError as exc:
+            print(f"monitor: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        materialized = report.asset_materializations_for_node("drift_report")
-        if not materialized:
-            print(f"monitor: not configured yet: {session.spec.spec_path} names no data.production_log")
-            return EXIT_OK
-        drift = DriftReportMetadata.from_dagster(materialized[0].metadata)
-        print(f"drift       {'DRIFT' if drift.drift_detected else 'no drift'}: signals fired {drift.signals_fired}; "
-              f"window {drift.window}; report {drift.report_path}")
-        for sensor in (drift_retrain_sensor, feedback_retrain_sensor):
-            with dg.build_sensor_context(instance=instance, cursor=cursors.get(sensor.name), definitions=defs, resources=defs.resources) as context:
-                tick = sensor.evaluate_tick(context)
-            if tick.cursor is not None:
-                cursors[sensor.name] = tick.cursor
-            for request in tick.run_requests:
-                # The daemon launches one run per run key; so does this.
-                if instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": request.run_key}), limit=1):
-                    print(f"{sensor.name}: run key {request.run_key} already ran")
-                    continue
-                tags = {**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": sensor.name}
-                print(f"{sensor.name}: retrain requested, tags {json.dumps(request.tags)}", flush=True)
-                result = session.execute(defs.resolve_job_def("retrain_job"), instance, "retrain", tags)
-                gate = next((e for e in result.get_asset_check_evaluations() if e.check_name == "release_gate"), None)
-                verdict = "not run" if gate is None else "PASSED" if gate.passed else f"refused the candidate: {gate.description}"
-                print(f"retrain     run {result.run_id}: {'succeeded' if result.success else 'failed'}; release_gate {verdict}")
-                # A gate that refuses a candidate is the loop working (the champion keeps serving),
-                # told apart from a broken step as `run` does; a broken step wins over a refusal.
-                if gate is not None and not gate.passed:
-                    exit_code = exit_code if exit_code == EXIT_FAILED else EXIT_GATE_REFUSED
-                elif not result.success:
-                    exit_code = EXIT_FAILED
-            if not tick.run_requests:
-                print(f"{sensor.name}: {tick.skip_message}")
     cursors_path.write_text(json.dumps(cursors))
+    exit_code = EXIT_OK
+    for retrain in tick.retrains:
+        # A gate that refuses a candidate is the loop working (the champion keeps serving), told
+        # apart from a broken step as `run` does; a broken step wins over a refusal.
+        if retrain.gate_passed is False:
+            exit_code = exit_code if exit_code == EXIT_FAILED else EXIT_GATE_REFUSED
+        elif not retrain.succeeded:
+            exit_code = EXIT_FAILED
     return exit_code
 
 

@@ -51,7 +51,7 @@ def _report(instance, run_id: str, when: datetime, drifting: bool) -> None:
         drift_detected=drifting, signals_fired="input_drift" if drifting else "none", signals="", drift_share=0.75 if drifting else 0.0,
         drift_share_threshold=0.5, feedback_accuracy=None, champion_version=None, champion_eval_accuracy=None, feedback_rows=0,
         report_path="/dev/null", reference_rows=10, current_rows=10, quarantined_rows=0, quarantine_path="/dev/null",
-        window="2026-10-26 .. 2026-11-02", window_end="2026-11-02", columns={}, mlflow_run_id="r", mlflow_run="http://mlflow/r",
+        window="2026-10-26 .. 2026-11-02", window_end="2026-11-02", reported_at=when.isoformat(), columns={}, mlflow_run_id="r", mlflow_run="http://mlflow/r",
     )
     _store_materialization(instance, "drift_report", run_id, when, report.to_dagster())
 

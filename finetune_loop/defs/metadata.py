@@ -268,6 +268,9 @@ class DriftReportMetadata(TrackedMetadata):
     quarantine_path: str = path_field()
     window: str
     window_end: str
+    # The loop's clock when the report was made (`clock.utc_now()`, simulated or not): the drift
+    # sensor's cooldown is measured between these, not between Dagster's storage times.
+    reported_at: str
     columns: dict = json_field()
     # Feedback naming labels the task does not know (the new_labels signal): rows in the window, and
     # drift.new_labels_summary (count, share, per label its count and scrubbed examples). Defaults

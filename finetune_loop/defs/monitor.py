@@ -13,13 +13,15 @@ comes from the registry (`core/ship/registry.champion_record`), never from a mat
 
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 
 import dagster as dg
 
+from finetune_loop.core.common.clock import utc_now
 from finetune_loop.core.common.files import write_jsonl
 from finetune_loop.core.data.curation import CuratedDataset
 from finetune_loop.core.data.production_log import read_task_log
+from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG
 from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.monitor import drift, triggers
 from finetune_loop.core.ship.registry import champion_record
@@ -65,7 +67,7 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
         context.log.info(f"monitoring not configured yet: {spec.spec_path} names no data.production_log")
         return
     report_path = loop.task_dir("drift") / f"{context.run.run_id}.html"
-    now = datetime.now(timezone.utc)
+    now = utc_now()
     log = read_task_log(spec, now=now)
     quarantine_path = report_path.with_suffix(".quarantine.jsonl")
     write_jsonl(quarantine_path, log.reviewable_quarantine())
@@ -114,6 +116,7 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
         quarantine_path=str(quarantine_path),
         window=f"{window.first_timestamp} .. {window.last_timestamp}",
         window_end=str(window.last_timestamp),
+        reported_at=now.isoformat(),
         columns=result.columns,
         new_label_rows=result.new_labels["count"],
         new_labels=result.new_labels,
@@ -180,7 +183,7 @@ def six_week_retrain_schedule(context: dg.ScheduleEvaluationContext, loop: LoopR
     (42 days by default; counted from its promotion or the rollback that restored it) or when there
     is no champion yet. Cron has no "every six weeks"."""
     spec = loop.spec()
-    now = context.scheduled_execution_time or datetime.now(timezone.utc)
+    now = context.scheduled_execution_time or utc_now()
     decision = triggers.cadence_decision(champion_record(loop.tracker(), spec.registered_model_name), now, spec.drift.cadence_days)
     if not decision.retrain:
         return dg.SkipReason(decision.evidence)
@@ -208,7 +211,8 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResource
     requests, notes = [], []
     for record in records:
         report = DriftReportMetadata.from_dagster(record.asset_materialization.metadata)
-        outcome = hysteresis.observe(report.drift_detected, record.timestamp, cooldown_seconds)
+        reported_at = datetime.fromisoformat(report.reported_at).timestamp()
+        outcome = hysteresis.observe(report.drift_detected, reported_at, cooldown_seconds)
         if outcome == "request":
             running = retrain_in_flight(context.instance, spec.name)
             if running:
@@ -216,7 +220,7 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResource
                 break
             evidence = f"signals fired: {report.signals_fired}; input drift share {report.drift_share:.2f}; window {report.window}"
             requests.append(_retrain_request(loop, f"drift-{record.run_id}", triggers.Decision(True, triggers.DRIFT, evidence), record.run_id))
-            hysteresis.requested(record.timestamp)
+            hysteresis.requested(reported_at)
         else:
             notes.append({
                 "cooldown": f"report of run {record.run_id} drifts, but within the {spec.drift.cooldown_hours:g} h cooldown",
@@ -238,11 +242,13 @@ def feedback_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResou
     spec = loop.spec()
     if spec.production_log_path is None:
         return dg.SkipReason(f"task {spec.name} names no data.production_log")
-    now = datetime.now(timezone.utc)
+    now = utc_now()
     labelled = read_task_log(spec, now=now).labelled()
     consumed, repaired = triggers.feedback_cursor(spec, context.cursor, labelled, now)
     if repaired:
         context.log.warning(repaired)
+    seen = [v[FEEDBACK_SEEN_TAG] for v in loop.tracker().all_version_tags(spec.registered_model_name).values() if FEEDBACK_SEEN_TAG in v]
+    consumed = triggers.newest_consumed(consumed, max((datetime.fromisoformat(s) for s in seen), default=None))
     decision = triggers.feedback_decision(spec, labelled, consumed)
     waiting = None if not decision.retrain else retrain_in_flight(context.instance, spec.name)
     if not decision.retrain or waiting:

@@ -6,7 +6,7 @@ import dagster as dg
 
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS
 from finetune_loop.core.data.curation import CuratedDataset
-from finetune_loop.core.data.recent import FEEDBACK_UNTIL_TAG, RecentSuite
+from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG, FEEDBACK_UNTIL_TAG, RecentSuite
 from finetune_loop.core.data.suites import FrozenSuite
 from finetune_loop.core.train import trainer
 from finetune_loop.defs.common import mlflow_link, run_tags
@@ -72,7 +72,9 @@ def lora_adapter(
     if recent_suite.training_cutoff is not None:
         # How far this version's training feedback reaches: a later recent suite starts after it,
         # so this version is never judged on a request it trained on.
-        tracker.tag_version(adapter.model_version.name, adapter.model_version.version, {FEEDBACK_UNTIL_TAG: recent_suite.training_cutoff.isoformat()})
+        tracker.tag_version(adapter.model_version.name, adapter.model_version.version, {
+            FEEDBACK_UNTIL_TAG: recent_suite.training_cutoff.isoformat(), FEEDBACK_SEEN_TAG: recent_suite.window_end.isoformat(),
+        })
     metadata = LoraAdapterMetadata.from_sources(
         adapter,
         mlflow_run=mlflow_link(tracker, adapter.mlflow_run_id),

@@ -202,3 +202,8 @@ class Tracker:
 
     def version_tags(self, model_name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(model_name, version).tags)
+
+    def all_version_tags(self, model_name: str) -> dict[str, dict[str, str]]:
+        """Every registered version of `model_name` (none registered: empty) with its tags."""
+        versions = self.client.search_model_versions(f"name = '{model_name}'")
+        return {str(v.version): dict(v.tags) for v in versions}

@@ -49,10 +49,11 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Sequence
 
+from finetune_loop.core.common.clock import utc_now
 from finetune_loop.core.common.files import sha256_file, write_jsonl
 from finetune_loop.core.common.spec import FieldMapping, TaskSpec
 from finetune_loop.core.data.pii import scrub_answer, scrub_pii, scrubbed_excerpt
@@ -243,10 +244,10 @@ def read_production_log(
     a `*.jsonl` file (with `"line": None`).
 
     With `labels`, a prediction or feedback label outside the task's label set is rejected too.
-    A timestamp later than `now` (default: the wall clock) + `max_clock_skew` is rejected.
+    A timestamp later than `now` (default: `clock.utc_now()`) + `max_clock_skew` is rejected.
     """
     if now is None:
-        now = datetime.now(timezone.utc)
+        now = utc_now()
     elif now.tzinfo is None:
         raise ValueError(f"now must carry a time zone, got {now.isoformat()}")
     latest = now + max_clock_skew

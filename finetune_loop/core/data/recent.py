@@ -40,6 +40,10 @@ from finetune_loop.core.data.suites import FrozenSuite, suite_candidates, suite_
 RECENT_SUITE = "recent"
 # Registry version tag: the request time up to which the version's training feedback reaches.
 FEEDBACK_UNTIL_TAG = "finetune_loop/feedback_until"
+# The newest trusted labelled request a version's retrain saw, trained on or judged on: the feedback
+# sensor counts only labels newer than what the latest retrain saw, so a retrain started for one
+# reason (drift) is not followed by another (feedback volume) on the same labels.
+FEEDBACK_SEEN_TAG = "finetune_loop/feedback_seen_until"
 
 
 @dataclass(frozen=True)

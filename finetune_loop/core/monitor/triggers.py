@@ -41,7 +41,7 @@ def cadence_decision(champion: ChampionRecord | None, now: datetime, cadence_day
 class DriftHysteresis:
     """One retrain per drifting episode: after a request, drifting reports request nothing until a
     report comes back clean (re-arms); two requests are at least `cooldown_seconds` apart, measured
-    between the reports' timestamps, so a flapping signal retrains once per cooldown."""
+    between the reports' times on the loop's clock (`clock.utc_now()` when each was made), so a flapping signal retrains once per cooldown."""
 
     armed: bool = True
     last_request_at: float | None = None
@@ -84,6 +84,12 @@ def feedback_cursor(spec: TaskSpec, cursor: str | None, labelled: Sequence[Produ
         f"feedback cursor {consumed.isoformat()} was beyond now + {spec.drift.max_clock_skew_hours:g} h of clock skew; "
         f"reset to the newest accepted labelled request ({newest.isoformat() if newest else 'none'})"
     )
+
+
+def newest_consumed(cursor: datetime | None, seen_by_retrain: datetime | None) -> datetime | None:
+    """Feedback counts as consumed up to the later of the sensor's cursor (what it last requested
+    a retrain on) and the newest label any retrain saw (`FEEDBACK_SEEN_TAG`, whatever started it)."""
+    return max((t for t in (cursor, seen_by_retrain) if t is not None), default=None)
 
 
 def feedback_decision(spec: TaskSpec, labelled: Sequence[ProductionRecord], consumed: datetime | None) -> FeedbackDecision:

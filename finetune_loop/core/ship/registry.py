@@ -28,10 +28,11 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+from finetune_loop.core.common.clock import utc_now
 from finetune_loop.core.common.tracker import (
     CHAMPION_ALIAS,
     PREVIOUS_CHAMPION_ALIAS,
@@ -249,4 +250,4 @@ def rollback(
 
 
 def _timestamp(now: datetime | None) -> str:
-    return (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    return (now or utc_now()).isoformat(timespec="seconds")
