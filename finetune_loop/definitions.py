@@ -27,6 +27,7 @@ ALL_ASSETS = [
     ship.gguf_export,
     ship.champion_model,
     monitor.drift_report,
+    monitor.serving_quality,
 ]
 
 

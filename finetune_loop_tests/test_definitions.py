@@ -18,7 +18,7 @@ from finetune_loop_tests.conftest import register_versions
 
 PUBLIC_ASSETS = {
     "labeled_examples", "production_log", "base_model", "holdout_suite", "regression_suite", "recent_suite", "curated_dataset", "lora_adapter",
-    "eval_report", "champion_model", "gguf_export", "drift_report",
+    "eval_report", "champion_model", "gguf_export", "drift_report", "serving_quality",
 }
 
 

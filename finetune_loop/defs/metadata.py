@@ -277,3 +277,21 @@ class DriftReportMetadata(TrackedMetadata):
     # for writers that predate the signal; from_dagster still requires both keys.
     new_label_rows: int = 0
     new_labels: dict = dataclasses.field(default_factory=dict, metadata={_KIND: "json"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingQualityMetadata(TrackedMetadata):
+    asset: ClassVar[str] = "serving_quality"
+    weeks: int
+    # The newest week with labelled feedback (None: no feedback yet); `summary` says whether it was evaluated.
+    latest_feedback_accuracy: float | None
+    latest_week: str | None
+    gate_line: float
+    # Evaluated weeks (at least drift.min_signal_rows labelled rows) below the gate line.
+    weeks_below_gate: int
+    promotions: int
+    rollbacks: int
+    summary: str = markdown_field()
+    table: str = markdown_field()
+    chart: str = markdown_field()
+    chart_path: str = path_field()

@@ -1,4 +1,5 @@
-"""Group `monitor`: `drift_report` on the production log, and the automation that closes the loop —
+"""Group `monitor`: `drift_report` and `serving_quality` (feedback accuracy per week against the gate
+line, a marker per promotion and rollback) on the production log, and the automation that closes the loop —
 `retrain_job`, `monitor_job`, `six_week_retrain_schedule`, `daily_drift_schedule`,
 `drift_retrain_sensor` and `feedback_retrain_sensor`. Core: `finetune_loop.core.monitor` (the
 decisions themselves live in `core/monitor/triggers.py`; the sensors gather inputs and guard).
@@ -23,8 +24,8 @@ from finetune_loop.core.data.curation import CuratedDataset
 from finetune_loop.core.data.production_log import read_task_log
 from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG
 from finetune_loop.core.data.readers import read_examples
-from finetune_loop.core.monitor import drift, triggers
-from finetune_loop.core.ship.registry import champion_record
+from finetune_loop.core.monitor import drift, serving_quality as quality, triggers
+from finetune_loop.core.ship.registry import champion_events, champion_record
 from finetune_loop.defs.common import mlflow_link, run_tags
 from finetune_loop.defs.data import (
     curated_dataset,
@@ -34,7 +35,7 @@ from finetune_loop.defs.data import (
     regression_suite,
 )
 from finetune_loop.defs.evaluate import eval_report
-from finetune_loop.defs.metadata import DriftReportMetadata
+from finetune_loop.defs.metadata import DriftReportMetadata, ServingQualityMetadata
 from finetune_loop.defs.resources import SPEC_HASH_TAG, TASK_TAG, TRIGGER_TAG, LoopResource
 from finetune_loop.defs.ship import champion_model, gguf_export
 from finetune_loop.defs.train import TRAINING_RUN_TAGS, base_model, lora_adapter
@@ -138,6 +139,48 @@ def _unknown_feedback_in_window(spec, now: datetime, window) -> list:
     return drift.in_window(unknown, spec.drift.window_days, end)
 
 
+@dg.asset(
+    group_name=GROUP,
+    deps=[production_log],
+    output_required=False,
+    description="Feedback accuracy per ISO week of the production log against the gate line, with the registry's promotions and rollbacks marked: how the served models did in the product, not only on the benchmark.",
+)
+def serving_quality(context: dg.AssetExecutionContext, loop: LoopResource):
+    spec = loop.spec()
+    tracker = loop.tracker()
+    if spec.production_log_path is None:
+        context.log.info(f"monitoring not configured yet: {spec.spec_path} names no data.production_log")
+        return
+    now = utc_now()
+    result = quality.serving_quality(spec, read_task_log(spec, now=now), champion_events(tracker, spec.registered_model_name), now)
+    chart_path = quality.plot_serving_quality(result, loop.task_dir("serving_quality") / f"{context.run.run_id}.png")
+    table = result.table_markdown()
+    with tracker.run(f"serving-quality-{spec.name}", tags={"stage": "serving_quality", **run_tags(context)}) as run_id:
+        # One step per week, stamped with the week's start, so MLflow's charts read as a calendar too.
+        for step, week in enumerate(result.weeks):
+            tracker.log_metrics(run_id, week.metrics(), step=step, timestamp_ms=int(week.starts_at.timestamp() * 1000))
+        tracker.log_params(run_id, {"gate_line": result.gate_line, "min_signal_rows": result.min_rows, "reported_at": now.isoformat()})
+        tracker.log_artifact(run_id, chart_path, "serving_quality")
+        tracker.log_text(run_id, f"{result.summary_markdown()}\n\n{table}\n", "serving_quality/weeks.md")
+    latest = result.latest_measured
+    metadata = ServingQualityMetadata(
+        weeks=len(result.weeks),
+        latest_feedback_accuracy=latest.feedback_accuracy if latest else None,
+        latest_week=latest.week_start.isoformat() if latest else None,
+        gate_line=result.gate_line,
+        weeks_below_gate=len(result.weeks_below_gate),
+        promotions=result.promotions,
+        rollbacks=result.rollbacks,
+        summary=result.summary_markdown(),
+        table=table,
+        chart=quality.chart_markdown(chart_path),
+        chart_path=str(chart_path),
+        mlflow_run_id=run_id,
+        mlflow_run=mlflow_link(tracker, run_id),
+    )
+    yield dg.Output(result, metadata=metadata.to_dagster())
+
+
 retrain_job = dg.define_asset_job(
     "retrain_job",
     selection=dg.AssetSelection.assets(
@@ -150,8 +193,8 @@ retrain_job = dg.define_asset_job(
 
 monitor_job = dg.define_asset_job(
     "monitor_job",
-    selection=dg.AssetSelection.assets(production_log.key, drift_report),
-    description="Observe the production log, then report drift on its latest window.",
+    selection=dg.AssetSelection.assets(production_log.key, drift_report, serving_quality),
+    description="Observe the production log, then report drift on its latest window and serving quality per week.",
 )
 
 daily_drift_schedule = dg.ScheduleDefinition(
@@ -183,7 +226,8 @@ def six_week_retrain_schedule(context: dg.ScheduleEvaluationContext, loop: LoopR
     (42 days by default; counted from its promotion or the rollback that restored it) or when there
     is no champion yet. Cron has no "every six weeks"."""
     spec = loop.spec()
-    now = context.scheduled_execution_time or utc_now()
+    # The tick's time: the daemon's, or the loop clock's when `monitor` evaluates it (automation_tick).
+    now = context.scheduled_execution_time
     decision = triggers.cadence_decision(champion_record(loop.tracker(), spec.registered_model_name), now, spec.drift.cadence_days)
     if not decision.retrain:
         return dg.SkipReason(decision.evidence)

@@ -48,6 +48,12 @@ REPLACED_TAG = TAG_PREFIX + "replaced_version"
 PROMOTED_AT_TAG = TAG_PREFIX + "promoted_at"
 # When the version last became champion, by promotion or by rollback: the cadence counts from here.
 CHAMPION_SINCE_TAG = TAG_PREFIX + "champion_since"
+# Stamped by a rollback on both versions it moves between; the restored one also names the other.
+ROLLED_BACK_AT_TAG = TAG_PREFIX + "rolled_back_at"
+RESTORED_FROM_TAG = TAG_PREFIX + "restored_from"
+# ChampionEvent kinds: how the champion alias moved.
+PROMOTION = "promotion"
+ROLLBACK = "rollback"
 # Written by gguf_export on the candidate it verified; champion_model promotes only a version whose
 # shipped GGUF passed every check.
 GGUF_CHECKS_PASSED_TAG = "gguf_checks_passed"
@@ -117,6 +123,55 @@ def champion_record(tracker: Tracker, model_name: str) -> ChampionRecord | None:
 
 
 @dataclass(frozen=True)
+class ChampionEvent:
+    """One move of the `champion` alias: `version` serves from `at` on, replacing `from_version`."""
+
+    kind: str  # PROMOTION or ROLLBACK
+    # None only for a rollback whose restored version the registry no longer records.
+    version: str | None
+    at: datetime
+    from_version: str | None
+
+    @property
+    def label(self) -> str:
+        if self.kind == PROMOTION:
+            return f"v{self.version}"
+        return f"v{self.from_version}→v{self.version}" if self.version else f"v{self.from_version} rolled back"
+
+
+def champion_events(tracker: Tracker, model_name: str) -> list[ChampionEvent]:
+    """Every promotion and rollback the registry's version tags record, oldest first.
+
+    Tags keep each version's latest stamp only, so a rollback is read from both of its sides: the
+    version rolled away from (its `rolled_back_at`; it restored the version it had replaced, which
+    was `previous-champion`) and the restored version (`restored_from`, serving since the rollback:
+    `champion_since`). A rollback is lost only when a later one overwrote both sides' stamps."""
+    versions = tracker.all_version_tags(model_name)
+    # Keyed by (kind, time, version promoted / version rolled away from): both sides of a rollback meet.
+    found: dict[tuple[str, datetime, str], ChampionEvent] = {}
+    for version, tags in versions.items():
+        if PROMOTED_AT_TAG in tags:
+            replaced = tags.get(REPLACED_TAG)
+            at = datetime.fromisoformat(tags[PROMOTED_AT_TAG])
+            found[(PROMOTION, at, version)] = ChampionEvent(PROMOTION, version, at, None if replaced in (None, "none") else replaced)
+        restored_at = tags.get(CHAMPION_SINCE_TAG) if RESTORED_FROM_TAG in tags else None
+        # A promotion stamps champion_since too; only one later than it is the restoration.
+        if restored_at is not None and restored_at != tags.get(PROMOTED_AT_TAG):
+            at, away = datetime.fromisoformat(restored_at), tags[RESTORED_FROM_TAG]
+            found[(ROLLBACK, at, away)] = ChampionEvent(ROLLBACK, version, at, away)
+    for version, tags in versions.items():
+        rolled_at = tags.get(ROLLED_BACK_AT_TAG)
+        # The restored side carries rolled_back_at too, equal to its champion_since.
+        if rolled_at is None or (RESTORED_FROM_TAG in tags and rolled_at == tags.get(CHAMPION_SINCE_TAG)):
+            continue
+        at = datetime.fromisoformat(rolled_at)
+        if (ROLLBACK, at, version) not in found:
+            replaced = tags.get(REPLACED_TAG)
+            found[(ROLLBACK, at, version)] = ChampionEvent(ROLLBACK, None if replaced in (None, "none") else replaced, at, version)
+    return sorted(found.values(), key=lambda e: (e.at, e.kind != PROMOTION))
+
+
+@dataclass(frozen=True)
 class PromotionResult:
     model_name: str
     version: str
@@ -179,8 +234,8 @@ def promote(
     now: datetime | None = None,
 ) -> PromotionResult:
     """Make `version` the champion. `evaluated_against` is the champion version the candidate was
-    evaluated against (None: there was none). `now` stamps the promotion (default: the wall clock;
-    a simulated clock passes its own)."""
+    evaluated against (None: there was none). `now` stamps the promotion (default: the loop clock,
+    `clock.utc_now()`)."""
     stamp = _timestamp(now)
     with registry_lock(lock_dir, model_name):
         before = alias_state(tracker, model_name)
@@ -241,9 +296,9 @@ def rollback(
         after = AliasState(restored, replaced if replaced not in (None, "none", before.champion) else None)
         with _restored_on_failure(tracker, model_name, before):
             at = _timestamp(now)
-            stamp = {TAG_PREFIX + "rolled_back_at": at, TAG_PREFIX + "rolled_back_by": user, TAG_PREFIX + "rolled_back_reason": reason}
+            stamp = {ROLLED_BACK_AT_TAG: at, TAG_PREFIX + "rolled_back_by": user, TAG_PREFIX + "rolled_back_reason": reason}
             tracker.tag_version(model_name, before.champion, stamp)
-            tracker.tag_version(model_name, restored, {TAG_PREFIX + "restored_from": before.champion, CHAMPION_SINCE_TAG: at, **stamp})
+            tracker.tag_version(model_name, restored, {RESTORED_FROM_TAG: before.champion, CHAMPION_SINCE_TAG: at, **stamp})
             _set_or_clear(tracker, model_name, PREVIOUS_CHAMPION_ALIAS, after.previous_champion)
             tracker.set_alias(model_name, CHAMPION_ALIAS, restored)
     return after
