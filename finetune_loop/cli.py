@@ -381,7 +381,7 @@ class AutomationTick:
 
 def automation_tick(session: Session, defs, instance, cursors: dict[str, str], *, announce: bool = True) -> AutomationTick:
     """What the daemon does, once and in-process, at the loop's clock (`clock.utc_now()`):
-    materialize drift_report (monitor_job), evaluate six_week_retrain_schedule, drift_retrain_sensor
+    materialize drift_report and serving_quality (monitor_job), evaluate six_week_retrain_schedule, drift_retrain_sensor
     and feedback_retrain_sensor (sensor cursors read from and written back to `cursors`), and run
     every retrain_job they request with the request's tags and run key, one after another."""
     import dagster as dg

@@ -178,3 +178,54 @@ def test_a_drift_report_without_its_contract_keys_stops_the_sensor_loudly(instan
     with pytest.raises(MetadataContractError, match=r"drift_report metadata lacks \[.*'drift_detected'") as raised:
         _sensor_tick(drift_retrain_sensor, instance, task)
     assert "present: ['drift_share', 'drifting']" in str(raised.value)
+
+
+def test_feedback_a_retrain_already_saw_does_not_start_another(instance, task):
+    # A drift retrain trained on (or was judged on) these labels; the feedback sensor, whose own
+    # cursor never moved, must not start a second retrain on the same labels.
+    from finetune_loop.core.common.home import LoopHome
+    from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG
+    from finetune_loop_tests.conftest import register_versions
+
+    log = task.parent / "production_log"
+    append_log_file(log, "week-1.jsonl", _feedback_rows(T0, 6, correct=True, prefix="a"))
+    tracker = register_versions(LoopHome(task.parent / "home"), 1)
+    tracker.tag_version("tiny_triage-adapter", "1", {FEEDBACK_SEEN_TAG: (T0 + timedelta(minutes=5)).isoformat()})
+    seen = _sensor_tick(feedback_retrain_sensor, instance, task)
+    assert seen.run_requests == [] and "0 new labelled requests (need 5)" in seen.skip_message
+    append_log_file(log, "week-2.jsonl", _feedback_rows(T0 + timedelta(days=1), 5, correct=True, prefix="b"))
+    fresh = _sensor_tick(feedback_retrain_sensor, instance, task)
+    assert [r.tags["finetune_loop/trigger"] for r in fresh.run_requests] == ["feedback_volume"]
+    assert "5 new labelled requests" in fresh.run_requests[0].tags["finetune_loop/evidence"]
+
+
+def test_the_loop_clock_is_the_simulated_time_when_set_and_refuses_a_bad_value(monkeypatch):
+    from finetune_loop.core.common.clock import CLOCK_ENV_VAR, ClockError, utc_now
+
+    monkeypatch.setenv(CLOCK_ENV_VAR, "2026-03-02T07:00:00+01:00")
+    assert utc_now() == datetime(2026, 3, 2, 6, tzinfo=timezone.utc) and utc_now().tzinfo == timezone.utc
+    for bad, said in (("next monday", "is not an ISO 8601 time"), ("2026-03-02T06:00:00", "carries no time zone")):
+        monkeypatch.setenv(CLOCK_ENV_VAR, bad)
+        with pytest.raises(ClockError, match=said):
+            utc_now()
+    monkeypatch.delenv(CLOCK_ENV_VAR)
+    assert abs((utc_now() - datetime.now(timezone.utc)).total_seconds()) < 5
+
+
+def test_the_cadence_counts_on_the_simulated_clock(instance, task, monkeypatch):
+    # A promotion stamped on the simulated clock (T0) and ticks 41 and 42 days later: due at 42.
+    from finetune_loop.core.common.clock import CLOCK_ENV_VAR
+    from finetune_loop.core.common.home import LoopHome
+    from finetune_loop.core.ship import registry
+    from finetune_loop_tests.conftest import register_versions
+
+    home = LoopHome(task.parent / "home")
+    tracker = register_versions(home, 1)
+    monkeypatch.setenv(CLOCK_ENV_VAR, T0.isoformat())
+    registry.promote(tracker, home.root / "locks", "tiny_triage-adapter", "1", holdout_primary=0.9, holdout_hash="h", evaluated_against=None)
+    assert tracker.version_tags("tiny_triage-adapter", "1")[registry.CHAMPION_SINCE_TAG] == T0.isoformat(timespec="seconds")
+    resources = build_definitions(str(task), str(home.root)).resources
+    for days, due in ((41, False), (42, True)):
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=T0 + timedelta(days=days), resources=resources) as context:
+            tick = six_week_retrain_schedule.evaluate_tick(context)
+        assert bool(tick.run_requests) is due, tick.skip_message
