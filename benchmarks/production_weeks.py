@@ -77,11 +77,11 @@ class Scenario:
     """Sizes and the seeded drift schedule. Defaults are sized for the 2-core CPU box (see BENCHMARKS.md)."""
 
     weeks: int = 24
-    launch_intents: int = 12
+    launch_intents: int = 8
     new_intents: int = 3
-    launch_per_intent: int = 30
+    launch_per_intent: int = 40
     holdout_per_intent: int = 15
-    requests_per_week: int = 80
+    requests_per_week: int = 60
     trusted_feedback_share: float = 0.5
     untrusted_feedback_share: float = 0.1
     # Share of untrusted labels that are wrong (a random other intent).
@@ -96,7 +96,7 @@ class Scenario:
     first_new_intent_week: int = 8
     new_intent_every: int = 4
     # Share of the week's requests each live new intent takes.
-    new_intent_share: float = 0.12
+    new_intent_share: float = 0.15
     seed: int = 7
 
     def ramp(self, week: int) -> float:
@@ -232,15 +232,19 @@ def write_task(directory: Path, data: Data, base_model: str, settings: dict) -> 
         "data": {"labeled_examples": str(data.launch_path), "holdout": str(data.holdout_path), "production_log": "production_log"},
         "fields": {"input": "text", "label": "label", "id": "id", "source": None},
         "split": {"regression_fraction": 0.05, "validation_fraction": 0.05, "seed": 13},
-        # Sized for the CPU box: one pass over at most 400 rows, half of them feedback once there is some.
-        "training": {"max_length": 256, "epochs": 1, "max_train_examples": 400, "feedback_share": 0.5, "checkpoint_every_steps": 1000},
+        # Sized for the CPU box: one pass over at most 320 rows, half of them feedback once there is some.
+        "training": {"max_length": 256, "epochs": 1, "max_train_examples": 320, "feedback_share": 0.5, "checkpoint_every_steps": 1000},
         # The deck's 70 % stop-ship line; margin 0.04 as the example task (gate_power.py: at ~180
         # holdout rows a 0.02 margin refuses most equal retrains).
-        # min_recent_rows 30: about 40 trusted labels arrive a week and the recent suite spans a week.
-        "gate": {"min_accuracy": 0.70, "champion_margin": 0.04, "bootstrap_resamples": 1000, "min_recent_rows": 30},
+        # min_recent_rows 25: about 30 trusted labels arrive a week and the recent suite spans a week.
+        # min_regression_pass_rate 0.7, not 0.8: the regression cases are ~16 launch rows of the
+        # holdout's distribution, so a model at ~0.8 on the holdout fails a 0.8 floor about half the
+        # time on noise alone (a first sizing with 12 intents refused its own launch at 0.708 on 24).
+        "gate": {"min_accuracy": 0.70, "champion_margin": 0.04, "bootstrap_resamples": 1000, "min_recent_rows": 25,
+                 "min_regression_pass_rate": 0.7},
         "export": {"quant_types": ["Q8_0"]},
         "drift": {"min_signal_rows": 20},
-        # About 40 trusted labels arrive a week: a feedback retrain every ~5 weeks.
+        # About 30 trusted labels arrive a week: a feedback retrain every ~7 weeks.
         "feedback": {"min_new_labels": 200, "rolling_window": 60},
         # A week (the default): an admitted label's feedback older than a week trains the next retrain.
         "recent_suite": {"days": 7, "max_rows": 150},
