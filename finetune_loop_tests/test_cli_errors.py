@@ -68,3 +68,13 @@ def test_a_task_without_a_production_log_runs_and_says_monitoring_is_not_configu
     assert "Traceback" not in out + err and "error:" not in err
     assert main(["monitor", "--task", str(task)]) == EXIT_OK
     assert "monitor: not configured yet" in capfd.readouterr().out
+
+
+def test_a_label_with_no_training_rows_says_how_it_gets_some(tmp_path, tiny_base_model, state, capfd):
+    # The usual cause: a label just admitted from feedback, all of it still in the recent suite.
+    task = write_tiny_task(tmp_path / "task", tiny_base_model)
+    task.write_text(task.read_text().replace("- login\n", "- login\n- refunds\n"))
+    assert main(["curate", "--task", str(task)]) == EXIT_FAILED
+    out, err = capfd.readouterr()
+    assert "labels with no training rows after curation: ['refunds']; add labelled examples of them to " in err
+    assert "older than the recent suite's window (recent_suite.days = 7)" in err and "Traceback" not in out + err

@@ -203,7 +203,13 @@ def curate_dataset(
         raise CurationError(f"no training rows left after curation of {spec.labeled_examples_location}")
     missing_labels = sorted(set(spec.labels) - {e.label for e in train})
     if missing_labels:
-        raise CurationError(f"labels with no training rows after curation: {missing_labels}")
+        # Most often a label just admitted to the task: all of its feedback is still in the recent
+        # suite (judged, never trained on), so the retrain cannot learn it yet.
+        raise CurationError(
+            f"labels with no training rows after curation: {missing_labels}; add labelled examples of them to "
+            f"{spec.labeled_examples_location}, or, for a label admitted from feedback, retrain once some of its feedback "
+            f"is older than the recent suite's window (recent_suite.days = {spec.recent_suite.days:g}): newer feedback is judged, never trained on"
+        )
 
     train_rows = [asdict(e) for e in train]
     validation_rows = [asdict(e) for e in validation]
