@@ -142,3 +142,10 @@ def test_the_outputs_are_a_json_per_week_a_chart_and_a_table(weeks, tmp_path):
     table = bench.markdown_table(records)
     assert table.count("\n") == 1 + 3 and "one-off acc" in table and "loop retrains" in table
     assert json.loads(json.dumps([asdict(r) for r in records]))[0]["arm"] == "one-off"
+
+
+def test_recoveries_count_the_weeks_below_the_gate_until_back():
+    bench = _benchmark()
+    weeks = [bench.WeekRecord(week=w, arm="loop", accuracy=a, feedback_accuracy=None, champion_version="1")
+             for w, a in enumerate([0.8, 0.6, 0.65, 0.75, 0.5, 0.55], start=1)]
+    assert bench.recoveries(weeks, 0.70) == [{"fell": 2, "recovered": 4, "weeks": 2}, {"fell": 5, "recovered": None, "weeks": None}]
