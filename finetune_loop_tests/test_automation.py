@@ -229,3 +229,25 @@ def test_the_cadence_counts_on_the_simulated_clock(instance, task, monkeypatch):
         with dg.build_schedule_context(instance=instance, scheduled_execution_time=T0 + timedelta(days=days), resources=resources) as context:
             tick = six_week_retrain_schedule.evaluate_tick(context)
         assert bool(tick.run_requests) is due, tick.skip_message
+    # That retrain ran and the gate refused it (v1 still serves): the next tick, a week later, waits.
+    instance.create_run_for_job(
+        build_definitions().resolve_job_def("retrain_job"), status=dg.DagsterRunStatus.SUCCESS, tags=tick.run_requests[0].tags | {"finetune_loop/job": "retrain"},
+    )
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=T0 + timedelta(days=49), resources=resources) as context:
+        later = six_week_retrain_schedule.evaluate_tick(context)
+    assert later.run_requests == [] and "did not replace it: next one 42 days after that" in later.skip_message
+
+
+def test_a_cadence_retrain_that_did_not_replace_the_champion_waits_a_cadence_before_the_next():
+    from finetune_loop.core.monitor.triggers import cadence_decision
+    from finetune_loop.core.ship.registry import ChampionRecord
+
+    champion = ChampionRecord("tiny_triage-adapter", "1", T0, 0.9, "h")
+    tried = T0 + timedelta(days=42)
+    assert cadence_decision(champion, tried, 42).retrain
+    # Refused a week ago: not retried at every weekly tick.
+    waiting = cadence_decision(champion, tried + timedelta(days=7), 42, last_attempt=tried)
+    assert not waiting.retrain and "a cadence retrain was requested 2026-12-14 and did not replace it" in waiting.evidence
+    assert cadence_decision(champion, tried + timedelta(days=42), 42, last_attempt=tried).retrain
+    # An attempt from before the current champion was promoted does not count.
+    assert cadence_decision(ChampionRecord("tiny_triage-adapter", "2", tried + timedelta(days=1), 0.9, "h"), tried + timedelta(days=43), 42, last_attempt=tried).retrain

@@ -43,6 +43,8 @@ from finetune_loop.defs.train import TRAINING_RUN_TAGS, base_model, lora_adapter
 GROUP = "monitor"
 EVIDENCE_TAG = "finetune_loop/evidence"
 REPORT_TAG = "finetune_loop/report"
+# When the trigger asked, on the loop's clock (the schedule's tick time for the cadence).
+REQUESTED_AT_TAG = "finetune_loop/requested_at"
 # The run queue limits runs carrying this tag to one at a time (dagster.yaml), so a schedule tick
 # and a sensor request never train concurrently.
 RETRAIN_TAGS = {"finetune_loop/job": "retrain"}
@@ -206,9 +208,12 @@ daily_drift_schedule = dg.ScheduleDefinition(
 )
 
 
-def _retrain_request(loop: LoopResource, run_key: str, decision: triggers.Decision, report: str = "") -> dg.RunRequest:
+def _retrain_request(
+    loop: LoopResource, run_key: str, decision: triggers.Decision, report: str = "", at: datetime | None = None
+) -> dg.RunRequest:
     spec = loop.spec()
-    tags = {TASK_TAG: spec.name, TRIGGER_TAG: decision.trigger, EVIDENCE_TAG: decision.evidence, SPEC_HASH_TAG: spec.spec_sha256}
+    tags = {TASK_TAG: spec.name, TRIGGER_TAG: decision.trigger, EVIDENCE_TAG: decision.evidence, SPEC_HASH_TAG: spec.spec_sha256,
+            REQUESTED_AT_TAG: (at or utc_now()).isoformat()}
     if report:
         tags[REPORT_TAG] = report
     return dg.RunRequest(run_key=run_key, tags=tags)
@@ -228,13 +233,15 @@ def six_week_retrain_schedule(context: dg.ScheduleEvaluationContext, loop: LoopR
     spec = loop.spec()
     # The tick's time: the daemon's, or the loop clock's when `monitor` evaluates it (automation_tick).
     now = context.scheduled_execution_time
-    decision = triggers.cadence_decision(champion_record(loop.tracker(), spec.registered_model_name), now, spec.drift.cadence_days)
+    last = context.instance.get_runs(filters=dg.RunsFilter(tags={**RETRAIN_TAGS, TASK_TAG: spec.name, TRIGGER_TAG: triggers.CADENCE}), limit=1)
+    last_attempt = datetime.fromisoformat(last[0].tags[REQUESTED_AT_TAG]) if last and REQUESTED_AT_TAG in last[0].tags else None
+    decision = triggers.cadence_decision(champion_record(loop.tracker(), spec.registered_model_name), now, spec.drift.cadence_days, last_attempt)
     if not decision.retrain:
         return dg.SkipReason(decision.evidence)
     running = retrain_in_flight(context.instance, spec.name)
     if running:
         return dg.SkipReason(f"retrain run {running} of {spec.name} is queued or running")
-    return _retrain_request(loop, f"cadence-{now:%Y-%m-%d}", decision)
+    return _retrain_request(loop, f"cadence-{now:%Y-%m-%d}", decision, at=now)
 
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=60)

@@ -26,14 +26,21 @@ class Decision:
     evidence: str
 
 
-def cadence_decision(champion: ChampionRecord | None, now: datetime, cadence_days: float) -> Decision:
+def cadence_decision(
+    champion: ChampionRecord | None, now: datetime, cadence_days: float, last_attempt: datetime | None = None
+) -> Decision:
     """Retrain when the champion has served longer than the cadence, counted from when it last
-    became champion (a promotion or a rollback), or when there is no champion yet."""
+    became champion (a promotion or a rollback), or when there is no champion yet. A cadence
+    retrain that did not replace the champion (`last_attempt`, when it was requested) starts the
+    count again: without that, a refused cadence retrain would be retried at every weekly tick,
+    spending a training a week on a champion the gate has just confirmed."""
     if champion is None:
         return Decision(True, CADENCE, "no champion yet")
     age = now - champion.since
     cadence = timedelta(days=cadence_days)
     evidence = f"champion v{champion.version} serving since {champion.since:%Y-%m-%d}, {age.days} days (cadence {cadence_days:g} days)"
+    if last_attempt is not None and last_attempt > champion.since and now - last_attempt < cadence:
+        return Decision(False, CADENCE, f"{evidence}; a cadence retrain was requested {last_attempt:%Y-%m-%d} and did not replace it: next one {cadence_days:g} days after that")
     return Decision(age >= cadence, CADENCE, evidence)
 
 
