@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from dataclasses import asdict
 from datetime import timedelta
@@ -19,6 +20,7 @@ from finetune_loop.core.common.home import LoopHome
 
 REPO = Path(__file__).resolve().parents[1]
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77"
+STATE_VARIABLES = ("MLFLOW_TRACKING_URI", "FINETUNE_LOOP_HOME", "DAGSTER_HOME", CLOCK_ENV_VAR)
 pytestmark = pytest.mark.skipif(not (BANKING77 / "train.csv").is_file(), reason=f"Banking77 is not at {BANKING77} (../shared beside the checkout)")
 
 
@@ -57,12 +59,16 @@ def weeks(tmp_path_factory):
     data = bench.build_data(scenario, BANKING77, root / "probe")
     texts = [r["text"] for rows in data.pool.values() for r in rows[:20]] + data.intents.launch + data.intents.new
     base = build_tiny_llama(root / "tiny", texts + ["Classify the banking query. Reply with one intent:"])
+    # The benchmark points the process at each arm's state and moves the loop clock (os.environ,
+    # as a benchmark process does): set first here, so leaving the block restores every variable
+    # (a clock left behind would put the rest of the suite in January 2026).
+    before = {name: os.environ.get(name) for name in STATE_VARIABLES}
     with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        for name in ("FINETUNE_LOOP_HOME", "DAGSTER_HOME", CLOCK_ENV_VAR):
-            patch.delenv(name, raising=False)
+        for name in STATE_VARIABLES:
+            patch.setenv(name, "")
+            patch.delenv(name)
         records = bench.run(scenario, ["one-off", "loop"], root / "out", str(base), BANKING77, TINY_OVERRIDES)
-        yield {"bench": bench, "scenario": scenario, "records": records, "root": root / "out", "data": data}
+    yield {"bench": bench, "scenario": scenario, "records": records, "root": root / "out", "data": data, "env_before": before}
 
 
 def test_every_week_and_arm_has_one_record_with_the_contract_fields(weeks):
@@ -130,6 +136,11 @@ def test_a_new_intent_is_admitted_through_the_new_label_signal_and_learned(weeks
     newest = max(client.search_model_versions("name = 'banking_weeks-adapter'"), key=lambda v: int(v.version))
     bundled = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{newest.source}/task_spec.yaml", tracking_uri=home.mlflow_tracking_uri))
     assert new_intent in yaml.safe_load(bundled.read_text())["labels"]
+
+
+def test_the_benchmark_leaves_no_clock_or_state_variable_behind(weeks):
+    assert {name: os.environ.get(name) for name in STATE_VARIABLES} == weeks["env_before"]
+    assert CLOCK_ENV_VAR not in os.environ
 
 
 def test_the_outputs_are_a_json_per_week_a_chart_and_a_table(weeks, tmp_path):
