@@ -54,6 +54,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -245,7 +246,13 @@ def write_task(directory: Path, data: Data, base_model: str, settings: dict) -> 
         # time on noise alone (a first sizing with 12 intents refused its own launch at 0.708 on 24).
         "gate": {"min_accuracy": 0.70, "champion_margin": 0.04, "bootstrap_resamples": 1000, "min_regression_pass_rate": 0.7},
         "export": {"quant_types": ["Q8_0"]},
-        "drift": {"min_signal_rows": 20},
+        # At 60 requests a week the prediction, label and feedback-accuracy signals fire on sampling
+        # noise (a first run's launch week fired prediction_drift, JS distance over 8 labels, and
+        # feedback_accuracy, and started a drift retrain of a model at its launch accuracy): with
+        # min_signal_rows above a week's volume they are "not evaluated"; Evidently's input drift
+        # (text and descriptors) decides, and feedback accuracy reaches the loop through
+        # feedback_retrain_sensor's rolling window.
+        "drift": {"min_signal_rows": 100},
         # About 30 trusted labels arrive a week: a feedback retrain every ~7 weeks.
         "feedback": {"min_new_labels": 200, "rolling_window": 60},
         # A week (the default): an admitted label's feedback older than a week trains the next retrain.
@@ -437,9 +444,13 @@ def score_week(week: int, arm: str, requests: list[Request], predictions: list[s
     )
 
 
-def run(scenario: Scenario, arms: list[str], out: Path, base_model: str, dataset: Path, overrides: dict | None = None) -> list[WeekRecord]:
+def run(
+    scenario: Scenario, arms: list[str], out: Path, base_model: str, dataset: Path, overrides: dict | None = None,
+    on_week: Callable[[list[WeekRecord]], None] | None = None,
+) -> list[WeekRecord]:
     """Every arm through `scenario.weeks` weeks, interleaved week by week (machine load hits the
-    arms alike). Returns one record per week and arm."""
+    arms alike). Returns one record per week and arm; `on_week` gets the records so far after
+    every week (the CLI writes its results then, so a run stopped early still reports its weeks)."""
     from finetune_loop.core.train.base_model import prepare_base_model
 
     data = build_data(scenario, dataset, out / "data")
@@ -468,6 +479,8 @@ def run(scenario: Scenario, arms: list[str], out: Path, base_model: str, dataset
             record.new_intent_share = new_share
             records.append(record)
             print(json.dumps(_brief(record)), flush=True)
+        if on_week:
+            on_week(records)
     (out / "data" / "traffic_reuse.json").write_text(json.dumps({"pool_rows_reused": drawer.reused}))
     return records
 
@@ -605,10 +618,7 @@ def main() -> None:
     if args.report:
         result = json.loads((args.out / "production_weeks.json").read_text())
         records = [WeekRecord(**r) for r in result["records"]]
-        result["arms"] = summarize(records, 0.70)
-        (args.out / "production_weeks.json").write_text(json.dumps(result, indent=2))
-        plot(records, 0.70, args.out / "production_weeks.png")
-        (args.out / "production_weeks.md").write_text(markdown_table(records) + "\n")
+        write_results(args.out, result, records)
         print(markdown_table(records))
         print(json.dumps(result["arms"], indent=2))
         return
@@ -621,24 +631,32 @@ def main() -> None:
         parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
     scenario = Scenario(weeks=args.weeks, requests_per_week=args.requests, seed=args.seed)
     started = time.time()
-    load_before = os.getloadavg()
-    records = run(scenario, arms, args.out.resolve(), args.base_model, args.dataset)
-    summary = summarize(records, 0.70)
-    result = {
-        "scenario": asdict(scenario), "arms": summary, "records": [asdict(r) for r in records],
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()},
-        "wall_minutes": (time.time() - started) / 60,
-    }
-    json_path = args.out / "production_weeks.json"
-    json_path.write_text(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    png = plot(records, 0.70, args.out / "production_weeks.png")
-    table = args.out / "production_weeks.md"
-    table.write_text(markdown_table(records) + "\n")
-    run_id = log_to_mlflow(args.out, records, summary, scenario, [json_path, png, table])
+    result = {"scenario": asdict(scenario), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": os.getloadavg()}}
+
+    def checkpoint(records: list[WeekRecord]) -> None:
+        result["machine"]["load_now"] = os.getloadavg()
+        result["wall_minutes"] = (time.time() - started) / 60
+        result["weeks_done"] = max(r.week for r in records)
+        write_results(args.out, result, records, args.json)
+
+    records = run(scenario, arms, args.out.resolve(), args.base_model, args.dataset, on_week=checkpoint)
+    checkpoint(records)
+    out = args.out
+    run_id = log_to_mlflow(out, records, result["arms"], scenario, [out / "production_weeks.json", out / "production_weeks.png", out / "production_weeks.md"])
     print(markdown_table(records))
-    print(json.dumps({"arms": summary, "wall_minutes": result["wall_minutes"], "mlflow_run": run_id}, indent=2))
+    print(json.dumps({"arms": result["arms"], "wall_minutes": result["wall_minutes"], "mlflow_run": run_id}, indent=2))
+
+
+def write_results(out: Path, result: dict, records: list[WeekRecord], also_json: Path | None = None) -> None:
+    """production_weeks.json (summary and every record), .png (the chart) and .md (the table)."""
+    result["arms"] = summarize(records, 0.70)
+    result["records"] = [asdict(r) for r in records]
+    text = json.dumps(result, indent=2)
+    (out / "production_weeks.json").write_text(text)
+    if also_json:
+        also_json.write_text(text)
+    plot(records, 0.70, out / "production_weeks.png")
+    (out / "production_weeks.md").write_text(markdown_table(records) + "\n")
 
 
 if __name__ == "__main__":
