@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Sequence
 
 from finetune_loop.core.common.clock import utc_now
-from finetune_loop.core.common.files import sha256_file, write_jsonl
+from finetune_loop.core.common.files import sha256_file
 from finetune_loop.core.common.spec import FieldMapping, TaskSpec
 from finetune_loop.core.data.pii import scrub_answer, scrub_pii, scrubbed_excerpt
 from finetune_loop.core.data.readers import (
