@@ -553,7 +553,9 @@ def plot(records: list[WeekRecord], gate: float, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 5))
     for arm in dict.fromkeys(r.arm for r in records):
         mine = [r for r in records if r.arm == arm]
-        ax.plot([r.week for r in mine], [r.accuracy for r in mine], marker="o", markersize=3, label=arm, color=colours.get(arm))
+        # The one-off wide and dashed underneath: until the loop's first promotion the two coincide.
+        style = {"linestyle": "--", "linewidth": 3, "zorder": 1} if arm == "one-off" else {"linewidth": 1.5, "zorder": 2}
+        ax.plot([r.week for r in mine], [r.accuracy for r in mine], marker="o", markersize=3, label=arm, color=colours.get(arm), **style)
         for r in mine:
             for t in r.retrains:
                 marker = "^" if t["verdict"] == "promoted" else "x"
