@@ -2,11 +2,11 @@
 and the curated training set with its `no_contamination` check. Core: `finetune_loop.core.data`."""
 
 
-import dagster as dg
-
 import dataclasses
 from collections import Counter
 from datetime import datetime
+
+import dagster as dg
 
 from finetune_loop.core.common.files import write_jsonl
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS

@@ -10,6 +10,7 @@ import dagster as dg
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS, ModelVersionRef
 from finetune_loop.core.data.recent import RecentSuite
 from finetune_loop.core.data.suites import FrozenSuite
+from finetune_loop.core.common.files import inline_png_markdown
 from finetune_loop.core.evaluate import report, shadow
 from finetune_loop.core.ship.registry import BUNDLE_ARTIFACT_PATH
 from finetune_loop.core.train.trainer import TrainedAdapter
@@ -118,7 +119,7 @@ def eval_report(
         mlflow_run=mlflow_link(tracker, result.mlflow_run_id),
         eval_seconds=result.seconds,
         table=result.table_markdown,
-        chart=report.chart_markdown(result.chart_path),
+        chart=inline_png_markdown(result.chart_path, "holdout per label and slice"),
         chart_path=str(result.chart_path),
         report_path=str(result.report_path),
     )

@@ -19,12 +19,13 @@ from datetime import datetime
 import dagster as dg
 
 from finetune_loop.core.common.clock import utc_now
-from finetune_loop.core.common.files import write_jsonl
+from finetune_loop.core.common.files import inline_png_markdown, write_jsonl
 from finetune_loop.core.data.curation import CuratedDataset
 from finetune_loop.core.data.production_log import read_task_log
-from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG
 from finetune_loop.core.data.readers import read_examples
-from finetune_loop.core.monitor import drift, serving_quality as quality, triggers
+from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG
+from finetune_loop.core.monitor import drift, triggers
+from finetune_loop.core.monitor import serving_quality as quality
 from finetune_loop.core.ship.registry import champion_events, champion_record
 from finetune_loop.defs.common import mlflow_link, run_tags
 from finetune_loop.defs.data import (
@@ -36,7 +37,12 @@ from finetune_loop.defs.data import (
 )
 from finetune_loop.defs.evaluate import eval_report
 from finetune_loop.defs.metadata import DriftReportMetadata, ServingQualityMetadata
-from finetune_loop.defs.resources import SPEC_HASH_TAG, TASK_TAG, TRIGGER_TAG, LoopResource
+from finetune_loop.defs.resources import (
+    SPEC_HASH_TAG,
+    TASK_TAG,
+    TRIGGER_TAG,
+    LoopResource,
+)
 from finetune_loop.defs.ship import champion_model, gguf_export
 from finetune_loop.defs.train import TRAINING_RUN_TAGS, base_model, lora_adapter
 
@@ -175,7 +181,7 @@ def serving_quality(context: dg.AssetExecutionContext, loop: LoopResource):
         rollbacks=result.rollbacks,
         summary=result.summary_markdown(),
         table=table,
-        chart=quality.chart_markdown(chart_path),
+        chart=inline_png_markdown(chart_path, "serving quality"),
         chart_path=str(chart_path),
         mlflow_run_id=run_id,
         mlflow_run=mlflow_link(tracker, run_id),

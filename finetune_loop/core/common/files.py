@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -68,3 +69,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     with _atomic_open(path, errors="backslashreplace") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def inline_png_markdown(path: Path, alt: str) -> str:
+    """A PNG as a markdown image with a data URI: the Dagster UI shows it without access to the
+    state directory."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"

@@ -13,7 +13,6 @@ generation answers from batched greedy decoding (core/scoring.py).
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -319,10 +318,6 @@ def plot_comparison(spec: TaskSpec, holdout: Sequence[Example], models: dict[str
     plt.close(figure)
     return path
 
-
-def chart_markdown(path: Path) -> str:
-    """The chart inline (a data URI): the Dagster UI shows it without access to the state directory."""
-    return f"![holdout per label and slice](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
 def _report_json(spec, models, newly_failing, verdict: GateVerdict, frontier_summary, seconds) -> dict:

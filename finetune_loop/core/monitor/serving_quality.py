@@ -10,7 +10,6 @@ rollbacks (`registry.champion_events`) mark when the champion changed. A week wi
 
 from __future__ import annotations
 
-import base64
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -217,7 +216,3 @@ def plot_serving_quality(quality: ServingQuality, path: Path) -> Path:
     plt.close(figure)
     return path
 
-
-def chart_markdown(path: Path) -> str:
-    """The chart inline (a data URI): the Dagster UI shows it without access to the state directory."""
-    return f"![serving quality](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
