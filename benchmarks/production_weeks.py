@@ -277,18 +277,6 @@ def admit_labels(task_path: Path, labels: list[str]) -> None:
     task_path.write_text(yaml.safe_dump(task, sort_keys=False), encoding="utf-8")
 
 
-def log_rows(requests: list[Request], predictions: list[str], version: str, start: datetime, latency_ms: float) -> list[dict]:
-    step = WEEK / max(1, len(requests))
-    rows = []
-    for i, (request, prediction) in enumerate(zip(requests, predictions)):
-        row = {"timestamp": (start + i * step).isoformat(), "request_id": request.id, "text": request.text,
-               "model_version": version, "prediction": prediction, "latency_ms": round(latency_ms, 2)}
-        if request.feedback:
-            row["feedback"] = request.feedback
-        rows.append(row)
-    return rows
-
-
 class Server:
     """Answers requests with a registered version, the way simulate-traffic does: the version's
     adapter on the base under the label-likelihood scorer, with the labels of the task spec bundled
@@ -298,7 +286,8 @@ class Server:
         self.base_dir = base_dir
         self.loaded: tuple | None = None
 
-    def answer(self, spec, tracker, version, texts: list[str]) -> tuple[list[str], float]:
+    def answer(self, spec, tracker, version, texts: list[str]) -> list[tuple[str, float]]:
+        """(label, latency ms) per text."""
         import dataclasses
 
         import torch
@@ -306,7 +295,7 @@ class Server:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from finetune_loop.core.evaluate.scoring import predict_labels
+        from finetune_loop.core.monitor.simulate import answer_requests
 
         key = (tracker.tracking_uri, version.version)
         if self.loaded is None or self.loaded[0] != key:
@@ -316,9 +305,15 @@ class Server:
             model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32), bundle)
             self.loaded = (key, model.eval(), tokenizer, labels)
         _, model, tokenizer, labels = self.loaded
-        started = time.perf_counter()
-        predictions = predict_labels(model, tokenizer, dataclasses.replace(spec, labels=labels), texts)
-        return predictions, 1000 * (time.perf_counter() - started) / max(1, len(texts))
+        return answer_requests(model, tokenizer, dataclasses.replace(spec, labels=labels), texts)
+
+
+def log_rows(spec, requests: list[Request], answers: list[tuple[str, float]], version: str, start: datetime) -> list[dict]:
+    from finetune_loop.core.monitor.simulate import log_row
+
+    step = WEEK / max(1, len(requests))
+    return [log_row(spec, start + i * step, request.id, request.text, version, prediction, latency, feedback=request.feedback)
+            for i, (request, (prediction, latency)) in enumerate(zip(requests, answers))]
 
 
 @dataclass
@@ -403,9 +398,10 @@ class LoopArm:
 
         started, cpu = time.perf_counter(), _cpu_seconds()
         session, tracker, version = self.champion()
-        predictions, latency = server.answer(session.spec, tracker, version, [r.text for r in requests])
+        answers = server.answer(session.spec, tracker, version, [r.text for r in requests])
+        predictions = [label for label, _ in answers]
         week_start = LAUNCH + (week - 1) * WEEK
-        append_log_file(self.task.parent / "production_log", f"week-{week:02d}.jsonl", log_rows(requests, predictions, version.version, week_start, latency))
+        append_log_file(self.task.parent / "production_log", f"week-{week:02d}.jsonl", log_rows(session.spec, requests, answers, version.version, week_start))
         record = score_week(week, self.name, requests, predictions, version.version)
         _set_clock(week_start + WEEK)
         with self.instance() as instance:
@@ -471,7 +467,7 @@ def run(
             if arm == "one-off":
                 started, cpu = time.perf_counter(), _cpu_seconds()
                 session, tracker, _ = launchers[0].champion()
-                predictions, _ = server.answer(session.spec, tracker, launch_version, [r.text for r in requests])
+                predictions = [label for label, _ in server.answer(session.spec, tracker, launch_version, [r.text for r in requests])]
                 record = score_week(week, arm, requests, predictions, launch_version.version)
                 record.cpu_s, record.wall_s = _cpu_seconds() - cpu, time.perf_counter() - started
             else:

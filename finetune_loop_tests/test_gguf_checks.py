@@ -202,9 +202,24 @@ def test_quant_budget_gate_uses_task_budgets():
     from finetune_loop.core.common.spec import ExportSettings
 
     settings = ExportSettings(quant_budget_points={"Q4_K_M": 5.0})
-    within = gguf_checks.quant_within_budget(0.80, {"Q8_0": 0.80, "Q4_K_M": 0.76}, settings, holdout_rows=100)
+    within = gguf_checks.quant_within_budget(0.80, {"Q8_0": 0.80, "Q4_K_M": 0.76}, settings, holdout_rows=1000)
     assert within.passed and within.metadata["Q4_K_M_delta_points"] == pytest.approx(-4.0)
-    assert within.metadata["one_row_points"] == 1.0
-    over = gguf_checks.quant_within_budget(0.80, {"Q8_0": 0.79, "Q4_K_M": 0.80}, settings, holdout_rows=100)
+    assert within.metadata["one_row_points"] == pytest.approx(0.1)
+    over = gguf_checks.quant_within_budget(0.80, {"Q8_0": 0.79, "Q4_K_M": 0.80}, settings, holdout_rows=1000)
     assert not over.passed
     assert over.description == "over budget: Q8_0 -1.00 pt (budget -0.5 pt)"
+
+
+def test_quant_budget_finer_than_one_holdout_row_is_judged_at_one_row():
+    """On 120 rows one flipped answer is 0.83 pt: a 0.5-pt budget cannot tell it from no loss."""
+    from finetune_loop.core.common.spec import ExportSettings
+
+    settings = ExportSettings(quant_types=("Q8_0",))
+    merged = 110 / 120
+    one_flip = gguf_checks.quant_within_budget(merged, {"Q8_0": 109 / 120}, settings, holdout_rows=120)
+    assert one_flip.passed, one_flip.description
+    assert one_flip.metadata["Q8_0_budget_points"] == 0.5
+    assert one_flip.metadata["Q8_0_effective_budget_points"] == pytest.approx(100 / 120)
+    two_flips = gguf_checks.quant_within_budget(merged, {"Q8_0": 108 / 120}, settings, holdout_rows=120)
+    assert not two_flips.passed
+    assert two_flips.description == "over budget: Q8_0 -1.67 pt (budget -0.5 pt, judged at one holdout row: -0.83 pt)"

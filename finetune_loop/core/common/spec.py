@@ -282,7 +282,7 @@ class ExportSettings:
         ("Q8_0", "Q4_K_M"), description="quantized files to write and verify; the first one ships"
     )
     quant_budget_points: dict[QuantType, Annotated[float, Field(ge=0, le=100)]] = Field(
-        default_factory=dict, description="holdout accuracy points each type may lose against the merged model (defaults per type)"
+        default_factory=dict, description="holdout accuracy points each type may lose against the merged model (defaults per type; never finer than one holdout row)"
     )
     min_top1_agreement: float = Field(0.99, ge=0, le=1, description="matches_merged_model: top-1 next-token agreement of llama.cpp and HF")
     min_greedy_agreement: float = Field(0.98, ge=0, le=1, description="matches_merged_model: agreement on the most likely whole answer")

@@ -227,34 +227,55 @@ def write_week(
     requests = draw_requests(spec, settings).requests
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir)
-    batch = 16
-    predictions: list[str] = []
-    latencies: list[float] = []
-    for first in range(0, len(requests), batch):
-        chunk = requests[first : first + batch]
-        started = time.perf_counter()
-        predictions += predict_labels(model, tokenizer, spec, [e.text for e in chunk], batch_size=batch)
-        latencies += [1000 * (time.perf_counter() - started) / len(chunk)] * len(chunk)
+    answers = answer_requests(model, tokenizer, spec, [e.text for e in requests])
 
     rng = random.Random(settings.seed + 1)
     step = WEEK / max(len(requests), 1)
     rows = []
-    for i, (example, prediction, latency) in enumerate(zip(requests, predictions, latencies)):
-        row = {
-            "timestamp": (start + i * step).isoformat(),
-            "request_id": f"{start:%Y%m%d}-{settings.seed}-{i:06d}",
-            spec.fields.input: example.text,
-            "model_version": model_version,
-            "prediction": prediction,
-            "latency_ms": round(latency, 2),
-        }
+    for i, (example, (prediction, latency)) in enumerate(zip(requests, answers)):
+        feedback, flags = None, None
         if rng.random() < settings.feedback_share:
-            row["feedback"] = {"label": example.label, "source": "simulated_agent"}
+            feedback = {"label": example.label, "source": "simulated_agent"}
         elif prediction != example.label and rng.random() < 0.5:
-            row["flags"] = ["thumbs_down"]
-        rows.append(row)
+            flags = ["thumbs_down"]
+        rows.append(log_row(
+            spec, start + i * step, f"{start:%Y%m%d}-{settings.seed}-{i:06d}", example.text, model_version, prediction, latency,
+            feedback=feedback, flags=flags,
+        ))
     name = f"{start:%Y-%m-%dT%H%M%S}-{settings.shift}-{len(log_files(log_dir)) if log_dir.exists() else 0:04d}.jsonl"
     return append_log_file(log_dir, name, rows)
+
+
+# Requests answered together, as a server batches them; each is charged its batch's time per request.
+SERVING_BATCH = 16
+
+
+def answer_requests(model, tokenizer, spec: TaskSpec, texts: list[str]) -> list[tuple[str, float]]:
+    """(label, latency in ms) per text, answered in serving batches by the evaluation's scorer."""
+    answers: list[tuple[str, float]] = []
+    for first in range(0, len(texts), SERVING_BATCH):
+        chunk = texts[first : first + SERVING_BATCH]
+        started = time.perf_counter()
+        labels = predict_labels(model, tokenizer, spec, chunk, batch_size=SERVING_BATCH)
+        latency = 1000 * (time.perf_counter() - started) / len(chunk)
+        answers += [(label, latency) for label in labels]
+    return answers
+
+
+def log_row(
+    spec: TaskSpec, timestamp: datetime, request_id: str, text: str, model_version: str, prediction: str, latency_ms: float,
+    *, feedback: dict | None = None, flags: list[str] | None = None,
+) -> dict:
+    """One production-log line, as the log reader expects it."""
+    row = {
+        "timestamp": timestamp.isoformat(), "request_id": request_id, spec.fields.input: text,
+        "model_version": model_version, "prediction": prediction, "latency_ms": round(latency_ms, 2),
+    }
+    if feedback:
+        row["feedback"] = feedback
+    if flags:
+        row["flags"] = flags
+    return row
 
 
 def summary(path: Path) -> dict:

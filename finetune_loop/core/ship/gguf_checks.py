@@ -3,7 +3,7 @@
 - `matches_merged_model`: the unquantized GGUF under llama.cpp computes what the merged HF model
   computes (top-1 next token after each holdout prompt, and the label the evaluation's rule picks).
 - `quant_within_budget`: every quantized file loses at most its budget of holdout accuracy
-  (percentage points) against the merged HF model.
+  (percentage points, never finer than one holdout row) against the merged HF model.
 - `chat_template_roundtrip`: the prompt tokens training used, the GGUF's embedded chat template as
   llama.cpp renders it, and the Ollama Modelfile's TEMPLATE give the same token ids; the EOS that
   ends every training answer is the GGUF's EOS and a Modelfile stop; llama.cpp generation stops there.
@@ -86,17 +86,24 @@ def quant_within_budget(
 ) -> CheckOutcome:
     """Each quantized file's holdout accuracy may fall at most its budget (points) below the merged model's.
 
-    `one_row_points` in the metadata is the resolution: a budget below it allows no flipped answer."""
-    metadata: dict[str, object] = {"merged_accuracy": merged_accuracy, "one_row_points": 100 / holdout_rows}
+    A holdout of n rows measures accuracy in steps of 100/n points (`one_row_points`), so a budget
+    finer than that step is judged at one row: a 0.5-pt budget on 120 rows (0.83 pt a row) would
+    otherwise refuse any file that flips a single answer, which the holdout cannot tell from none.
+    `effective_budget_points` is what each file was judged on."""
+    one_row = 100 / holdout_rows
+    metadata: dict[str, object] = {"merged_accuracy": merged_accuracy, "one_row_points": one_row}
     over = []
     for quant_type, accuracy in accuracy_by_quant.items():
         delta_points = 100 * (accuracy - merged_accuracy)
         budget = settings.budget_points(quant_type)
+        effective = max(budget, one_row)
         metadata[f"{quant_type}_accuracy"] = accuracy
         metadata[f"{quant_type}_delta_points"] = delta_points
         metadata[f"{quant_type}_budget_points"] = budget
-        if -delta_points > budget + 1e-9:
-            over.append(f"{quant_type} {delta_points:+.2f} pt (budget -{budget} pt)")
+        metadata[f"{quant_type}_effective_budget_points"] = effective
+        if -delta_points > effective + 1e-9:
+            judged = f"budget -{budget} pt" if effective == budget else f"budget -{budget} pt, judged at one holdout row: -{effective:.2f} pt"
+            over.append(f"{quant_type} {delta_points:+.2f} pt ({judged})")
     summary = ", ".join(f"{q} {metadata[f'{q}_delta_points']:+.2f} pt" for q in accuracy_by_quant)
     description = f"over budget: {'; '.join(over)}" if over else f"within budget vs merged accuracy {merged_accuracy:.3f}: {summary}"
     return CheckOutcome(QUANT_WITHIN_BUDGET, not over, description, metadata)

@@ -2,7 +2,8 @@
 
 `quantize_gguf` calls llama.cpp's own quantizer; `run_with_llama_cpp` answers split chat prompts
 (`PromptSegments`) with the evaluation's decision rule (the label with the highest total log-probability),
-reusing the KV cache of a shared prompt prefix, and measures prompt and generation speed;
+reusing the KV cache of a shared prompt prefix and decoding every label's answer in one batch, and
+measures prompt and generation speed;
 `serving_tokens` tokenizes as a server should: control tokens parsed in the template's pieces only,
 the user's text as text. Everything that needs the llama_cpp package is
 here, apart from the model file's writing (gguf_writer.py) and the checks over the measured
@@ -24,29 +25,46 @@ from finetune_loop.core.common.spec import QUANT_TYPES
 from finetune_loop.core.train.prompts import PromptSegments
 
 
-def load_gguf(gguf_path: Path, **kwargs):
+def load_gguf(gguf_path: Path, *, parallel_sequences: int = 1, **kwargs):
     """A `llama_cpp.Llama` over `gguf_path` on llama.cpp's plain CPU buffers.
 
     llama.cpp moves weights into "extra" buffer types where the CPU has them (AMX tiles, repacked
     Q4/Q8 layouts). On an Intel Xeon with AMX in this project's (virtualised) CI machine, decoding a
-    Q8_0 file from an AMX buffer segfaults; the plain buffers compute the same numbers everywhere. The
-    `Llama` constructor has no switch for it, so the default model parameters it starts from are
-    swapped for the duration of the load."""
+    Q8_0 file from an AMX buffer segfaults; the plain buffers compute the same numbers everywhere.
+    `parallel_sequences` > 1 gives the context that many KV sequences in one unified cache (cells
+    shared between sequences are stored once), which `_most_likely_label` decodes every answer in.
+    The `Llama` constructor has no switch for either, so the default model and context parameters
+    it starts from are swapped for the duration of the load."""
     import llama_cpp
     import llama_cpp.llama as llama_module
 
-    defaults = llama_module.llama_cpp.llama_model_default_params
+    if not 1 <= parallel_sequences <= MAX_PARALLEL_SEQUENCES:
+        raise ValueError(f"llama.cpp holds 1 to {MAX_PARALLEL_SEQUENCES} sequences in one context, asked for {parallel_sequences}")
+    model_defaults = llama_module.llama_cpp.llama_model_default_params
+    context_defaults = llama_module.llama_cpp.llama_context_default_params
 
     def plain_buffers():
-        params = defaults()
+        params = model_defaults()
         params.use_extra_bufts = False
         return params
 
+    def sequences():
+        params = context_defaults()
+        params.n_seq_max = parallel_sequences
+        params.kv_unified = True
+        return params
+
     llama_module.llama_cpp.llama_model_default_params = plain_buffers
+    llama_module.llama_cpp.llama_context_default_params = sequences
     try:
         return llama_cpp.Llama(model_path=str(gguf_path), **kwargs)
     finally:
-        llama_module.llama_cpp.llama_model_default_params = defaults
+        llama_module.llama_cpp.llama_model_default_params = model_defaults
+        llama_module.llama_cpp.llama_context_default_params = context_defaults
+
+
+# LLAMA_MAX_SEQ in llama.cpp (src/llama-cparams.h): sequence 0 holds the prompt, one per label more.
+MAX_PARALLEL_SEQUENCES = 256
 
 
 def quantize_gguf(source: Path, dest: Path, quant_type: str) -> Path:
@@ -101,7 +119,11 @@ def run_with_llama_cpp(
     if not prompts:
         raise ValueError("no prompts to run")
 
-    llm = load_gguf(gguf_path, n_ctx=n_ctx, n_threads=n_threads, logits_all=False, verbose=False)
+    if len(label_sequences) >= MAX_PARALLEL_SEQUENCES:
+        raise ValueError(f"{len(label_sequences)} labels: llama.cpp scores at most {MAX_PARALLEL_SEQUENCES - 1} answers in parallel")
+    llm = load_gguf(
+        gguf_path, parallel_sequences=len(label_sequences) + 1, n_ctx=n_ctx, n_threads=n_threads, logits_all=False, verbose=False
+    )
     try:
         longest_label = max(len(tokens) for tokens in label_sequences.values())
         chosen, next_tokens = [], []
@@ -184,25 +206,57 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 def _most_likely_label(llm, label_sequences: Mapping[str, Sequence[int]]) -> str:
     """Score every label's answer tokens after the prompt just evaluated; return the most likely.
 
-    Each distinct answer prefix is evaluated once, one token at a time (only the last position's
-    logits are kept), rewinding the cache to the prompt plus the prefix it shares with the last one."""
+    The answers form a token trie (labels sharing leading tokens share its nodes), decoded in one
+    llama.cpp batch instead of one token at a time: each label gets its own KV sequence, starting as
+    a copy of the prompt's cells (sequence 0; the copy shares them), and each trie node is one batch
+    token at its depth's position, in the sequences of every label through it, so it attends to the
+    prompt and its own ancestors only. A label's total is the prompt's next-token log-probability of
+    its first token plus each node's of the next. The label sequences are dropped afterwards, leaving
+    the cache holding the prompt, as `_eval_reusing_prefix` expects."""
+    import llama_cpp
+
     prompt_length = llm.n_tokens
-    log_probs = {(): _log_softmax(_last_logits(llm))}
-    in_cache: tuple[int, ...] = ()
-    totals = {}
+    root = _log_softmax(_last_logits(llm))
+    seq_of = {label: index + 1 for index, label in enumerate(label_sequences)}
+    # Trie node (an answer prefix of at least one token) -> the sequences of the labels through it.
+    members: dict[tuple[int, ...], list[int]] = {}
     for label, sequence in label_sequences.items():
-        total = 0.0
-        for depth, token in enumerate(sequence):
-            prefix = tuple(sequence[:depth])
-            if prefix not in log_probs:
-                shared = next((i for i, (a, b) in enumerate(zip(in_cache, prefix)) if a != b), min(len(in_cache), len(prefix)))
-                llm.n_tokens = prompt_length + shared
-                for cut in range(shared, len(prefix)):
-                    llm.eval([prefix[cut]])
-                    log_probs[prefix[: cut + 1]] = _log_softmax(_last_logits(llm))
-                in_cache = prefix
-            total += log_probs[prefix][token]
-        totals[label] = total
+        for depth in range(1, len(sequence)):
+            members.setdefault(tuple(sequence[:depth]), []).append(seq_of[label])
+    nodes = sorted(members, key=len)  # positions never decrease within a sequence
+    log_probs = {(): root}
+    memory = llama_cpp.llama_get_memory(llm.ctx)
+    used = sorted({s for seqs in members.values() for s in seqs})
+    for s in used:
+        llama_cpp.llama_memory_seq_cp(memory, 0, s, -1, -1)
+    try:
+        for start in range(0, len(nodes), llm.n_batch):
+            chunk = nodes[start : start + llm.n_batch]
+            batch = llama_cpp.llama_batch_init(len(chunk), 0, len(used))
+            try:
+                for i, node in enumerate(chunk):
+                    batch.token[i] = node[-1]
+                    batch.pos[i] = prompt_length + len(node) - 1
+                    batch.n_seq_id[i] = len(members[node])
+                    for j, s in enumerate(members[node]):
+                        batch.seq_id[i][j] = s
+                    batch.logits[i] = True
+                batch.n_tokens = len(chunk)
+                rc = llama_cpp.llama_decode(llm.ctx, batch)
+                if rc != 0:
+                    raise RuntimeError(f"llama.cpp failed to decode {len(chunk)} answer tokens (return code {rc})")
+                for i, node in enumerate(chunk):
+                    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, i), shape=(llm.n_vocab(),))
+                    log_probs[node] = _log_softmax(logits)
+            finally:
+                llama_cpp.llama_batch_free(batch)
+    finally:
+        for s in used:
+            llama_cpp.llama_memory_seq_rm(memory, s, -1, -1)
+    totals = {
+        label: sum(log_probs[tuple(sequence[:depth])][token] for depth, token in enumerate(sequence))
+        for label, sequence in label_sequences.items()
+    }
     return max(label_sequences, key=totals.__getitem__)
 
 
