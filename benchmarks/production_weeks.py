@@ -629,7 +629,8 @@ def main() -> None:
         parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
     scenario = Scenario(weeks=args.weeks, requests_per_week=args.requests, seed=args.seed)
     started = time.time()
-    result = {"scenario": asdict(scenario), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": os.getloadavg()}}
+    result = {"scenario": asdict(scenario), "arms_run": arms, "commit": _commit(),
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": os.getloadavg()}}
 
     def checkpoint(records: list[WeekRecord]) -> None:
         result["machine"]["load_now"] = os.getloadavg()
@@ -643,6 +644,17 @@ def main() -> None:
     run_id = log_to_mlflow(out, records, result["arms"], scenario, [out / "production_weeks.json", out / "production_weeks.png", out / "production_weeks.md"])
     print(markdown_table(records))
     print(json.dumps({"arms": result["arms"], "wall_minutes": result["wall_minutes"], "mlflow_run": run_id}, indent=2))
+
+
+def _commit() -> str:
+    """The code the weeks ran at (a dirty tree says so)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"{sha}+dirty" if git("status", "--porcelain", "--untracked-files=no") else sha
 
 
 def write_results(out: Path, result: dict, records: list[WeekRecord], also_json: Path | None = None) -> None:
