@@ -11,7 +11,7 @@ from finetune_loop.core.data.production_log import (
     log_data_version,
     read_production_log,
 )
-from finetune_loop.core.monitor.drift import build_drift_report
+from finetune_loop.core.monitor.drift import accuracy_drop_noise_floor, build_drift_report, js_noise_floor
 from finetune_loop_tests.conftest import TINY_LABELS, tiny_rows
 
 GDPR = "please delete all personal data you hold about me under gdpr article 17, request number {}"
@@ -135,6 +135,38 @@ def test_prediction_label_and_feedback_accuracy_signals(tmp_path):
     fine = build_drift_report(ref_texts, ref_labels, healthy, tmp_path / "healthy.html", settings, reference_accuracy=0.9)
     assert fine.signals_fired == [] and fine.feedback_accuracy == 1.0
     assert fine.signals["label_drift"].fired is False and fine.signals["feedback_accuracy"].fired is False
+
+
+def test_noise_floors_follow_the_window_size():
+    uniform_8 = [f"intent-{i}" for i in range(8)] * 40
+    # 60 answers drawn from the training distribution itself sit above the 0.1 threshold half the time.
+    assert js_noise_floor(uniform_8, 60, 0.5) > 0.1
+    assert js_noise_floor(uniform_8, 60, 0.95) > js_noise_floor(uniform_8, 300, 0.95) > js_noise_floor(uniform_8, 1000, 0.95)
+    assert 0.15 < js_noise_floor(uniform_8, 60, 0.95) < 0.2
+    assert js_noise_floor(uniform_8, 1000, 0.95) < 0.05  # at volume the threshold decides
+    assert js_noise_floor(uniform_8, 60, 0.95) == js_noise_floor(uniform_8, 60, 0.95)  # seeded
+    # 30 rows of a 0.9 model: 24/30 right is the binomial's 5 % quantile, so a drop fires below it.
+    assert accuracy_drop_noise_floor(0.9, 30, 0.95) == pytest.approx(0.9 - 24 / 30)
+    assert accuracy_drop_noise_floor(0.9, 1000, 0.95) < 0.05
+
+
+def test_a_small_window_does_not_fire_on_sampling_noise(tmp_path):
+    settings = DriftSettings(min_signal_rows=30, max_accuracy_drop=0.05)
+    reference = tiny_rows(count_per_label=40, seed=1)
+    ref_texts, ref_labels = [r["text"] for r in reference], [r["label"] for r in reference]
+    window = tiny_rows(count_per_label=40, seed=2)[:30]
+    # Right on 25 of 30: a drop of 0.067 from 0.9, past max_accuracy_drop, within the noise of 30 rows.
+    wrong = {r["id"] for r in window[:5]}
+    records = _records(window, prediction=lambda r: r["label"], feedback=lambda r: "wrong" if r["id"] in wrong else r["label"])
+    result = build_drift_report(ref_texts, ref_labels, records, tmp_path / "small.html", settings, reference_accuracy=0.9)
+    accuracy = result.signals["feedback_accuracy"]
+    assert accuracy.value == pytest.approx(0.9 - 25 / 30) and accuracy.value > accuracy.threshold
+    assert accuracy.fired is False and accuracy.noise_floor == pytest.approx(accuracy_drop_noise_floor(0.9, 30, 0.95))
+    assert "noise floor 0.100 at 30 rows" in accuracy.detail
+    prediction = result.signals["prediction_drift"]
+    assert prediction.noise_floor == pytest.approx(js_noise_floor(ref_labels, 30, 0.95))
+    assert prediction.fired is (prediction.value >= prediction.threshold and prediction.value > prediction.noise_floor)
+    assert prediction.fired is False
 
 
 def test_labelled_feedback_joins_curation_through_the_same_checks(tmp_path):

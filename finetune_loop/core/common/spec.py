@@ -318,6 +318,10 @@ class DriftSettings:
     label_threshold: float = Field(0.1, gt=0, description="Jensen-Shannon distance of feedback labels from training labels that drifts")
     max_accuracy_drop: float = Field(0.05, ge=0, le=1, description="feedback_accuracy fires this far below the evaluation accuracy")
     min_signal_rows: int = Field(30, ge=1, description="with fewer rows a prediction/feedback signal is 'not evaluated'")
+    noise_quantile: float = Field(
+        0.95, ge=0.5, lt=1,
+        description="a prediction/label/feedback-accuracy signal fires only above this quantile of its value under no change at the window's size",
+    )
     cadence_days: int = Field(42, ge=1, description="a champion older than this is retrained")
     # Measured between reports, so a burst of drifted traffic launches one retrain, not one per report.
     cooldown_hours: float = Field(24.0, gt=0, description="drift_retrain_sensor launches at most one retrain per cooldown")

@@ -12,6 +12,14 @@ Four signals, each with its own threshold in the task's `drift` section:
   judged once `min_signal_rows` requests carry feedback.
 * `feedback_accuracy`: the served model's accuracy on the requests with feedback fell more than
   `max_accuracy_drop` below its accuracy at evaluation.
+
+Those three are read on a sample, the window's requests, and a small sample moves on its own: 60
+predictions drawn from the very distribution of 8 training labels sit a median 0.12 (Jensen-Shannon)
+from it, above the default 0.1 threshold, and 30 feedback rows of a 0.9 model score 0.83 or less
+one week in six. So each also has a noise
+floor: the `noise_quantile` of its value when nothing changed, at the window's row count (JS: a
+seeded Monte Carlo of samples drawn from the training labels; accuracy: the binomial quantile at the
+evaluation accuracy). It fires only above both its threshold and its floor.
 * `new_labels`: humans answered with labels the task does not know (the log reader quarantines
   those rows; `unknown_feedback` finds them again). It fires when one unknown label holds at least
   NEW_LABEL_MIN_ROWS rows and NEW_LABEL_MIN_SHARE of the window's labelled rows. It does not set
@@ -65,6 +73,9 @@ class Signal:
     # False for a signal that needs a person, not a retrain (new_labels): it is reported and listed
     # in signals_fired, but does not make the report drift.
     triggers_retrain: bool = True
+    # What sampling alone reaches at this window's size (see the module docstring); None where the
+    # signal is not read on a sample or was not evaluated.
+    noise_floor: float | None = None
 
 
 @dataclass(frozen=True)
@@ -185,8 +196,12 @@ def build_drift_report(
             f"{drifted_inputs}/{len(INPUT_COLUMNS)} input columns drifted: "
             + (", ".join(c for c in INPUT_COLUMNS if columns[c]["drifted"]) or "none"),
         ),
-        "prediction_drift": _categorical_signal("prediction_drift", columns.get("prediction"), settings.prediction_threshold, predicted, settings.min_signal_rows, "predictions"),
-        "label_drift": _categorical_signal("label_drift", columns.get("feedback_label"), settings.label_threshold, len(labelled), settings.min_signal_rows, "feedback labels"),
+        "prediction_drift": _categorical_signal(
+            "prediction_drift", columns.get("prediction"), settings.prediction_threshold, predicted, settings, reference_labels, "predictions"
+        ),
+        "label_drift": _categorical_signal(
+            "label_drift", columns.get("feedback_label"), settings.label_threshold, len(labelled), settings, reference_labels, "feedback labels"
+        ),
     }
     scored = [r for r in labelled if r.prediction is not None]
     feedback_accuracy = sum(r.prediction == r.feedback_label for r in scored) / len(scored) if scored else None
@@ -311,10 +326,18 @@ def _column_verdicts(snapshot: dict) -> dict[str, dict]:
     return columns
 
 
-def _categorical_signal(name: str, column: dict | None, threshold: float, rows: int, minimum: int, what: str) -> Signal:
+def _categorical_signal(
+    name: str, column: dict | None, threshold: float, rows: int, settings: DriftSettings, reference_labels: Sequence[str], what: str
+) -> Signal:
     if column is None:
-        return Signal(name, None, None, threshold, f"not evaluated: {rows} {what} in the window, fewer than min_signal_rows {minimum}")
-    return Signal(name, column["drifted"], column["score"], threshold, f"Jensen-Shannon distance over {rows} {what} vs the training labels")
+        return Signal(name, None, None, threshold, f"not evaluated: {rows} {what} in the window, fewer than min_signal_rows {settings.min_signal_rows}")
+    floor = js_noise_floor(reference_labels, rows, settings.noise_quantile)
+    fired = bool(column["drifted"]) and column["score"] > floor
+    return Signal(
+        name, fired, column["score"], threshold,
+        f"Jensen-Shannon distance over {rows} {what} vs the training labels; noise floor {floor:.3f} at {rows} rows",
+        noise_floor=floor,
+    )
 
 
 def _accuracy_signal(accuracy: float | None, rows: int, reference: float | None, settings: DriftSettings) -> Signal:
@@ -324,7 +347,35 @@ def _accuracy_signal(accuracy: float | None, rows: int, reference: float | None,
     if accuracy is None or rows < settings.min_signal_rows:
         return Signal("feedback_accuracy", None, accuracy, threshold, f"not evaluated: {rows} predictions with feedback, fewer than min_signal_rows {settings.min_signal_rows}")
     drop = reference - accuracy
+    floor = accuracy_drop_noise_floor(reference, rows, settings.noise_quantile)
     return Signal(
-        "feedback_accuracy", drop > threshold, drop, threshold,
-        f"accuracy on {rows} requests with feedback {accuracy:.3f} vs {reference:.3f} at evaluation (drop {drop:+.3f})",
+        "feedback_accuracy", drop > threshold and drop > floor, drop, threshold,
+        f"accuracy on {rows} requests with feedback {accuracy:.3f} vs {reference:.3f} at evaluation (drop {drop:+.3f}); "
+        f"noise floor {floor:.3f} at {rows} rows",
+        noise_floor=floor,
     )
+
+
+# Samples per Monte Carlo noise floor: its quantile is stable to ~0.005 JS at the sizes that matter.
+NOISE_DRAWS = 500
+
+
+def js_noise_floor(reference_labels: Sequence[str], rows: int, quantile: float, seed: int = 0) -> float:
+    """The `quantile` of the Jensen-Shannon distance between `rows` labels drawn from the reference
+    label distribution and that distribution, computed as Evidently computes the drift score
+    (category shares, scipy's distance in nats)."""
+    import numpy as np
+    from scipy.spatial import distance
+
+    counts = np.array(list(Counter(reference_labels).values()), dtype=float)
+    reference = counts / counts.sum()
+    samples = np.random.default_rng(seed).multinomial(rows, reference, size=NOISE_DRAWS) / rows
+    return float(np.quantile([distance.jensenshannon(reference, sample) for sample in samples], quantile))
+
+
+def accuracy_drop_noise_floor(reference_accuracy: float, rows: int, quantile: float) -> float:
+    """The accuracy drop that `rows` feedback rows of a model still at `reference_accuracy` exceed
+    with probability 1 - `quantile` (binomial)."""
+    from scipy.stats import binom
+
+    return reference_accuracy - float(binom.ppf(1 - quantile, rows, reference_accuracy)) / rows
