@@ -445,11 +445,12 @@ def score_week(week: int, arm: str, requests: list[Request], predictions: list[s
 
 def run(
     scenario: Scenario, arms: list[str], out: Path, base_model: str, dataset: Path, overrides: dict | None = None,
-    on_week: Callable[[list[WeekRecord]], None] | None = None,
+    on_week: Callable[[list[WeekRecord]], None] | None = None, launch_costs: dict | None = None,
 ) -> list[WeekRecord]:
     """Every arm through `scenario.weeks` weeks, interleaved week by week (machine load hits the
     arms alike). Returns one record per week and arm; `on_week` gets the records so far after
-    every week (the CLI writes its results then, so a run stopped early still reports its weeks)."""
+    every week (the CLI writes its results then, so a run stopped early still reports its weeks).
+    `launch_costs` gets each launching arm's wall and CPU seconds of its first `finetune-loop run`."""
     from finetune_loop.core.train.base_model import prepare_base_model
 
     data = build_data(scenario, dataset, out / "data")
@@ -459,7 +460,10 @@ def run(
     # The one-off arm serves the launch champion of the first loop arm (every arm launches alike).
     launchers = loop_arms or [LoopArm("launch", out / "arms", data, base_model, _merge(ARM_SETTINGS["loop"], overrides or {}))]
     for arm in launchers:
+        started, cpu = time.perf_counter(), _cpu_seconds()
         arm.launch(pre_launch)
+        if launch_costs is not None:
+            launch_costs[arm.name] = {"wall_s": time.perf_counter() - started, "cpu_s": _cpu_seconds() - cpu}
     session, tracker, launch_version = launchers[0].champion()
     server = Server(prepare_base_model(session.spec.base_model, session.home.artifacts / "base_models").directory)
     records: list[WeekRecord] = []
@@ -641,7 +645,8 @@ def main() -> None:
         result["weeks_done"] = max(r.week for r in records)
         write_results(args.out, result, records, args.json)
 
-    records = run(scenario, arms, args.out.resolve(), args.base_model, args.dataset, on_week=checkpoint)
+    result["launch_costs"] = {}
+    records = run(scenario, arms, args.out.resolve(), args.base_model, args.dataset, on_week=checkpoint, launch_costs=result["launch_costs"])
     checkpoint(records)
     out = args.out
     run_id = log_to_mlflow(out, records, result["arms"], scenario, [out / "production_weeks.json", out / "production_weeks.png", out / "production_weeks.md"])

@@ -251,3 +251,71 @@ def test_a_cadence_retrain_that_did_not_replace_the_champion_waits_a_cadence_bef
     assert cadence_decision(champion, tried + timedelta(days=42), 42, last_attempt=tried).retrain
     # An attempt from before the current champion was promoted does not count.
     assert cadence_decision(ChampionRecord("tiny_triage-adapter", "2", tried + timedelta(days=1), 0.9, "h"), tried + timedelta(days=43), 42, last_attempt=tried).retrain
+
+
+def _refund_rows(start: datetime, count: int, *, source: str = "agent", prefix: str = "refund") -> list[dict]:
+    return [
+        {"request_id": f"{prefix}-{start:%m%d}-{i}", "timestamp": (start + timedelta(minutes=i)).isoformat(), "text": "money back please",
+         "model_version": "1", "prediction": "billing", "latency_ms": 30, "feedback": {"label": "refund", "source": source}}
+        for i in range(count)
+    ]
+
+
+def _admit_refund(task: Path) -> None:
+    import yaml
+
+    config = yaml.safe_load(task.read_text())
+    config["labels"] = [*config["labels"], "refund"]
+    task.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def test_labels_admitted_waits_for_trainable_feedback_then_retrains_once(task):
+    from finetune_loop.core.common.spec import load_task_spec
+    from finetune_loop.core.data.production_log import read_task_log
+    from finetune_loop.core.monitor.triggers import LABELS_ADMITTED, labels_admitted_decision
+
+    _admit_refund(task)
+    log = task.parent / "production_log"
+    # Three trusted refunds three weeks ago, two from an untrusted source, four in the last week.
+    append_log_file(log, "a.jsonl", _refund_rows(T0 - timedelta(days=21), 3) + _refund_rows(T0 - timedelta(days=20), 2, source="crowd_vote"))
+    append_log_file(log, "b.jsonl", _refund_rows(T0, 4) + _feedback_rows(T0, 3, correct=True, prefix="s"))
+    spec = load_task_spec(task)
+    trained = [["billing", "shipping", "login"]]
+
+    def decide():
+        labelled = read_task_log(spec, now=T0 + timedelta(days=1)).labelled()
+        return labels_admitted_decision(spec, trained, labelled)
+
+    assert labels_admitted_decision(spec, [], []).retrain is False  # versions without the tag: nothing to compare
+    waiting = decide()
+    assert waiting.retrain is False and "refund 3" in waiting.evidence and "older than the recent window (7 days)" in waiting.evidence
+    append_log_file(log, "c.jsonl", _refund_rows(T0 - timedelta(days=14), 2))
+    ready = decide()
+    assert (ready.retrain, ready.trigger) == (True, LABELS_ADMITTED) and "refund 5" in ready.evidence
+    # Once a version trained on it, promoted or refused, the label asks nothing more.
+    trained.append(["billing", "shipping", "login", "refund"])
+    assert decide().retrain is False
+
+
+def test_feedback_sensor_retrains_on_an_admitted_label(instance, task, monkeypatch):
+    from finetune_loop.core.common.clock import CLOCK_ENV_VAR
+    from finetune_loop.core.common.home import LoopHome
+    from finetune_loop.core.ship.registry import TRAINED_LABELS_TAG
+    from finetune_loop_tests.conftest import register_versions
+
+    monkeypatch.setenv(CLOCK_ENV_VAR, (T0 + timedelta(days=1)).isoformat())
+    tracker = register_versions(LoopHome(task.parent / "home"), 1)
+    from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG
+
+    # The champion's retrain saw every label so far: no volume to count, only the admission.
+    tracker.tag_version("tiny_triage-adapter", "1", {
+        TRAINED_LABELS_TAG: json.dumps(["billing", "shipping", "login"]), FEEDBACK_SEEN_TAG: (T0 + timedelta(hours=1)).isoformat(),
+    })
+    append_log_file(task.parent / "production_log", "a.jsonl", _refund_rows(T0 - timedelta(days=14), 5) + _feedback_rows(T0, 1, correct=True, prefix="s"))
+    before = _sensor_tick(feedback_retrain_sensor, instance, task)
+    # Not yet admitted: refund feedback is quarantined as an unknown label, and no label awaits training.
+    assert before.run_requests == [] and "every task label was trained on" in before.skip_message
+    _admit_refund(task)
+    after = _sensor_tick(feedback_retrain_sensor, instance, task)
+    [request] = after.run_requests
+    assert request.tags["finetune_loop/trigger"] == "labels_admitted" and "refund 5" in request.tags["finetune_loop/evidence"]

@@ -206,3 +206,23 @@ def test_drift_report_metadata_without_unknown_labels_says_none(tmp_path):
     assert report.new_label_rows == 0 and report.new_labels["count"] == 0 and report.new_labels["labels"] == []
     assert "| new_labels | no | 0.000 | 0.010 | none: all 30 feedback labels are task labels |" in report.signals
     assert "new_labels" not in report.signals_fired
+
+
+def test_a_new_label_arriving_a_few_times_a_week_builds_up_over_new_label_days(tmp_path):
+    """Two refund requests a week never make five in one 7-day window; over drift.new_label_days
+    (28) the six of the last three weeks fire, and three from six weeks ago no longer count."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    rows = _log_rows(0)[:-1]  # 30 known-label rows in the last 40 hours
+    rows += [
+        {"request_id": f"refund-{days}", "timestamp": (now - timedelta(days=days)).isoformat(), "text": f"money back for order {days}",
+         "prediction": "billing", "feedback": {"label": "refund_request", "source": "agent"}}
+        for days in (2, 3, 9, 10, 16, 17, 40, 41, 42)
+    ]
+    task, spec = _task_with_log(tmp_path, rows)
+    report = contract.DriftReportMetadata.from_dagster(_materialize(tmp_path, task, spec))
+    (refund,) = report.new_labels["labels"]
+    assert (refund["label"], refund["count"], refund["fired"]) == ("refund_request", 6, True)
+    assert report.new_labels["labelled_rows"] == 36
+    assert "new_labels" in report.signals_fired.split(", ")
+    # The rest of the report stays on the 7-day window.
+    assert report.current_rows == 30

@@ -26,7 +26,11 @@ from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG
 from finetune_loop.core.monitor import drift, triggers
 from finetune_loop.core.monitor import serving_quality as quality
-from finetune_loop.core.ship.registry import champion_events, champion_record
+from finetune_loop.core.ship.registry import (
+    TRAINED_LABELS_TAG,
+    champion_events,
+    champion_record,
+)
 from finetune_loop.defs.common import mlflow_link, run_tags
 from finetune_loop.defs.data import (
     curated_dataset,
@@ -83,7 +87,7 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
     window = log.window(spec.drift.window_days)
     if not window.records:
         raise dg.Failure(f"no usable production rows in {spec.production_log_path}; {len(log.quarantine)} quarantined, reasons in {quarantine_path}")
-    unknown = _unknown_feedback_in_window(spec, now, window)
+    unknown, known_labelled = _new_label_evidence(spec, now, log, window)
     reference = read_examples(curated_dataset.train_path)
     # Live feedback accuracy is compared with the score of the model serving now (after a rollback,
     # the restored version's), as the registry records it.
@@ -91,7 +95,7 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
     eval_accuracy = champion.holdout_primary if champion else None
     result = drift.build_drift_report(
         [e.text for e in reference], [e.label for e in reference], window.records, report_path, spec.drift, eval_accuracy,
-        unknown_feedback=unknown,
+        unknown_feedback=unknown, known_labelled=known_labelled,
     )
     signal_values = {f"signal_{s.name}": s.value for s in result.signals.values() if s.value is not None}
     with tracker.run(f"drift-{spec.name}", tags={"stage": "drift", "signals_fired": ",".join(result.signals_fired), **run_tags(context)}) as run_id:
@@ -135,16 +139,15 @@ def drift_report(context: dg.AssetExecutionContext, loop: LoopResource, curated_
     yield dg.Output(result, metadata=metadata.to_dagster())
 
 
-def _unknown_feedback_in_window(spec, now: datetime, window) -> list:
+def _new_label_evidence(spec, now: datetime, log, window) -> tuple[list, int]:
     """The requests the label check quarantined for their feedback label alone (read again without
-    it, same `now`), over the drift window: its days, ending at the newest request of either kind, so
-    a burst of new-label feedback after the last known-label request is not cut off. Everything else
-    in the report stays on the label-checked log."""
+    it, same `now`), and the count of known-label feedback, over the last `drift.new_label_days`
+    ending at the newest request of either kind (a burst of new-label feedback after the last
+    known-label request is not cut off). Everything else in the report stays on the window."""
     unknown = drift.unknown_feedback(read_task_log(spec, now=now, check_labels=False).records, spec.labels)
-    if not unknown:
-        return []
     end = max(r.timestamp for r in [*window.records, *unknown])
-    return drift.in_window(unknown, spec.drift.window_days, end)
+    known = drift.in_window(log.labelled(), spec.drift.new_label_days, end)
+    return drift.in_window(unknown, spec.drift.new_label_days, end), len(known)
 
 
 @dg.asset(
@@ -294,7 +297,8 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResource
 @dg.sensor(job=retrain_job, minimum_interval_seconds=300)
 def feedback_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResource):
     """Retrains on labelled feedback volume or on low rolling feedback accuracy
-    (`triggers.feedback_decision`). The next curated_dataset takes the labelled feedback in through
+    (`triggers.feedback_decision`), or once labels admitted to the task have feedback to train on
+    (`triggers.labels_admitted_decision`). The next curated_dataset takes the labelled feedback in through
     the same validation and quarantine as any data."""
     spec = loop.spec()
     if spec.production_log_path is None:
@@ -304,14 +308,21 @@ def feedback_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResou
     consumed, repaired = triggers.feedback_cursor(spec, context.cursor, labelled, now)
     if repaired:
         context.log.warning(repaired)
-    seen = [v[FEEDBACK_SEEN_TAG] for v in loop.tracker().all_version_tags(spec.registered_model_name).values() if FEEDBACK_SEEN_TAG in v]
+    version_tags = loop.tracker().all_version_tags(spec.registered_model_name).values()
+    seen = [v[FEEDBACK_SEEN_TAG] for v in version_tags if FEEDBACK_SEEN_TAG in v]
     consumed = triggers.newest_consumed(consumed, max((datetime.fromisoformat(s) for s in seen), default=None))
     decision = triggers.feedback_decision(spec, labelled, consumed)
+    if not decision.retrain:
+        # A label a person admitted (new_labels) is a task change no volume count waits for.
+        trained = [json.loads(v[TRAINED_LABELS_TAG]) for v in version_tags if TRAINED_LABELS_TAG in v]
+        admitted = triggers.labels_admitted_decision(spec, trained, labelled)
+        evidence = admitted.evidence if admitted.retrain else f"{decision.evidence}; {admitted.evidence}"
+        decision = triggers.FeedbackDecision(admitted.retrain, admitted.trigger if admitted.retrain else decision.trigger, evidence, decision.newest)
     waiting = None if not decision.retrain else retrain_in_flight(context.instance, spec.name)
     if not decision.retrain or waiting:
         reason = decision.evidence if not decision.retrain else f"{decision.trigger}: waiting for retrain run {waiting} of {spec.name} to finish"
         if repaired:
             return dg.SensorResult(skip_reason=f"{reason}; {repaired}", cursor=consumed.isoformat() if consumed else None)
         return dg.SkipReason(reason)
-    request = _retrain_request(loop, f"feedback-{decision.newest.isoformat()}", decision)
+    request = _retrain_request(loop, f"{decision.trigger}-{decision.newest.isoformat()}", decision)
     return dg.SensorResult(run_requests=[request], cursor=decision.newest.isoformat())

@@ -6,8 +6,13 @@ import dagster as dg
 
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS
 from finetune_loop.core.data.curation import CuratedDataset
-from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG, FEEDBACK_UNTIL_TAG, RecentSuite
+from finetune_loop.core.data.recent import (
+    FEEDBACK_SEEN_TAG,
+    FEEDBACK_UNTIL_TAG,
+    RecentSuite,
+)
 from finetune_loop.core.data.suites import FrozenSuite
+from finetune_loop.core.ship.registry import trained_labels_tag
 from finetune_loop.core.train import trainer
 from finetune_loop.defs.common import mlflow_link, run_tags
 from finetune_loop.defs.metadata import LoraAdapterMetadata
@@ -69,12 +74,15 @@ def lora_adapter(
     except trainer.TrainingConfigError as exc:
         # A retry cannot fix the task file; only crashes and kills are worth retrying.
         raise dg.Failure(str(exc), allow_retries=False) from exc
-    if recent_suite.training_cutoff is not None:
-        # How far this version's training feedback reaches: a later recent suite starts after it,
-        # so this version is never judged on a request it trained on.
-        tracker.tag_version(adapter.model_version.name, adapter.model_version.version, {
-            FEEDBACK_UNTIL_TAG: recent_suite.training_cutoff.isoformat(), FEEDBACK_SEEN_TAG: recent_suite.window_end.isoformat(),
-        })
+    labels_tag = trained_labels_tag(spec.labels)
+    if not labels_tag:
+        context.log.warning("the task's labels are too long for a registry tag: labels_admitted cannot tell which labels this version knows")
+    # How far this version's training feedback reaches: a later recent suite starts after it, so
+    # this version is never judged on a request it trained on.
+    feedback_tags = {} if recent_suite.training_cutoff is None else {
+        FEEDBACK_UNTIL_TAG: recent_suite.training_cutoff.isoformat(), FEEDBACK_SEEN_TAG: recent_suite.window_end.isoformat(),
+    }
+    tracker.tag_version(adapter.model_version.name, adapter.model_version.version, {**labels_tag, **feedback_tags})
     metadata = LoraAdapterMetadata.from_sources(
         adapter,
         mlflow_run=mlflow_link(tracker, adapter.mlflow_run_id),

@@ -238,10 +238,11 @@ class GateSettings:
     # triggers.py), "manual" for a run launched by hand without one. A task naming only some triggers
     # keeps these defaults for the others.
     recent_policy: dict[
-        Literal["drift", "feedback_volume", "feedback_accuracy", "cadence", "manual"], Literal["superior", "non_inferior"]
+        Literal["drift", "feedback_volume", "feedback_accuracy", "labels_admitted", "cadence", "manual"], Literal["superior", "non_inferior"]
     ] = Field(
         default_factory=lambda: {
-            "drift": "superior", "feedback_volume": "superior", "feedback_accuracy": "superior", "cadence": "non_inferior", "manual": "non_inferior",
+            "drift": "superior", "feedback_volume": "superior", "feedback_accuracy": "superior", "labels_admitted": "superior",
+            "cadence": "non_inferior", "manual": "non_inferior",
         },
         description="rule on recent traffic per retrain trigger: `superior` (lower bound above 0) or `non_inferior` (at least −recent_margin)",
     )
@@ -318,6 +319,9 @@ class DriftSettings:
     label_threshold: float = Field(0.1, gt=0, description="Jensen-Shannon distance of feedback labels from training labels that drifts")
     max_accuracy_drop: float = Field(0.05, ge=0, le=1, description="feedback_accuracy fires this far below the evaluation accuracy")
     min_signal_rows: int = Field(30, ge=1, description="with fewer rows a prediction/feedback signal is 'not evaluated'")
+    new_label_days: float = Field(
+        28.0, gt=0, description="days of feedback the new_labels signal counts an unknown label over (it builds up at low volume)"
+    )
     noise_quantile: float = Field(
         0.95, ge=0.5, lt=1,
         description="a prediction/label/feedback-accuracy signal fires only above this quantile of its value under no change at the window's size",

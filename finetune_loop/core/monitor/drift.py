@@ -22,7 +22,9 @@ seeded Monte Carlo of samples drawn from the training labels; accuracy: the bino
 evaluation accuracy). It fires only above both its threshold and its floor.
 * `new_labels`: humans answered with labels the task does not know (the log reader quarantines
   those rows; `unknown_feedback` finds them again). It fires when one unknown label holds at least
-  NEW_LABEL_MIN_ROWS rows and NEW_LABEL_MIN_SHARE of the window's labelled rows. It does not set
+  NEW_LABEL_MIN_ROWS rows and NEW_LABEL_MIN_SHARE of the labelled rows of the last
+  `drift.new_label_days` (longer than the window: at a few rows a week a new label builds up its
+  evidence over weeks; one that stopped arriving drops out). It does not set
   `drift_detected`: a retrain cannot learn a label the task does not admit, so it asks a person to
   add the label to the task YAML instead (the feedback sensor then retrains on the admitted rows).
 
@@ -146,13 +148,16 @@ def build_drift_report(
     settings: DriftSettings,
     reference_accuracy: float | None = None,
     unknown_feedback: Sequence[ProductionRecord] = (),
+    known_labelled: int | None = None,
 ) -> DriftResult:
     """One Evidently report (saved as HTML) over the window `current`, and the five signals.
 
     `reference_labels` are the training labels (the distribution predictions and feedback are
     compared with); `reference_accuracy` is the served model's accuracy at evaluation.
     `unknown_feedback` are the window's requests whose feedback names a label the task does not
-    know (`unknown_feedback`); they feed only the new_labels signal, never `current`'s signals."""
+    know (`unknown_feedback`); they feed only the new_labels signal, never `current`'s signals.
+    They may span more days than `current` (`drift.new_label_days`): `known_labelled` is then the
+    count of known-label feedback over those same days (default: `current`'s)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
@@ -206,7 +211,7 @@ def build_drift_report(
     scored = [r for r in labelled if r.prediction is not None]
     feedback_accuracy = sum(r.prediction == r.feedback_label for r in scored) / len(scored) if scored else None
     signals["feedback_accuracy"] = _accuracy_signal(feedback_accuracy, len(scored), reference_accuracy, settings)
-    new_labels = new_labels_summary(unknown_feedback, len(labelled))
+    new_labels = new_labels_summary(unknown_feedback, len(labelled) if known_labelled is None else known_labelled)
     signals["new_labels"] = _new_labels_signal(new_labels)
     return DriftResult(
         drift_detected=any(s.fired and s.triggers_retrain for s in signals.values()),

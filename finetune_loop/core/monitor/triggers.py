@@ -17,6 +17,10 @@ from finetune_loop.core.data.production_log import ProductionRecord
 from finetune_loop.core.ship.registry import ChampionRecord
 
 CADENCE, DRIFT, FEEDBACK_VOLUME, FEEDBACK_ACCURACY = "cadence", "drift", "feedback_volume", "feedback_accuracy"
+LABELS_ADMITTED = "labels_admitted"
+# Trusted feedback rows an admitted label needs, older than the recent suite's window (so they can
+# train), before labels_admitted retrains: the new_labels signal's own minimum.
+MIN_ADMITTED_LABEL_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -124,3 +128,34 @@ def feedback_decision(spec: TaskSpec, labelled: Sequence[ProductionRecord], cons
     accuracy_text = f"{accuracy:.3f} on {len(rolling)}" if accuracy is not None else "n/a"
     evidence = f"{len(new)} new labelled requests (need {spec.feedback.min_new_labels}); rolling accuracy {accuracy_text}"
     return FeedbackDecision(False, FEEDBACK_VOLUME, evidence, newest)
+
+
+def labels_admitted_decision(
+    spec: TaskSpec, trained_labels: Sequence[Sequence[str]], labelled: Sequence[ProductionRecord]
+) -> Decision:
+    """Retrain once labels admitted to the task (in `spec.labels`, trained on by no registered
+    version: `trained_labels` holds each version's label set) have MIN_ADMITTED_LABEL_ROWS trusted
+    labelled requests older than the recent suite's window, the rows curation can train on. A label
+    some version trained on, promoted or refused, asks nothing more: the other triggers take over."""
+    if not trained_labels:
+        return Decision(False, LABELS_ADMITTED, "no registered version records its labels yet")
+    trained = {label for labels in trained_labels for label in labels}
+    untrained = [label for label in spec.labels if label not in trained]
+    if not untrained:
+        return Decision(False, LABELS_ADMITTED, "every task label was trained on by a registered version")
+    newest = max((r.timestamp for r in labelled), default=None)
+    trusted = set(spec.feedback.trusted_sources)
+    cutoff = newest - timedelta(days=spec.recent_suite.days) if newest else None
+    trainable = {
+        label: sum(1 for r in labelled if r.feedback_label == label and r.feedback_source in trusted and r.timestamp <= cutoff)
+        for label in untrained
+    } if cutoff else dict.fromkeys(untrained, 0)
+    counts = ", ".join(f"{label} {n}" for label, n in trainable.items())
+    ready = [label for label, n in trainable.items() if n >= MIN_ADMITTED_LABEL_ROWS]
+    if not ready:
+        return Decision(
+            False, LABELS_ADMITTED,
+            f"admitted labels not trained on yet wait for {MIN_ADMITTED_LABEL_ROWS} trusted labelled requests older than the "
+            f"recent window ({spec.recent_suite.days:g} days): {counts}",
+        )
+    return Decision(True, LABELS_ADMITTED, f"labels admitted since the latest training, with trainable feedback: {counts}")

@@ -50,6 +50,18 @@ PROMOTED_AT_TAG = TAG_PREFIX + "promoted_at"
 CHAMPION_SINCE_TAG = TAG_PREFIX + "champion_since"
 # Stamped by a rollback on both versions it moves between; the restored one also names the other.
 ROLLED_BACK_AT_TAG = TAG_PREFIX + "rolled_back_at"
+# The task's labels the version was trained with (a JSON list): the feedback sensor's labels_admitted
+# trigger retrains once a label no version trained on has rows to train on.
+TRAINED_LABELS_TAG = TAG_PREFIX + "labels"
+# MLflow keeps at most 8000 characters of a tag value and truncates longer ones.
+MAX_TAG_VALUE_CHARS = 8000
+
+
+def trained_labels_tag(labels) -> dict[str, str]:
+    """TRAINED_LABELS_TAG for `labels`; empty where the JSON would not fit a tag (the sensor then
+    skips labels_admitted for that version, as for versions made before the tag existed)."""
+    value = json.dumps(list(labels), ensure_ascii=False)
+    return {TRAINED_LABELS_TAG: value} if len(value) <= MAX_TAG_VALUE_CHARS else {}
 RESTORED_FROM_TAG = TAG_PREFIX + "restored_from"
 # ChampionEvent kinds: how the champion alias moved.
 PROMOTION = "promotion"
