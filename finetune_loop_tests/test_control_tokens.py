@@ -122,7 +122,7 @@ def test_llama_cpp_serving_and_both_templates_encode_the_user_text_as_text(tiny,
     finally:
         llm.close()
     # The GGUF check itself, on hostile prompts: the GGUF's Jinja template too, and generation stops.
-    outcome = gguf_checks.chat_template_roundtrip(gguf_path, tokenizer, spec, [CLEAN, *HOSTILE], modelfile.text(), n_ctx=512)
+    outcome = gguf_checks.chat_template_roundtrip(gguf_path, tokenizer, spec, [CLEAN, *HOSTILE], modelfile.text(), answer=spec.labels[0], n_ctx=512)
     assert outcome.metadata["gguf_template_mismatches"] == 0 and outcome.metadata["modelfile_template_mismatches"] == 0, outcome.description
 
 

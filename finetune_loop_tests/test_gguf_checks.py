@@ -140,7 +140,7 @@ def _roundtrip(gguf_path: Path, training_dir: Path, spec, modelfile_text: str | 
     tokenizer = AutoTokenizer.from_pretrained(training_dir)
     modelfile_text = modelfile_text or build_modelfile(tokenizer, gguf_path.name, spec.system_prompt()).text()
     texts = [r["text"] for r in tiny_rows(1)]  # one ticket per label
-    return gguf_checks.chat_template_roundtrip(gguf_path, tokenizer, spec, texts, modelfile_text, n_ctx=512)
+    return gguf_checks.chat_template_roundtrip(gguf_path, tokenizer, spec, texts, modelfile_text, answer=spec.labels[0], n_ctx=512)
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +223,49 @@ def test_quant_budget_finer_than_one_holdout_row_is_judged_at_one_row():
     two_flips = gguf_checks.quant_within_budget(merged, {"Q8_0": 108 / 120}, settings, holdout_rows=120)
     assert not two_flips.passed
     assert two_flips.description == "over budget: Q8_0 -1.67 pt (budget -0.5 pt, judged at one holdout row: -0.83 pt)"
+
+
+@pytest.mark.parametrize("target_format", ["text", "json"])
+def test_a_generation_task_export_is_verified_on_its_greedy_answers(target_format, tmp_path):
+    """A generation task ships through the same export: llama.cpp's greedy answers against the merged
+    model's, exact match per file, the template round trip (a JSON task's answers constrained by a
+    JSON grammar; free text has none to constrain it)."""
+    model_dir = build_tiny_model(tmp_path / "model", TEXTS + ['{"order": 1, "problem": "broken"}'], architecture="llama")
+    rows = [{"id": f"g{i}", "email": f"order {i} arrived broken", "target": {"order": i, "problem": "broken"}} for i in range(6)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump({
+        "name": "extract", "kind": "generation", "target_format": target_format, "base_model": str(model_dir),
+        "instruction": "Extract the order and the problem.", "data": {"labeled_examples": "rows.jsonl"},
+        "fields": {"input": "email", "label": "target"},
+        "export": {"quant_types": ["Q8_0"], "quant_budget_points": {"Q8_0": 100.0}},
+    }))
+    spec = load_task_spec(tmp_path / "task.yaml")
+    holdout = tmp_path / "holdout.jsonl"
+    targets = [json.dumps(r["target"]) if target_format == "json" else f"order {r['target']['order']} broken" for r in rows]
+    holdout.write_text("".join(json.dumps({"id": r["id"], "text": r["email"], "label": t}) + "\n" for r, t in zip(rows, targets)))
+    adapter = _random_adapter(model_dir, tmp_path / "adapter")
+    tracker = Tracker.for_task(LoopHome(tmp_path / "home"), spec.name)
+    base = BaseModel(str(model_dir), model_dir, "0" * 64, None)
+
+    result = export_and_verify(spec, base, adapter, holdout, tmp_path / "export", tracker, eval_accuracies={"base": 0.0, "candidate": 0.0})
+
+    outcomes = {c.name: c for c in result.checks}
+    merged = outcomes["matches_merged_model"]
+    assert merged.passed, merged.description
+    assert merged.metadata["prompts"] == 6 and merged.metadata["label_agreement"] >= 0.98
+    assert "answer agreement" in merged.description
+    assert [v.name for v in result.variants] == ["f32", "Q8_0"]
+    # A random adapter writes none of the targets: exact match is measured, and measured as zero.
+    assert result.merged_accuracy == 0.0 and all(v.accuracy == 0.0 and v.per_label_accuracy == {} for v in result.variants)
+    card = result.model_card_path.read_text()
+    assert "pipeline_tag: text-generation" in card and "| model | exact match |" in card and "per-label" not in card
+    assert ("one JSON value" if target_format == "json" else "Answers with free text") in card
+    roundtrip = outcomes["chat_template_roundtrip"].metadata
+    assert roundtrip["modelfile_template_mismatches"] == 0 and 0.0 <= roundtrip["free_generation_stop_rate"] <= 1.0
+    if target_format == "json":
+        rate = roundtrip["constrained_generation_stop_rate"]
+        # The grammar ends every answer once a JSON value is complete; a random model may not complete one in time.
+        assert outcomes["chat_template_roundtrip"].passed is (rate == 1.0 and not json.loads(roundtrip["problems"]))
+    else:
+        assert "constrained_generation_stop_rate" not in roundtrip
+        assert outcomes["chat_template_roundtrip"].passed, outcomes["chat_template_roundtrip"].description

@@ -55,7 +55,12 @@ from typing import Sequence
 import numpy as np
 
 from finetune_loop.core.common.spec import GateSettings
-from finetune_loop.core.evaluate.gate_power import NON_INFERIOR, SUPERIOR, PowerCheck, power_check
+from finetune_loop.core.evaluate.gate_power import (
+    NON_INFERIOR,
+    SUPERIOR,
+    PowerCheck,
+    power_check,
+)
 from finetune_loop.core.evaluate.metrics import Scores
 
 

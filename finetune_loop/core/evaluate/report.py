@@ -129,7 +129,7 @@ def evaluate_candidate(
     recent = read_examples(recent_path) if recent_path else []
     probe_set = load_probes(spec.probes_path, spec) if spec.probes_path else None
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    max_new_tokens = _generation_budget(tokenizer, spec, holdout + regression)
+    max_new_tokens = generation_budget(tokenizer, spec, holdout + regression)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
 
     def run(name: str, version: str | None, answering_model, base_probe_answers: dict[str, str] | None):
@@ -204,8 +204,9 @@ def evaluate_candidate(
     return EvalResult(models, newly_failing, verdict, table, chart_path, report_path, run_id, seconds, frontier_summary)
 
 
-def _generation_budget(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> int:
-    """Greedy answer budget of a generation suite (classification answers are scored: none)."""
+def generation_budget(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> int:
+    """Greedy answer budget of a generation suite (classification answers are scored: none); the
+    export's llama.cpp generation uses the same."""
     if spec.is_classification:
         return 0
     longest = max(len(tokenizer(e.label, add_special_tokens=False)["input_ids"]) for e in examples)

@@ -177,13 +177,26 @@ def generate_answers(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, 
     """Free greedy answers, batched, each cut at the end-of-turn token that stops generation:
     how a generation task answers, and what a classification model says when nothing constrains it
     (the behaviour probes)."""
+    ids = generate_answer_ids(model, tokenizer, spec, texts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [decode_answer(tokenizer, tokens) for tokens in ids]
+
+
+def decode_answer(tokenizer, tokens: Sequence[int]) -> str:
+    """An answer's text as every runtime reports it: special tokens dropped, ends stripped."""
+    return tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
+
+
+def generate_answer_ids(
+    model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE
+) -> list[list[int]]:
+    """The greedy answer's token ids per text, up to (without) the end-of-turn token."""
     import torch
 
     stop_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_id
     prompts = [encode_prompt(tokenizer, spec, t) for t in texts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[str | None] = [None] * len(prompts)
+    answers: list[list[int] | None] = [None] * len(prompts)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the last position of every row
     model.eval()
@@ -198,8 +211,7 @@ def generate_answers(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, 
                 )
             for row, index in enumerate(batch):
                 tokens = generated[row, encoded["input_ids"].shape[1] :].tolist()
-                tokens = tokens[: tokens.index(stop_id)] if stop_id in tokens else tokens
-                answers[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                answers[index] = tokens[: tokens.index(stop_id)] if stop_id in tokens else tokens
     finally:
         tokenizer.padding_side = previous_side
     return answers  # type: ignore[return-value]

@@ -16,16 +16,12 @@ from pathlib import Path
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import ModelVersionRef, Tracker
 from finetune_loop.core.data.readers import read_examples
-from finetune_loop.core.evaluate.metrics import score
-from finetune_loop.core.evaluate.scoring import label_token_sequences, score_prompts
+from finetune_loop.core.evaluate.metrics import score_suite
 from finetune_loop.core.ship import gguf_checks
+from finetune_loop.core.ship.answering import answering_for
 from finetune_loop.core.ship.export_result import GgufExport, GgufVariant
 from finetune_loop.core.ship.gguf_writer import resolve_outtype, write_gguf
-from finetune_loop.core.ship.llama_runtime import (
-    LLAMA_CPP_CONTEXT,
-    quantize_gguf,
-    run_with_llama_cpp,
-)
+from finetune_loop.core.ship.llama_runtime import LLAMA_CPP_CONTEXT, quantize_gguf
 from finetune_loop.core.ship.merge import merge_adapter, training_tokenizer_dir
 from finetune_loop.core.ship.model_card import write_model_card
 from finetune_loop.core.ship.modelfile import build_modelfile
@@ -56,7 +52,8 @@ def export_and_verify(
     run_tags: dict[str, str] | None = None,
 ) -> GgufExport:
     """Merge (checked against base + adapter), write the unquantized GGUF, quantize every configured
-    type, run the frozen holdout through every file under llama.cpp, run the three checks, and ship
+    type, answer the frozen holdout with every file under llama.cpp (an answer as the task's kind
+    defines it: `answering.py`), run the three checks, and ship
     an Ollama Modelfile per file and a model card. `eval_accuracies` (base/candidate from the
     evaluation) go into the model card. A failing check is reported in `checks`, not raised; nothing
     is published to the registry here (`publish_export` does that once the checks are known)."""
@@ -65,9 +62,6 @@ def export_and_verify(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
-    if not spec.is_classification:
-        raise ValueError(f"task {spec.name} is {spec.kind!r}: GGUF verification scores label answers, classification only")
     started = time.perf_counter()
     settings = spec.export
     holdout = read_examples(holdout_path)
@@ -80,13 +74,11 @@ def export_and_verify(
         base.directory, adapter_dir, out_dir / "merged", tolerance=settings.merge_logit_tolerance,
         check_prompts=[encode_segments(tokenizer, prompt) for prompt in prompts[:MERGE_CHECK_PROMPTS]],
     )
+    answering = answering_for(spec, tokenizer, holdout, prompts)
     # The reference every GGUF is judged against: the merged model in fp32, as HF runs it.
     merged_model = AutoModelForCausalLM.from_pretrained(merged.directory, dtype=torch.float32)
-    merged_scores = score_prompts(merged_model, tokenizer, spec, texts)
-    merged_labels = [scores.best_label for scores in merged_scores]
-    merged_next_tokens = [scores.next_token_id for scores in merged_scores]
-    label_sequences = label_token_sequences(tokenizer, spec)
-    merged_accuracy = score(holdout, merged_labels, spec.labels).accuracy
+    reference = answering.reference(merged_model)
+    merged_accuracy = score_suite(spec, holdout, reference.answers).primary
     del merged_model
 
     outtype, outtype_reason = resolve_outtype(settings.outtype)
@@ -99,23 +91,24 @@ def export_and_verify(
 
     variants, answers = [], {}
     for name, path in paths.items():
-        answers[name] = run_with_llama_cpp(path, prompts, label_sequences, n_ctx=LLAMA_CPP_CONTEXT)
-        scores = score(holdout, answers[name].labels, spec.labels)
+        answers[name] = answering.under_llama_cpp(path)
+        scores = score_suite(spec, holdout, answers[name].answers)
         modelfile = build_modelfile(tokenizer, path.name, spec.system_prompt()).write(path.with_suffix(".Modelfile"))
         variants.append(
             GgufVariant(
-                name, path, path.stat().st_size, scores.accuracy, scores.accuracy - merged_accuracy,
+                name, path, path.stat().st_size, scores.primary, scores.primary - merged_accuracy,
                 {label: stats.recall for label, stats in scores.per_label.items()},
                 answers[name].prompt_tokens_per_second, answers[name].generation_tokens_per_second, modelfile,
             )
         )
     checks = [
         gguf_checks.matches_merged_model(
-            merged_labels, merged_next_tokens, answers[outtype].labels, answers[outtype].next_token_ids, settings
+            reference.answers, reference.next_token_ids, answers[outtype].answers, answers[outtype].next_token_ids, settings
         ),
         gguf_checks.quant_within_budget(merged_accuracy, {v.name: v.accuracy for v in variants[1:]}, settings, len(holdout)),
         gguf_checks.chat_template_roundtrip(
-            unquantized, tokenizer, spec, texts[:ROUNDTRIP_PROMPTS], variants[0].modelfile_path.read_text(), n_ctx=LLAMA_CPP_CONTEXT
+            unquantized, tokenizer, spec, texts[:ROUNDTRIP_PROMPTS], variants[0].modelfile_path.read_text(),
+            answer=holdout[0].label, n_ctx=LLAMA_CPP_CONTEXT,
         ),
     ]
     # The unquantized GGUF holds every merged weight; the HF copy is only an intermediate.

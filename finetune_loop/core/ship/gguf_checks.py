@@ -48,23 +48,24 @@ class CheckOutcome:
 
 
 def matches_merged_model(
-    merged_labels: Sequence[str],
+    merged_answers: Sequence[str],
     merged_next_tokens: Sequence[int],
-    gguf_labels: Sequence[str],
+    gguf_answers: Sequence[str],
     gguf_next_tokens: Sequence[int],
     settings: ExportSettings,
 ) -> CheckOutcome:
     """Agreement of the unquantized GGUF under llama.cpp with the merged HF model on the same prompts.
 
     Greedy-output agreement (`min_greedy_agreement`) is read on the answer both runtimes serve the
-    task with: the label whose answer tokens are most likely after the prompt."""
-    rows = len(merged_labels)
+    task with (`answering.py`): the label whose answer tokens are most likely after the prompt, or
+    the whole greedy answer of a generation task. `label_agreement` keeps its name for both kinds."""
+    rows = len(merged_answers)
     top1 = sum(a == b for a, b in zip(merged_next_tokens, gguf_next_tokens)) / rows
-    labels_agree = sum(a == b for a, b in zip(merged_labels, gguf_labels)) / rows
+    labels_agree = sum(a == b for a, b in zip(merged_answers, gguf_answers)) / rows
     passed = top1 >= settings.min_top1_agreement and labels_agree >= settings.min_greedy_agreement
     description = (
         f"top-1 next-token agreement {top1:.3f} (min {settings.min_top1_agreement}), "
-        f"label agreement {labels_agree:.3f} (min {settings.min_greedy_agreement}) over {rows} holdout prompts"
+        f"answer agreement {labels_agree:.3f} (min {settings.min_greedy_agreement}) over {rows} holdout prompts"
     )
     return CheckOutcome(
         MATCHES_MERGED_MODEL,
@@ -76,7 +77,7 @@ def matches_merged_model(
             "min_top1_agreement": settings.min_top1_agreement,
             "min_greedy_agreement": settings.min_greedy_agreement,
             "prompts": rows,
-            "label_disagreements": sum(a != b for a, b in zip(merged_labels, gguf_labels)),
+            "label_disagreements": sum(a != b for a, b in zip(merged_answers, gguf_answers)),
         },
     )
 
@@ -116,14 +117,18 @@ def chat_template_roundtrip(
     texts: Sequence[str],
     modelfile_text: str,
     *,
+    answer: str,
     n_ctx: int,
 ) -> CheckOutcome:
     """Training, the GGUF's own template and the Modelfile agree token for token, and generation ends at EOS.
 
-    Generation is checked twice under llama.cpp: constrained to the labels by a GBNF grammar (the
-    gate: once a label is complete the grammar admits only end-of-generation tokens, so the run
-    must stop before max_tokens on a token llama.cpp treats as EOS), and free greedy generation,
-    whose stop rate is recorded but not gated (an untrained or weak model may ramble)."""
+    `answer` is a training answer (a holdout target): the token that ends it in training must be
+    the GGUF's EOS. Generation is checked twice under llama.cpp: constrained by a GBNF grammar to
+    the task's answers (the labels; any JSON value for a JSON generation task) — the gate: once an
+    answer is complete the grammar admits only end-of-generation tokens, so the run must stop
+    before max_tokens on a token llama.cpp treats as EOS — and free greedy generation, whose stop
+    rate is recorded but not gated (an untrained or weak model may ramble). A free-text generation
+    task has no grammar to constrain it: only the free stop rate is recorded."""
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -137,7 +142,7 @@ def chat_template_roundtrip(
 
         # The end of an answer, as training saw it, and as llama.cpp and Ollama will stop on it.
         training_eos = tokenizer.eos_token_id
-        answer_ids = encode_completion(tokenizer, spec, texts[0], spec.labels[0])
+        answer_ids = encode_completion(tokenizer, spec, texts[0], answer)
         if answer_ids[-1] != training_eos:
             problems.append(f"training answers end with token {answer_ids[-1]}, not the EOS {training_eos}")
         if llm.token_eos() != training_eos:
@@ -191,20 +196,21 @@ def chat_template_roundtrip(
             if count:
                 problems.append(f"{source} tokens differ from training on {count}/{len(texts)} prompts")
 
-        stopped, free_stopped = _generation_stops(llm, tokenizer, spec, texts, formatter)
+        stopped, free_stopped = _generation_stops(llm, tokenizer, spec, texts, formatter, answer)
     finally:
         llm.close()
-    if stopped < len(texts):
+    if stopped is not None and stopped < len(texts):
         problems.append(f"constrained generation reached max tokens without EOS on {len(texts) - stopped}/{len(texts)} prompts")
     metadata = {
         "prompts": len(texts),
         "gguf_template_mismatches": mismatches["gguf_template"],
         "modelfile_template_mismatches": mismatches["modelfile_template"],
         "training_eos_id": training_eos,
-        "constrained_generation_stop_rate": stopped / len(texts),
         "free_generation_stop_rate": free_stopped / len(texts),
         "problems": json.dumps(problems),
     }
+    if stopped is not None:
+        metadata["constrained_generation_stop_rate"] = stopped / len(texts)
     if first_mismatch:
         metadata["first_mismatch"] = first_mismatch
     description = "; ".join(problems) if problems else (
@@ -233,20 +239,32 @@ _GENERATION_SLACK = 4
 _FREE_GENERATION_TOKENS = 32
 
 
-def _generation_stops(llm, tokenizer, spec: TaskSpec, texts, formatter) -> tuple[int, int]:
-    """(prompts whose label-constrained greedy generation ended on EOS, same for free greedy generation)."""
+def _generation_stops(llm, tokenizer, spec: TaskSpec, texts, formatter, answer: str) -> tuple[int | None, int]:
+    """(prompts whose constrained greedy generation ended on EOS, or None where the task's answers
+    have no grammar (free text); the same count for free greedy generation)."""
     from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import JSON_GBNF
 
-    # GBNF string literals share JSON's escapes for the characters labels can hold.
-    grammar = LlamaGrammar.from_string("root ::= " + " | ".join(json.dumps(label) for label in spec.labels), verbose=False)
-    longest = max(len(llm.tokenize(label.encode(), add_bos=False, special=False)) for label in spec.labels)
-    stopped = free_stopped = 0
+    if spec.is_classification:
+        # GBNF string literals share JSON's escapes for the characters labels can hold.
+        grammar = LlamaGrammar.from_string("root ::= " + " | ".join(json.dumps(label) for label in spec.labels), verbose=False)
+        longest = max(len(llm.tokenize(label.encode(), add_bos=False, special=False)) for label in spec.labels)
+        free_tokens = _FREE_GENERATION_TOKENS
+    else:
+        # Any JSON value: the target decides its type, the metrics check it.
+        json_value = JSON_GBNF.replace("root   ::= object", "root   ::= value", 1)
+        grammar = LlamaGrammar.from_string(json_value, verbose=False) if spec.target_format == "json" else None
+        # Room for an answer twice the training answer's length before the grammar must end it.
+        longest = 2 * len(llm.tokenize(answer.encode(), add_bos=False, special=False))
+        free_tokens = max(_FREE_GENERATION_TOKENS, longest)
+    stopped = 0 if grammar is not None else None
+    free_stopped = 0
     for text in texts:
         prompt = split_user_text(_jinja_renderer(formatter), spec, text) if formatter else prompt_segments(tokenizer, spec, text)
         tokens = serving_tokens(llm, prompt)
-        constrained = llm.create_completion(tokens, max_tokens=longest + _GENERATION_SLACK, temperature=0.0, grammar=grammar)
-        stopped += constrained["choices"][0]["finish_reason"] == "stop"
-        free = llm.create_completion(tokens, max_tokens=_FREE_GENERATION_TOKENS, temperature=0.0)
+        if grammar is not None:
+            constrained = llm.create_completion(tokens, max_tokens=longest + _GENERATION_SLACK, temperature=0.0, grammar=grammar)
+            stopped += constrained["choices"][0]["finish_reason"] == "stop"
+        free = llm.create_completion(tokens, max_tokens=free_tokens, temperature=0.0)
         free_stopped += free["choices"][0]["finish_reason"] == "stop"
     return stopped, free_stopped
-

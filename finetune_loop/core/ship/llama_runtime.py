@@ -140,6 +140,52 @@ def run_with_llama_cpp(
         llm.close()
 
 
+@dataclass(frozen=True)
+class LlamaCppGenerations:
+    # Per prompt, the greedy answer's token ids up to (without) the first end-of-generation token.
+    token_ids: list[list[int]]
+    # Per prompt, the first greedy token (the end-of-generation token itself for an empty answer).
+    next_token_ids: list[int]
+    prompt_tokens_per_second: float
+    generation_tokens_per_second: float
+
+
+def generate_with_llama_cpp(
+    gguf_path: Path, prompts: Sequence[PromptSegments], *, max_tokens: int, n_ctx: int = 1024, n_threads: int | None = None
+) -> LlamaCppGenerations:
+    """Greedy answers of a generation task under llama.cpp, token by token (argmax of the logits,
+    as the HF reference's `do_sample=False`), each ending on the first token llama.cpp treats as
+    end of generation or after `max_tokens`; prompts sharing a prefix reuse its KV cache."""
+    import llama_cpp
+
+    if not prompts:
+        raise ValueError("no prompts to run")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    llm = load_gguf(gguf_path, n_ctx=n_ctx, n_threads=n_threads, logits_all=False, verbose=False)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        answers, first_tokens = [], []
+        for prompt in prompts:
+            tokens = serving_tokens(llm, prompt)
+            if len(tokens) + max(max_tokens, SPEED_GENERATED_TOKENS) > n_ctx:
+                raise ValueError(f"a prompt of {len(tokens)} tokens plus {max_tokens} answer tokens does not fit n_ctx={n_ctx}")
+            _eval_reusing_prefix(llm, tokens)
+            first_tokens.append(int(np.argmax(_last_logits(llm))))
+            answer: list[int] = []
+            for _ in range(max_tokens):
+                token = int(np.argmax(_last_logits(llm)))
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+                answer.append(token)
+                llm.eval([token])
+            answers.append(answer)
+        prompt_speed, generation_speed = _measure_speed(llm, serving_tokens(llm, prompts[0]))
+        return LlamaCppGenerations(answers, first_tokens, prompt_speed, generation_speed)
+    finally:
+        llm.close()
+
+
 def classify_with_llama_cpp(gguf_path: Path, prompts: Sequence[PromptSegments], label_sequences: Mapping[str, Sequence[int]], **kwargs) -> list[str]:
     """The label llama.cpp picks for each split chat prompt (see run_with_llama_cpp)."""
     return run_with_llama_cpp(gguf_path, prompts, label_sequences, **kwargs).labels

@@ -11,6 +11,7 @@ import yaml
 
 from finetune_loop.core.common.files import write_text_atomic
 from finetune_loop.core.common.spec import EMBEDDED_BASE_MODEL, TaskSpec
+from finetune_loop.core.ship.answering import answer_card
 from finetune_loop.core.ship.export_result import GgufExport
 from finetune_loop.core.train.base_model import BaseModel
 
@@ -23,6 +24,7 @@ WEAKEST_LABELS = 3
 def write_model_card(
     path: Path, spec: TaskSpec, base: "BaseModel", adapter_dir: Path, export: "GgufExport", eval_accuracies: dict[str, float]
 ) -> Path:
+    card = answer_card(spec)
     manifest_path = Path(adapter_dir) / "rebuild_manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     base_id, base_licence = _EMBEDDED_BASE if spec.base_model == EMBEDDED_BASE_MODEL else (spec.base_model, "other")
@@ -31,7 +33,7 @@ def write_model_card(
         # The weights are a derivative of the base: its licence applies ("other" = see the base).
         "license": base_licence,
         "library_name": "gguf",
-        "pipeline_tag": "text-classification",
+        "pipeline_tag": card.pipeline_tag,
         "tags": ["gguf", "llama.cpp", "ollama", "lora", "finetune_loop", spec.name],
     }
     shipped = next(v for v in export.variants if v.name == export.quant_type)
@@ -41,9 +43,9 @@ def write_model_card(
     training = manifest.get("training", {})
 
     sections = [
-        f"# {spec.name}\n\n{spec.description or 'Fine-tuned classifier.'}",
+        f"# {spec.name}\n\n{spec.description or 'Fine-tuned model.'}",
         "## Task\n\n"
-        f"Answers with exactly one label: {', '.join(f'`{label}`' for label in spec.labels)}.\n\n"
+        f"{card.task_sentence}\n\n"
         f"System prompt (also the Modelfile's SYSTEM):\n\n```\n{spec.system_prompt()}\n```",
         "## Base model\n\n"
         f"`{base_id}` (configured as `{spec.base_model}`, weights sha256 `{base.source_sha256}`), LoRA adapter merged in fp32"
@@ -55,7 +57,7 @@ def write_model_card(
         + "\n".join(f"| {source} | {licence} | {count} |" for (source, licence), count in provenance.most_common()),
         "## Training settings\n\n```yaml\n" + yaml.safe_dump(training, sort_keys=True).strip() + "\n```\n\n"
         f"Steps: {manifest.get('steps', 'unknown')}; git commit: `{manifest.get('git_commit') or 'unknown'}`.",
-        "## Evaluation (frozen holdout)\n\n| model | accuracy |\n|---|---:|\n"
+        f"## Evaluation (frozen holdout)\n\n| model | {card.metric_name} |\n|---|---:|\n"
         + "\n".join(
             [f"| {name} (HF, evaluation) | {value:.3f} |" for name, value in eval_accuracies.items()]
             + [f"| merged (HF, export reference) | {export.merged_accuracy:.3f} |"]
@@ -67,9 +69,9 @@ def write_model_card(
         "## Verification\n\n| check | passed | result |\n|---|---|---|\n"
         + "\n".join(f"| {c.name} | {'yes' if c.passed else '**no**'} | {c.description} |" for c in export.checks),
         "## Known failure modes\n\n"
-        f"Lowest per-label holdout accuracy of `{shipped.path.name}`: "
-        + ", ".join(f"`{label}` {accuracy:.3f}" for label, accuracy in weakest)
-        + ". Inputs unlike the training tickets (other languages, several issues in one message) are not covered by the holdout.",
+        + (f"Lowest per-label holdout accuracy of `{shipped.path.name}`: " + ", ".join(f"`{label}` {accuracy:.3f}" for label, accuracy in weakest) + ". "
+           if weakest else "")
+        + "Inputs unlike the training tickets (other languages, several issues in one message) are not covered by the holdout.",
         "## Use\n\n```bash\n"
         f"ollama create {spec.name} -f {shipped.modelfile_path.name}\n"
         f"llama-cli -m {shipped.path.name} -cnv   # the chat template is embedded\n```\n\n"
