@@ -8,6 +8,7 @@
     finetune-loop rollback --task TASK --reason "refund tickets misrouted"   # champion back to previous-champion
     finetune-loop replace-suite --task TASK --suite holdout
     finetune-loop schema                       # JSON Schema of the task YAML, for editors
+    finetune-loop portfolio --tasks DIR        # every task: base vs champion against its gate, drift, export
 
 Exit status: 0 when the candidate passed the gate and shipped, 2 when the gate refused it, 1 when
 a step failed.
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(task_spec_json_schema(), indent=2))
         return EXIT_OK
+    if args.command == "portfolio":
+        return show_portfolio(args)
     try:
         session = Session.open(args.task, args.home)
     except TaskSpecError as exc:
@@ -85,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     commands.add_parser("monitor", parents=[task_options], help="observe the log, report drift, evaluate the retrain sensors and run the retrain they request")
     commands.add_parser("schema", help="print the JSON Schema of the task YAML (point your editor's YAML validation at it)")
+    portfolio = commands.add_parser("portfolio", help="every task of a tasks directory: base vs champion against its gate, drift, export")
+    portfolio.add_argument("--tasks", type=Path, default=Path(__file__).resolve().parent / "tasks", help="tasks directory (default: the bundled tasks)")
+    portfolio.add_argument("--home", type=Path, help="state directory (default: FINETUNE_LOOP_HOME or .finetune_loop/)")
+    portfolio.add_argument("--chart", type=Path, help="write the chart (PNG) here too")
     return parser
 
 
@@ -462,6 +469,28 @@ def monitor(session: Session, args) -> int:
         elif not retrain.succeeded:
             exit_code = EXIT_FAILED
     return exit_code
+
+
+def show_portfolio(args) -> int:
+    """Print every task's standing (a broken task file is a row with its error); exit 1 when a task
+    file is broken or a champion serves below its gate."""
+    from finetune_loop.core.common.clock import utc_now
+    from finetune_loop.core.monitor import portfolio
+
+    if args.home is not None:
+        os.environ[HOME_ENV_VAR] = str(args.home.resolve())
+    try:
+        standings = portfolio.portfolio(args.tasks, LoopHome.from_env(), utc_now())
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(portfolio.portfolio_markdown(standings))
+    if args.chart:
+        print(f"chart: {portfolio.plot_portfolio(standings, args.chart)}")
+    troubled = [s for s in standings if s.error or s.below_gate]
+    for s in troubled:
+        print(f"error: {s.task_file}: {s.error}" if s.error else f"warning: {s.name}: champion v{s.champion_version} below its gate", file=sys.stderr)
+    return EXIT_FAILED if troubled else EXIT_OK
 
 
 COMMANDS = {

@@ -200,6 +200,13 @@ class Tracker:
             artifact_uri=ref.source, tracking_uri=self.tracking_uri, dst_path=str(destination) if destination else None,
         ))
 
+    def latest_run(self, stage: str):
+        """The newest run of this task's experiment with tag `stage` (eval, drift, export …), or None."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.stage = '{stage}'", order_by=["attributes.start_time DESC"], max_results=1
+        )
+        return runs[0] if runs else None
+
     def version_tags(self, model_name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(model_name, version).tags)
 
