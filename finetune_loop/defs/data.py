@@ -14,13 +14,17 @@ from finetune_loop.core.data import curation, readers, recent, suites
 from finetune_loop.core.data import production_log as production
 from finetune_loop.core.data.validation import reason_kind
 from finetune_loop.defs.common import file_or_directory_version
-from finetune_loop.defs.metadata import CuratedDatasetMetadata, RecentSuiteMetadata, SuiteMetadata
+from finetune_loop.defs.metadata import (
+    CuratedDatasetMetadata,
+    RecentSuiteMetadata,
+    SuiteMetadata,
+)
 from finetune_loop.defs.resources import LoopResource
 
 GROUP = "data"
 
 
-@dg.observable_source_asset(group_name=GROUP, description="Labelled examples named by the task's data.labeled_examples.")
+@dg.observable_source_asset(description="Labelled examples named by the task's data.labeled_examples.")
 def labeled_examples(loop: LoopResource) -> dg.ObserveResult:
     spec = loop.spec()
     if spec.labeled_examples_hub_id:
@@ -35,7 +39,7 @@ def labeled_examples(loop: LoopResource) -> dg.ObserveResult:
 
 
 @dg.observable_source_asset(
-    group_name=GROUP, description="Append-only production log (a directory of JSONL files) named by the task's data.production_log."
+    description="Append-only production log (a directory of JSONL files) named by the task's data.production_log."
 )
 def production_log(loop: LoopResource) -> dg.ObserveResult:
     spec = loop.spec()
@@ -62,7 +66,7 @@ def _freeze(loop: LoopResource, name: str, exclude: list[suites.FrozenSuite]) ->
 
 
 @dg.asset(
-    group_name=GROUP, deps=[labeled_examples, dg.AssetKey("base_model")],
+    deps=[labeled_examples, dg.AssetKey("base_model")],
     description="Frozen holdout: created once (designated file or seeded split) under curation's rules, verified (hash, labels, sources) ever after.",
 )
 def holdout_suite(loop: LoopResource) -> dg.Output[suites.FrozenSuite]:
@@ -70,7 +74,7 @@ def holdout_suite(loop: LoopResource) -> dg.Output[suites.FrozenSuite]:
 
 
 @dg.asset(
-    group_name=GROUP, deps=[labeled_examples, dg.AssetKey("base_model")],
+    deps=[labeled_examples, dg.AssetKey("base_model")],
     description="Frozen regression cases: created once under curation's rules, never overlapping the holdout, verified ever after.",
 )
 def regression_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite) -> dg.Output[suites.FrozenSuite]:
@@ -86,7 +90,7 @@ def _champion_feedback_until(loop: LoopResource) -> datetime | None:
 
 
 @dg.asset(
-    group_name=GROUP, deps=[production_log, dg.AssetKey("base_model")],
+    deps=[production_log, dg.AssetKey("base_model")],
     description="Recent suite: trusted labelled production requests of the last recent_suite.days, newer than the champion's "
     "training feedback; frozen per evaluation, never trained on.",
 )
@@ -124,7 +128,6 @@ def recent_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite, regressi
 
 
 @dg.asset(
-    group_name=GROUP,
     # The base's tokenizer measures rendered lengths (over-long rows are quarantined).
     deps=[labeled_examples, production_log, dg.AssetKey("base_model")],
     check_specs=[dg.AssetCheckSpec("no_contamination", asset="curated_dataset", blocking=True, description="No training or validation row repeats a frozen suite row (holdout, regression, recent) or a behaviour probe, exactly or nearly.")],
@@ -166,3 +169,7 @@ def curated_dataset(
             "examples": dg.MetadataValue.json(remaining[:5]),
         },
     )
+
+
+# This stage's assets: `definitions.py` puts them in group GROUP (per task on the platform).
+ASSETS = [labeled_examples, production_log, holdout_suite, regression_suite, recent_suite, curated_dataset]

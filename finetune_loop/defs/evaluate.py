@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from finetune_loop.core.common.files import inline_png_markdown
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS, ModelVersionRef
 from finetune_loop.core.data.recent import RecentSuite
 from finetune_loop.core.data.suites import FrozenSuite
-from finetune_loop.core.common.files import inline_png_markdown
 from finetune_loop.core.evaluate import report, shadow
 from finetune_loop.core.ship.registry import BUNDLE_ARTIFACT_PATH
 from finetune_loop.core.train.trainer import TrainedAdapter
@@ -39,7 +39,6 @@ class EvalReport:
 
 
 @dg.asset(
-    group_name=GROUP,
     check_specs=[
         dg.AssetCheckSpec(
             "release_gate", asset="eval_report", blocking=True,
@@ -160,3 +159,7 @@ def shadow_agreement(loop: LoopResource, eval_report: EvalReport, lora_adapter: 
         description=result.summary(),
         metadata={**metrics, "champion_version": eval_report.champion_version, "max_disagreement": result.max_disagreement},
     )
+
+
+# This stage's assets: `definitions.py` puts them in group GROUP (per task on the platform).
+ASSETS = [eval_report]

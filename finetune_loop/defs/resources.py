@@ -18,6 +18,7 @@ from typing import Callable
 import dagster as dg
 from pydantic import PrivateAttr
 
+from finetune_loop.core.common.catalog import TaskCatalog
 from finetune_loop.core.common.examples import Example
 from finetune_loop.core.common.home import LoopHome
 from finetune_loop.core.common.spec import TaskSpec, TaskSpecError, load_task_spec
@@ -37,37 +38,83 @@ TASK_TAG = "finetune_loop/task"
 TRIGGER_TAG = "finetune_loop/trigger"
 
 
+def _run_task(run: dg.DagsterRun) -> str | None:
+    """The task a platform run serves: its tag, else the one key prefix of the assets it selects
+    (None: it selects only the platform's own, unprefixed assets)."""
+    if TASK_TAG in run.tags:
+        return run.tags[TASK_TAG]
+    keys = set(run.asset_selection or ()) | {check.asset_key for check in run.asset_check_selection or ()}
+    prefixes = {key.path[0] for key in keys if len(key.path) > 1}
+    if not prefixes:
+        return None
+    if len(prefixes) > 1:
+        raise TaskSpecError(
+            f"run {run.run_id} selects assets of {sorted(prefixes)}: a platform run materializes one task's assets"
+            " (their key prefix is the task's name) or names it in tag finetune_loop/task"
+        )
+    return prefixes.pop()
+
+
 def default_task_path() -> str:
     return os.environ.get(TASK_ENV_VAR) or str(EXAMPLE_TASK)
 
 
 class LoopResource(dg.ConfigurableResource):
-    """Task spec path and state directory; empty `home` means FINETUNE_LOOP_HOME or the default."""
+    """Which task and where the loop keeps its state; empty `home` means FINETUNE_LOOP_HOME or the default.
 
-    task_path: str
+    One task (`task_path`: the single-task code location, the CLI), or every task of a directory
+    (`tasks_dir`: the platform code location, `definitions.build_platform_definitions`). There a run
+    serves the task its assets belong to: their key prefix is the task's name (or the run's tag
+    `finetune_loop/task`, which sensors and schedules set); a sensor or schedule of one task reaches
+    it with `for_task`."""
+
+    task_path: str = ""
+    tasks_dir: str = ""
     home: str = ""
     _spec: TaskSpec | None = PrivateAttr(default=None)
+    _run_task_path: str | None = PrivateAttr(default=None)
     _base: BaseModel | None = PrivateAttr(default=None)
     _token_length: Callable[[Example], int] | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         run = context.dagster_run
         if run is not None:
+            if self.tasks_dir:
+                task = _run_task(run)
+                if task is None:
+                    return  # a platform-level run (portfolio_report) serves no one task
+                self._run_task_path = str(TaskCatalog.load(Path(self.tasks_dir)).spec(task).spec_path)
             self._spec = self._run_spec(run.run_id, run.tags.get(SPEC_HASH_TAG))
             # A run launched without the tag (from the UI, or one asset picked by hand) gets it here,
             # so every run says which spec it ran.
             if SPEC_HASH_TAG not in run.tags and context.instance is not None:
                 context.instance.add_run_tags(run.run_id, {SPEC_HASH_TAG: self._spec.spec_sha256, TASK_TAG: self._spec.name})
 
+    def for_task(self, name: str) -> "LoopResource":
+        """The resource of one task of the platform's directory (itself for a single-task resource)."""
+        if not self.tasks_dir:
+            return self
+        return LoopResource(task_path=str(TaskCatalog.load(Path(self.tasks_dir)).spec(name).spec_path), home=self.home)
+
+    def _task_file(self) -> str:
+        task_file = self.task_path or self._run_task_path
+        if not task_file:
+            raise TaskSpecError(
+                f"this resource serves every task of {self.tasks_dir} and this run or tick names none: a run materializes one"
+                " task's assets (key prefix = the task's name) or carries tag finetune_loop/task; a sensor uses for_task(name)"
+            )
+        return task_file
+
     def _run_spec(self, run_id: str, launched_hash: str | None) -> TaskSpec:
+        task_file = self._task_file()
         snapshot = self.loop_home().root / "run_specs" / f"{run_id}.yaml"
         if snapshot.is_file():
-            return load_task_spec(self.task_path, text=snapshot.read_text(encoding="utf-8"))
-        text = Path(self.task_path).read_text(encoding="utf-8")
-        spec = load_task_spec(self.task_path, text=text)
+            return load_task_spec(task_file, text=snapshot.read_text(encoding="utf-8"))
+        text = Path(task_file).read_text(encoding="utf-8")
+        spec = load_task_spec(task_file, text=text)
         if launched_hash and launched_hash != spec.spec_sha256:
             raise TaskSpecError(
-                f"{self.task_path} changed after run {run_id} was launched (sha256 {launched_hash[:12]}… at launch, "
+                f"{task_file} changed after run {run_id} was launched (sha256 {launched_hash[:12]}… at launch, "
                 f"{spec.spec_sha256[:12]}… now): launch the run again"
             )
         snapshot.parent.mkdir(parents=True, exist_ok=True)
@@ -79,12 +126,12 @@ class LoopResource(dg.ConfigurableResource):
         except FileExistsError:
             pass
         staging.unlink()
-        return load_task_spec(self.task_path, text=snapshot.read_text(encoding="utf-8"))
+        return load_task_spec(task_file, text=snapshot.read_text(encoding="utf-8"))
 
     def spec(self) -> TaskSpec:
         """The run's spec (its snapshot); outside a run (a sensor tick, a schedule), the file as it is now."""
         if self._spec is None:
-            self._spec = load_task_spec(self.task_path)
+            self._spec = load_task_spec(self._task_file())
         return self._spec
 
     def loop_home(self) -> LoopHome:

@@ -45,7 +45,6 @@ def _refuse_unless_gate_passed(eval_report: EvalReport, what: str) -> None:
 
 
 @dg.asset(
-    group_name=GROUP,
     check_specs=[dg.AssetCheckSpec(name, asset="gguf_export", blocking=True, description=text) for name, text in GGUF_CHECKS.items()],
     description="The gated candidate merged and written as GGUF (unquantized + quantized) with Ollama Modelfiles and a model card, verified under llama.cpp before promotion.",
 )
@@ -93,7 +92,6 @@ def gguf_export(
 
 
 @dg.asset(
-    group_name=GROUP,
     description="Moves MLflow alias `champion` to the candidate whose gate and GGUF checks passed (under a registry lock; the one it replaces keeps `previous-champion`).",
 )
 def champion_model(eval_report: EvalReport, gguf_export: CandidateExport, loop: LoopResource) -> dg.Output[registry.PromotionResult]:
@@ -132,3 +130,7 @@ def champion_model(eval_report: EvalReport, gguf_export: CandidateExport, loop: 
         recheck=result.recheck or "champion unchanged since evaluation",
     )
     return dg.Output(result, metadata=metadata.to_dagster())
+
+
+# This stage's assets: `definitions.py` puts them in group GROUP (per task on the platform).
+ASSETS = [gguf_export, champion_model]

@@ -34,7 +34,7 @@ TRAINING_RUN_TAGS = {"finetune_loop/gpu": "1"}
 TRAINING_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
 
-@dg.observable_source_asset(group_name=GROUP, description="The task's base model (task YAML `base_model`); its data version is the hash of its weights file(s).")
+@dg.observable_source_asset(description="The task's base model (task YAML `base_model`); its data version is the hash of its weights file(s).")
 def base_model(loop: LoopResource) -> dg.ObserveResult:
     base = loop.base_model()
     return dg.ObserveResult(
@@ -44,7 +44,6 @@ def base_model(loop: LoopResource) -> dg.ObserveResult:
 
 
 @dg.asset(
-    group_name=GROUP,
     deps=[base_model],
     description="LoRA/QLoRA adapter trained with TRL SFTTrainer (resumable from checkpoints), logged to MLflow and registered with alias `challenger`.",
     tags={"finetune_loop/stage": "train"},
@@ -94,3 +93,7 @@ def lora_adapter(
         adapter_path=adapter.directory,
     )
     return dg.Output(adapter, metadata=metadata.to_dagster())
+
+
+# This stage's assets: `definitions.py` puts them in group GROUP (per task on the platform).
+ASSETS = [base_model, lora_adapter]

@@ -14,16 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from finetune_loop.core.common.catalog import TaskCatalog
 from finetune_loop.core.common.home import LoopHome
-from finetune_loop.core.common.spec import TaskSpecError, load_task_spec
+from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import Tracker
 from finetune_loop.core.ship.registry import (
     GGUF_CHECKS_PASSED_TAG,
     PromotionError,
     champion_record,
 )
-
-TASK_FILE_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -50,19 +49,8 @@ class TaskStanding:
         return self.champion is not None and self.gate_line is not None and self.champion < self.gate_line
 
 
-def task_files(tasks_dir: Path) -> list[Path]:
-    """The task files of a tasks directory, by name; a missing directory is an error naming it."""
-    tasks_dir = Path(tasks_dir)
-    if not tasks_dir.is_dir():
-        raise FileNotFoundError(f"tasks directory {tasks_dir} does not exist")
-    return sorted(p for p in tasks_dir.iterdir() if p.suffix.lower() in TASK_FILE_SUFFIXES and p.is_file())
-
-
-def task_standing(task_file: Path, home: LoopHome, now: datetime) -> TaskStanding:
-    try:
-        spec = load_task_spec(task_file)
-    except TaskSpecError as exc:
-        return TaskStanding(task_file, error=str(exc))
+def task_standing(spec: TaskSpec, home: LoopHome, now: datetime) -> TaskStanding:
+    task_file = spec.spec_path
     metric = "accuracy" if spec.is_classification else "exact_match"
     standing = {"name": spec.name, "kind": spec.kind, "metric": metric, "gate_line": spec.gate.min_accuracy}
     tracker = Tracker.for_task(home, spec.name)
@@ -95,7 +83,11 @@ def task_standing(task_file: Path, home: LoopHome, now: datetime) -> TaskStandin
 
 
 def portfolio(tasks_dir: Path, home: LoopHome, now: datetime) -> list[TaskStanding]:
-    return [task_standing(path, home, now) for path in task_files(tasks_dir)]
+    """One standing per task file, by file name; a file the catalog refused is its error."""
+    catalog = TaskCatalog.load(tasks_dir)
+    standings = [task_standing(spec, home, now) for spec in catalog.specs.values()]
+    standings += [TaskStanding(path, error=error) for path, error in catalog.broken.items()]
+    return sorted(standings, key=lambda s: s.task_file.name)
 
 
 def _score(value: float | None) -> str:

@@ -507,11 +507,12 @@ def draw(rng: Random, registry: Registry, issue: str, decks: dict, written: date
     # favour the shapes that vary more, or the later files would have fewer null order ids.
     with_id = rng.random() >= NO_ORDER_ID[issue]
     with_product = rng.random() >= NO_PRODUCT[issue]
-    index = decks[issue].draw()
     while True:
-        row = compose(rng, issue, TEMPLATES[issue][index], written, production, with_id, with_product)
-        if registry.admit(row, (issue, index)):
-            return row
+        index = decks[issue].draw()
+        for _ in range(20):  # then another template: a short one without id or product has few variants
+            row = compose(rng, issue, TEMPLATES[issue][index], written, production, with_id, with_product)
+            if registry.admit(row, (issue, index)):
+                return row
 
 
 def build_labelled(rng: Random, registry: Registry, counts: dict, start: date, end: date, prefix: str) -> list[dict]:
