@@ -196,6 +196,7 @@ def test_feedback_a_retrain_already_saw_does_not_start_another(instance, task):
     append_log_file(log, "week-2.jsonl", _feedback_rows(T0 + timedelta(days=1), 5, correct=True, prefix="b"))
     fresh = _sensor_tick(feedback_retrain_sensor, instance, task)
     assert [r.tags["finetune_loop/trigger"] for r in fresh.run_requests] == ["feedback_volume"]
+    assert fresh.run_requests[0].tags["finetune_loop/retrain_of"] == "tiny_triage"  # the run queue admits one per task
     assert "5 new labelled requests" in fresh.run_requests[0].tags["finetune_loop/evidence"]
 
 

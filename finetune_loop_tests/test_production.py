@@ -21,7 +21,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from finetune_loop_tests.conftest import write_tiny_task
@@ -334,10 +333,12 @@ def test_docker_image_instance_config_launches_runs_in_the_cuda_image_with_a_gpu
     assert host_config["DeviceRequests"] == [{"Driver": "nvidia", "Count": 1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
 
 
-def test_production_instance_config_queues_one_retrain_at_a_time():
-    config = yaml.safe_load((REPO / "dagster.production.yaml").read_text())
-    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    assert {"key": "finetune_loop/job", "value": "retrain", "limit": 1} in config["run_coordinator"]["config"]["tag_concurrency_limits"]
-    from finetune_loop.defs.monitor import RETRAIN_TAGS
-
-    assert RETRAIN_TAGS == {"finetune_loop/job": "retrain"}
+def test_production_instance_queues_one_retrain_per_task_and_one_training_step_per_gpu(tmp_path, databases, monkeypatch):
+    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.production.yaml").read_text())
+    settings = _pg_settings()
+    for key, value in {"HOST": settings["host"], "PORT": settings["port"], "USER": settings["user"], "PASSWORD": settings["password"], "DB": databases["dagster"]}.items():
+        monkeypatch.setenv(f"DAGSTER_POSTGRES_{key}", value)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        concurrency = instance.get_concurrency_config()
+    assert concurrency.pool_config.default_pool_limit == 1
+    assert {"key": "finetune_loop/retrain_of", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in concurrency.run_queue_config.tag_concurrency_limits

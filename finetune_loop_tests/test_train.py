@@ -230,9 +230,19 @@ def test_training_asset_carries_what_a_gpu_worker_and_a_retry_need():
     assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert op.pool == "gpu"
     assert op.retry_policy is not None and op.retry_policy.max_retries >= 1
-    assert defs.resolve_job_def("retrain_job").tags["finetune_loop/gpu"] == "1"
-    limits = yaml.safe_load((Path(__file__).resolve().parents[1] / "dagster.yaml").read_text())["run_coordinator"]["config"]
-    assert {"key": "finetune_loop/gpu", "limit": 1} in limits["tag_concurrency_limits"]
+
+
+def test_training_steps_queue_on_the_gpu_pool_and_each_task_retrains_one_run_at_a_time(tmp_path):
+    """As Dagster reads the embedded instance file: pool `gpu` (lora_adapter's) admits one step at a
+    time, and the run queue one retrain per task (tag finetune_loop/retrain_of, set on every request);
+    the production file's settings are read the same way on Postgres in test_production.py."""
+    import dagster as dg
+
+    (tmp_path / "dagster.yaml").write_text((Path(__file__).resolve().parents[1] / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        concurrency = instance.get_concurrency_config()
+    assert concurrency.pool_config.default_pool_limit == 1
+    assert {"key": "finetune_loop/retrain_of", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in concurrency.run_queue_config.tag_concurrency_limits
 
 
 @pytest.mark.gpu

@@ -51,16 +51,18 @@ from finetune_loop.defs.resources import (
     LoopResource,
 )
 from finetune_loop.defs.ship import champion_model, gguf_export
-from finetune_loop.defs.train import TRAINING_RUN_TAGS, base_model, lora_adapter
+from finetune_loop.defs.train import base_model, lora_adapter
 
 GROUP = "monitor"
 EVIDENCE_TAG = "finetune_loop/evidence"
 REPORT_TAG = "finetune_loop/report"
 # When the trigger asked, on the loop's clock (the schedule's tick time for the cadence).
 REQUESTED_AT_TAG = "finetune_loop/requested_at"
-# The run queue limits runs carrying this tag to one at a time (dagster.yaml), so a schedule tick
-# and a sensor request never train concurrently.
+# Every retrain run carries RETRAIN_TAGS (what the in-flight guard looks for) and RETRAIN_OF_TAG =
+# its task, which the run queue admits one at a time per value (dagster.yaml): a schedule tick and
+# a sensor request never train one task concurrently; other tasks' retrains run beside it.
 RETRAIN_TAGS = {"finetune_loop/job": "retrain"}
+RETRAIN_OF_TAG = "finetune_loop/retrain_of"
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -197,8 +199,8 @@ def _retrain_request(
     loop: LoopResource, run_key: str, decision: triggers.Decision, report: str = "", at: datetime | None = None
 ) -> dg.RunRequest:
     spec = loop.spec()
-    tags = {TASK_TAG: spec.name, TRIGGER_TAG: decision.trigger, EVIDENCE_TAG: decision.evidence, SPEC_HASH_TAG: spec.spec_sha256,
-            REQUESTED_AT_TAG: (at or utc_now()).isoformat()}
+    tags = {TASK_TAG: spec.name, RETRAIN_OF_TAG: spec.name, TRIGGER_TAG: decision.trigger, EVIDENCE_TAG: decision.evidence,
+            SPEC_HASH_TAG: spec.spec_sha256, REQUESTED_AT_TAG: (at or utc_now()).isoformat()}
     if report:
         tags[REPORT_TAG] = report
     return dg.RunRequest(run_key=run_key, tags=tags)
@@ -247,7 +249,7 @@ def task_automation(wiring: TaskWiring) -> TaskAutomation:
     retrain_job = dg.define_asset_job(
         wiring.name("retrain_job"),
         selection=dg.AssetSelection.assets(*(wiring.key(a.key) for a in RETRAIN_ASSETS)),
-        tags={**RETRAIN_TAGS, **TRAINING_RUN_TAGS, **({TASK_TAG: wiring.task} if wiring.task else {})},
+        tags={**RETRAIN_TAGS, **({TASK_TAG: wiring.task, RETRAIN_OF_TAG: wiring.task} if wiring.task else {})},
         description="Curate → train → evaluate (gate) → export and verify → promote.",
     )
     monitor_job = dg.define_asset_job(

@@ -20,15 +20,13 @@ from finetune_loop.defs.resources import LoopResource
 
 GROUP = "train"
 # What a GPU worker needs: dagster-k8s gives the step's pod one GPU; the `gpu` concurrency pool
-# (limit 1 per GPU in dagster.yaml) keeps a second training step from sharing it.
+# (dagster.yaml: one per GPU) keeps a second training step, of any task, from sharing it.
 TRAINING_OP_TAGS = {
     "dagster-k8s/config": {
         "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
     },
 }
 TRAINING_POOL = "gpu"
-# Run-level tag for jobs that train; dagster.yaml's run queue admits one such run at a time.
-TRAINING_RUN_TAGS = {"finetune_loop/gpu": "1"}
 # A killed or crashed training step is retried; each retry resumes from the last checkpoint of the
 # same data version and task spec, so a retry costs at most checkpoint_every_steps steps.
 TRAINING_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
