@@ -128,11 +128,7 @@ def run_with_llama_cpp(
         longest_label = max(len(tokens) for tokens in label_sequences.values())
         chosen, next_tokens = [], []
         for prompt in prompts:
-            tokens = serving_tokens(llm, prompt)
-            if len(tokens) + max(longest_label, SPEED_GENERATED_TOKENS) > n_ctx:
-                raise ValueError(f"a prompt of {len(tokens)} tokens plus an answer does not fit n_ctx={n_ctx}")
-            _eval_reusing_prefix(llm, tokens)
-            next_tokens.append(int(np.argmax(_last_logits(llm))))
+            next_tokens.append(_eval_prompt(llm, prompt, longest_label, n_ctx))
             chosen.append(_most_likely_label(llm, label_sequences))
         prompt_speed, generation_speed = _measure_speed(llm, serving_tokens(llm, prompts[0]))
         return LlamaCppAnswers(chosen, next_tokens, prompt_speed, generation_speed)
@@ -167,11 +163,7 @@ def generate_with_llama_cpp(
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         answers, first_tokens = [], []
         for prompt in prompts:
-            tokens = serving_tokens(llm, prompt)
-            if len(tokens) + max(max_tokens, SPEED_GENERATED_TOKENS) > n_ctx:
-                raise ValueError(f"a prompt of {len(tokens)} tokens plus {max_tokens} answer tokens does not fit n_ctx={n_ctx}")
-            _eval_reusing_prefix(llm, tokens)
-            first_tokens.append(int(np.argmax(_last_logits(llm))))
+            first_tokens.append(_eval_prompt(llm, prompt, max_tokens, n_ctx))
             answer: list[int] = []
             for _ in range(max_tokens):
                 token = int(np.argmax(_last_logits(llm)))
@@ -205,6 +197,16 @@ def serving_tokens(llm, prompt: PromptSegments) -> list[int]:
         return llm.tokenize(piece.encode(), add_bos=False, special=parse_special) if piece else []
 
     return bos + ids(prompt.before, parse_special=True) + ids(prompt.user_text, parse_special=False) + ids(prompt.after, parse_special=True)
+
+
+def _eval_prompt(llm, prompt: PromptSegments, answer_tokens: int, n_ctx: int) -> int:
+    """Evaluate one split chat prompt (reusing the cached prefix) and return llama.cpp's top-1 next
+    token; the prompt plus `answer_tokens` (or the speed probe's tokens) must fit the context."""
+    tokens = serving_tokens(llm, prompt)
+    if len(tokens) + max(answer_tokens, SPEED_GENERATED_TOKENS) > n_ctx:
+        raise ValueError(f"a prompt of {len(tokens)} tokens plus {answer_tokens} answer tokens does not fit n_ctx={n_ctx}")
+    _eval_reusing_prefix(llm, tokens)
+    return int(np.argmax(_last_logits(llm)))
 
 
 def _last_logits(llm) -> np.ndarray:
