@@ -277,8 +277,9 @@ def test_labels_admitted_waits_for_trainable_feedback_then_retrains_once(task):
 
     _admit_refund(task)
     log = task.parent / "production_log"
-    # Three trusted refunds three weeks ago, two from an untrusted source, four in the last week.
-    append_log_file(log, "a.jsonl", _refund_rows(T0 - timedelta(days=21), 3) + _refund_rows(T0 - timedelta(days=20), 2, source="crowd_vote"))
+    # Two trusted refunds three weeks ago, two from an untrusted source, four in the last week (the
+    # oldest half of those trains: recent_suite.admitted_label_train_share).
+    append_log_file(log, "a.jsonl", _refund_rows(T0 - timedelta(days=21), 2) + _refund_rows(T0 - timedelta(days=20), 2, source="crowd_vote"))
     append_log_file(log, "b.jsonl", _refund_rows(T0, 4) + _feedback_rows(T0, 3, correct=True, prefix="s"))
     spec = load_task_spec(task)
     trained = [["billing", "shipping", "login"]]
@@ -289,8 +290,9 @@ def test_labels_admitted_waits_for_trainable_feedback_then_retrains_once(task):
 
     assert labels_admitted_decision(spec, [], []).retrain is False  # versions without the tag: nothing to compare
     waiting = decide()
-    assert waiting.retrain is False and "refund 3" in waiting.evidence and "older than the recent window (7 days)" in waiting.evidence
-    append_log_file(log, "c.jsonl", _refund_rows(T0 - timedelta(days=14), 2))
+    assert waiting.retrain is False and "refund 4" in waiting.evidence
+    assert "older than the recent window of 7 days, or the oldest 50% of the label's rows in it" in waiting.evidence
+    append_log_file(log, "c.jsonl", _refund_rows(T0 - timedelta(days=14), 1))
     ready = decide()
     assert (ready.retrain, ready.trigger) == (True, LABELS_ADMITTED) and "refund 5" in ready.evidence
     # Once a version trained on it, promoted or refused, the label asks nothing more.

@@ -10,7 +10,6 @@ import yaml
 
 from finetune_loop.cli import EXIT_FAILED, EXIT_OK, main
 from finetune_loop.core.common.home import LoopHome
-from finetune_loop.core.common.tracker import Tracker
 from finetune_loop.core.monitor import portfolio
 from finetune_loop.core.ship.registry import GGUF_CHECKS_PASSED_TAG, promote
 from finetune_loop_tests.conftest import register_versions, write_tiny_task

@@ -50,13 +50,15 @@ def _task(tmp_path: Path, tiny_base_model: Path, rows: list[dict], **sections) -
     return task
 
 
-def _freeze(task: Path, tmp_path: Path, champion_until: datetime | None = None):
+def _freeze(task: Path, tmp_path: Path, champion_until: datetime | None = None, untrained: tuple[str, ...] = ()):
     spec = load_task_spec(task)
     suites_dir = tmp_path / "suites"
     holdout = freeze_suite(spec, "holdout", suites_dir)
     regression = freeze_suite(spec, "regression", suites_dir, exclude=[holdout])
     log = read_task_log(spec, now=NOW, check_labels=False)
-    value = recent.freeze_recent_suite(spec, log, suites_dir, champion_feedback_until=champion_until, exclude=[holdout, regression])
+    value = recent.freeze_recent_suite(
+        spec, log, suites_dir, champion_feedback_until=champion_until, untrained_labels=untrained, exclude=[holdout, regression],
+    )
     return spec, log, value, [holdout, regression]
 
 
@@ -145,6 +147,35 @@ def test_a_new_label_is_counted_until_the_task_admits_it(tmp_path, tiny_base_mod
     _, _, admitted, _ = _freeze(task, tmp_path)
     assert admitted.excluded == {} and admitted.suite.per_label == {"billing": 3, "refund": 4}
     assert (tmp_path / "suites" / "holdout.jsonl").read_bytes() == holdout_before
+
+
+def test_an_admitted_label_no_version_trained_on_trains_on_its_oldest_window_rows(tmp_path, tiny_base_model):
+    rows = [_request(i, day=i, label="billing") for i in range(10)]
+    # Nine refunds, all inside the 3-day window: without a share of them no retrain could learn refund.
+    rows += [{**_request(10 + i, day=7 + i * 0.25, label="billing"), "feedback": {"label": "refund", "source": "agent"}} for i in range(9)]
+    task = _task(tmp_path, tiny_base_model, rows, recent_suite={"days": 3})
+    raw = yaml.safe_load(task.read_text())
+    raw["labels"].append("refund")
+    task.write_text(yaml.safe_dump(raw))
+    spec, log, value, frozen = _freeze(task, tmp_path, untrained=("refund",))
+    # The oldest half (4 of 9, rounded down) trains, the newer 5 are judged; billing keeps the common cutoff.
+    assert value.admitted_cutoffs == {"refund": T0 + timedelta(days=7.75)}
+    assert value.excluded == {"trains the admitted label refund": 4}
+    assert value.suite.per_label == {"billing": 3, "refund": 5}
+    training = recent.write_training_feedback(spec, log, value, tmp_path / "feedback.jsonl")
+    trained_ids = {json.loads(line)["id"] for line in training.read_text().splitlines()}
+    assert trained_ids == {f"feedback-q-{i}" for i in range(7)} | {f"feedback-q-{i}" for i in range(10, 14)}
+    assert not trained_ids & {e.id for e in read_examples(value.suite.path)}
+    # The version trained on this split may have seen requests up to the refund cutoff: its
+    # FEEDBACK_UNTIL_TAG, and so the next window's start.
+    assert value.trained_until == T0 + timedelta(days=7.75) > value.training_cutoff
+    assert "refund until" in value.note
+    # Once a version trained on refund (it is no longer untrained) the window is split by time alone.
+    assert _freeze(task, tmp_path)[2].admitted_cutoffs == {}
+    # A share of 0 keeps every window row judged.
+    raw["recent_suite"]["admitted_label_train_share"] = 0
+    task.write_text(yaml.safe_dump(raw))
+    assert _freeze(task, tmp_path, untrained=("refund",))[2].suite.per_label == {"billing": 3, "refund": 9}
 
 
 def test_max_rows_keeps_the_newest_and_trains_on_none_of_the_window(tmp_path, tiny_base_model):

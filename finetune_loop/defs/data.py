@@ -13,6 +13,7 @@ from finetune_loop.core.common.tracker import CHAMPION_ALIAS
 from finetune_loop.core.data import curation, readers, recent, suites
 from finetune_loop.core.data import production_log as production
 from finetune_loop.core.data.validation import reason_kind
+from finetune_loop.core.ship.registry import trained_label_sets, untrained_labels
 from finetune_loop.defs.common import file_or_directory_version
 from finetune_loop.defs.metadata import (
     CuratedDatasetMetadata,
@@ -89,6 +90,11 @@ def _champion_feedback_until(loop: LoopResource) -> datetime | None:
     return datetime.fromisoformat(until) if until else None
 
 
+def _untrained_labels(loop: LoopResource) -> list[str]:
+    spec = loop.spec()
+    return untrained_labels(spec.labels, trained_label_sets(loop.tracker().all_version_tags(spec.registered_model_name).values()))
+
+
 @dg.asset(
     deps=[production_log, dg.AssetKey("base_model")],
     description="Recent suite: trusted labelled production requests of the last recent_suite.days, newer than the champion's "
@@ -102,7 +108,7 @@ def recent_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite, regressi
         log = production.read_task_log(spec, check_labels=False)
         value = recent.freeze_recent_suite(
             spec, log, loop.task_dir("suites"), champion_feedback_until=_champion_feedback_until(loop),
-            exclude=[holdout_suite, regression_suite], token_length=loop.token_length(),
+            untrained_labels=_untrained_labels(loop), exclude=[holdout_suite, regression_suite], token_length=loop.token_length(),
         )
         # The same read of the log gives curated_dataset the feedback older than the suite.
         cutoff = value.training_cutoff.timestamp() if value.training_cutoff else "none"
@@ -117,6 +123,7 @@ def recent_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite, regressi
         size=value.size,
         window=value.note,
         training_cutoff=value.training_cutoff.isoformat() if value.training_cutoff else None,
+        admitted_label_cutoffs={label: cutoff.isoformat() for label, cutoff in value.admitted_cutoffs.items()},
         window_rows=value.window_rows,
         per_label=value.suite.per_label if value.suite else {},
         excluded=value.excluded,

@@ -125,6 +125,8 @@ class RecentSuiteMetadata(AssetMetadata):
     size: int
     window: str
     training_cutoff: str | None
+    # Admitted labels no version trained on: their window rows up to this time train too.
+    admitted_label_cutoffs: dict = json_field()
     window_rows: int
     per_label: dict = json_field()
     excluded: dict = json_field()

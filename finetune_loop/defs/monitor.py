@@ -30,9 +30,9 @@ from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG
 from finetune_loop.core.monitor import drift, portfolio, triggers
 from finetune_loop.core.monitor import serving_quality as quality
 from finetune_loop.core.ship.registry import (
-    TRAINED_LABELS_TAG,
     champion_events,
     champion_record,
+    trained_label_sets,
 )
 from finetune_loop.defs.common import mlflow_link, run_tags
 from finetune_loop.defs.data import (
@@ -349,8 +349,7 @@ def task_automation(wiring: TaskWiring) -> TaskAutomation:
         decision = triggers.feedback_decision(spec, labelled, consumed)
         if not decision.retrain:
             # A label a person admitted (new_labels) is a task change no volume count waits for.
-            trained = [json.loads(v[TRAINED_LABELS_TAG]) for v in version_tags if TRAINED_LABELS_TAG in v]
-            admitted = triggers.labels_admitted_decision(spec, trained, labelled)
+            admitted = triggers.labels_admitted_decision(spec, trained_label_sets(version_tags), labelled)
             evidence = admitted.evidence if admitted.retrain else f"{decision.evidence}; {admitted.evidence}"
             decision = triggers.FeedbackDecision(admitted.retrain, admitted.trigger if admitted.retrain else decision.trigger, evidence, decision.newest)
         waiting = None if not decision.retrain else retrain_in_flight(context.instance, spec.name)

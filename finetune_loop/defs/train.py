@@ -76,8 +76,8 @@ def lora_adapter(
         context.log.warning("the task's labels are too long for a registry tag: labels_admitted cannot tell which labels this version knows")
     # How far this version's training feedback reaches: a later recent suite starts after it, so
     # this version is never judged on a request it trained on.
-    feedback_tags = {} if recent_suite.training_cutoff is None else {
-        FEEDBACK_UNTIL_TAG: recent_suite.training_cutoff.isoformat(), FEEDBACK_SEEN_TAG: recent_suite.window_end.isoformat(),
+    feedback_tags = {} if recent_suite.trained_until is None else {
+        FEEDBACK_UNTIL_TAG: recent_suite.trained_until.isoformat(), FEEDBACK_SEEN_TAG: recent_suite.window_end.isoformat(),
     }
     tracker.tag_version(adapter.model_version.name, adapter.model_version.version, {**labels_tag, **feedback_tags})
     metadata = LoraAdapterMetadata.from_sources(

@@ -361,6 +361,14 @@ class RecentSuiteSettings:
     # Rows newer than this (and newer than what the champion trained on) are judged, never trained on.
     days: float = Field(7.0, gt=0, description="labelled requests of the last this many days (by feedback time) form the recent suite")
     max_rows: int = Field(500, ge=1, description="at most this many of them, the newest first")
+    # A label just admitted has almost all of its feedback in the window; without a share of it
+    # the retrain it asks for cannot learn it until its rows age past `days` (in the 24-week
+    # benchmark, two weeks in which new intents grew to a third of the traffic). Half keeps the
+    # rest to judge the candidate on that label.
+    admitted_label_train_share: float = Field(
+        0.5, ge=0, lt=1,
+        description="of a label admitted to the task that no registered version trained on, this share of its window rows (the oldest) trains; the rest is judged",
+    )
 
 
 @_section

@@ -10,7 +10,12 @@ The split is by time, and no model is ever judged on a row it trained on:
   the feedback the champion was trained on (`FEEDBACK_UNTIL_TAG` on its registry version), so the
   champion is not judged on its own training rows either;
 * labelled feedback at or before the window's start (`training_cutoff`) may become training data;
-  every row after it (in the suite or left out of it) may not;
+  every row after it (in the suite or left out of it) may not, with one exception: a label admitted
+  to the task that no registered version trained on yet. Its feedback is mostly new, so nearly all
+  of it would sit in the window, judged but never learned, while that label's traffic grows. The
+  oldest `recent_suite.admitted_label_train_share` of its window rows train (a cutoff of its own,
+  `admitted_cutoffs`); the newer rest is judged. The split is still by time, per label, and the
+  version's `FEEDBACK_UNTIL_TAG` is the newest row it trained on (`trained_until`);
 * the suite obeys the training data's rules (`suites.suite_candidates`: valid, scrubbed, within
   max_length, unique, not in the holdout or regression suite), and curation treats it as a frozen
   suite: a training row repeating one of its texts is removed as contamination.
@@ -28,7 +33,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from finetune_loop.core.common.examples import Example
 from finetune_loop.core.common.files import sha256_file, write_jsonl, write_text_atomic
@@ -96,13 +101,42 @@ class RecentSuite:
     # The feedback that may train, as a labelled-examples file for curation (write_training_feedback);
     # None: none may, or it was not written.
     training_feedback: Path | None = None
+    # Per admitted label no version trained on: its window rows at or before this time train too.
+    admitted_cutoffs: dict[str, datetime] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return self.suite.size if self.suite else 0
 
+    @property
+    def trained_until(self) -> datetime | None:
+        """The newest request time a version trained on this split may have trained on."""
+        return max([self.training_cutoff, *self.admitted_cutoffs.values()]) if self.training_cutoff else None
+
     def may_train(self, record: ProductionRecord) -> bool:
-        return self.training_cutoff is not None and record.timestamp <= self.training_cutoff
+        if self.training_cutoff is None:
+            return False
+        admitted = self.admitted_cutoffs.get(record.feedback_label or "")
+        return record.timestamp <= (admitted if admitted is not None else self.training_cutoff)
+
+
+def admitted_label_split(spec: TaskSpec, window: Sequence[ProductionRecord], label: str) -> datetime | None:
+    """The time at or before which an admitted, never-trained label's rows in the recent window
+    train: the oldest `recent_suite.admitted_label_train_share` of them (rounded down; ties in time
+    go together, so no request time is both trained and judged). None: none of them train."""
+    times = sorted(r.timestamp for r in window if r.feedback_label == label)
+    carved = int(len(times) * spec.recent_suite.admitted_label_train_share)
+    return times[carved - 1] if carved else None
+
+
+def trainable_admitted_rows(spec: TaskSpec, records: Sequence[ProductionRecord], label: str) -> int:
+    """How many of `records` (trusted labelled feedback) of an admitted, never-trained `label` a
+    retrain now would train on: those older than the recent window plus its carved share of the window."""
+    if not records:
+        return 0
+    start = max(r.timestamp for r in records) - timedelta(days=spec.recent_suite.days)
+    cutoff = admitted_label_split(spec, [r for r in records if r.timestamp > start], label)
+    return sum(1 for r in records if r.feedback_label == label and r.timestamp <= (cutoff or start))
 
 
 def _example(record: ProductionRecord) -> Example:
@@ -115,12 +149,14 @@ def freeze_recent_suite(
     suites_dir: Path,
     *,
     champion_feedback_until: datetime | None,
+    untrained_labels: Collection[str] = (),
     exclude: Sequence[FrozenSuite] = (),
     token_length: Callable[[Example], int] | None = None,
 ) -> RecentSuite:
     """Split the log's trusted labelled feedback by time and freeze the recent part (see the module
     docstring). `log` is read without the label check: a label the task does not know is counted
-    (`excluded["label not in the task yet: X"]`) and joins the suite once the task admits it."""
+    (`excluded["label not in the task yet: X"]`) and joins the suite once the task admits it.
+    `untrained_labels`: task labels no registered version trained on (their window rows are split)."""
     feedback = labelled_feedback(spec, log)
     records = feedback.records
     if not records:
@@ -134,8 +170,12 @@ def freeze_recent_suite(
     window = [r for r in records if r.timestamp > start]
     excluded: Counter = Counter()
     known = set(spec.labels)
-    admitted = [r for r in window if not known or r.feedback_label in known]
-    excluded.update(f"label not in the task yet: {r.feedback_label}" for r in window if known and r.feedback_label not in known)
+    cutoffs = {label: cutoff for label in sorted(set(untrained_labels) & known) if (cutoff := admitted_label_split(spec, window, label))}
+    carved = [r.feedback_label in cutoffs and r.timestamp <= cutoffs[r.feedback_label] for r in window]
+    excluded.update(f"trains the admitted label {r.feedback_label}" for r, train in zip(window, carved) if train)
+    window_rest = [r for r, train in zip(window, carved) if not train]
+    admitted = [r for r in window_rest if not known or r.feedback_label in known]
+    excluded.update(f"label not in the task yet: {r.feedback_label}" for r in window_rest if known and r.feedback_label not in known)
     # Newest first under max_rows; the rest of the window is neither judged nor trained on.
     admitted = sorted(admitted, key=lambda r: r.timestamp, reverse=True)
     beyond = admitted[spec.recent_suite.max_rows :]
@@ -144,10 +184,14 @@ def freeze_recent_suite(
     rows, rule_exclusions = suite_candidates(spec, examples, [], exclude, token_length=token_length)
     excluded.update(rule_exclusions)
     excluded = Counter({reason: count for reason, count in sorted(excluded.items()) if count})
-    if not rows:
-        return RecentSuite(None, start, newest, len(window), dict(excluded), feedback.quarantine, note + ": none usable")
-    suite = _write_suite(spec, rows, suites_dir, start, newest, dict(excluded))
-    return RecentSuite(suite, start, newest, len(window), dict(excluded), feedback.quarantine, note)
+    if cutoffs:
+        note += "; the oldest share of never-trained admitted labels trains (" + ", ".join(
+            f"{label} until {cutoff.isoformat()}" for label, cutoff in cutoffs.items()) + ")"
+    suite = _write_suite(spec, rows, suites_dir, start, newest, dict(excluded)) if rows else None
+    return RecentSuite(
+        suite, start, newest, len(window), dict(excluded), feedback.quarantine, note if rows else note + ": none usable",
+        admitted_cutoffs=cutoffs,
+    )
 
 
 def _write_suite(spec: TaskSpec, rows: list[Example], suites_dir: Path, start: datetime, end: datetime, excluded: dict[str, int]) -> FrozenSuite:

@@ -14,12 +14,14 @@ from typing import Sequence
 
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.data.production_log import ProductionRecord
-from finetune_loop.core.ship.registry import ChampionRecord
+from finetune_loop.core.data.recent import trainable_admitted_rows
+from finetune_loop.core.ship.registry import ChampionRecord, untrained_labels
 
 CADENCE, DRIFT, FEEDBACK_VOLUME, FEEDBACK_ACCURACY = "cadence", "drift", "feedback_volume", "feedback_accuracy"
 LABELS_ADMITTED = "labels_admitted"
-# Trusted feedback rows an admitted label needs, older than the recent suite's window (so they can
-# train), before labels_admitted retrains: the new_labels signal's own minimum.
+# Trusted feedback rows an admitted label needs that a retrain would train on (older than the recent
+# suite's window, or its carved share of the window) before labels_admitted retrains: the
+# new_labels signal's own minimum.
 MIN_ADMITTED_LABEL_ROWS = 5
 
 
@@ -135,27 +137,24 @@ def labels_admitted_decision(
 ) -> Decision:
     """Retrain once labels admitted to the task (in `spec.labels`, trained on by no registered
     version: `trained_labels` holds each version's label set) have MIN_ADMITTED_LABEL_ROWS trusted
-    labelled requests older than the recent suite's window, the rows curation can train on. A label
-    some version trained on, promoted or refused, asks nothing more: the other triggers take over."""
+    labelled requests a retrain would train on (`recent.trainable_admitted_rows`: older than the
+    recent suite's window, plus the label's carved share of it). A label some version trained on,
+    promoted or refused, asks nothing more: the other triggers take over."""
     if not trained_labels:
         return Decision(False, LABELS_ADMITTED, "no registered version records its labels yet")
-    trained = {label for labels in trained_labels for label in labels}
-    untrained = [label for label in spec.labels if label not in trained]
+    untrained = untrained_labels(spec.labels, trained_labels)
     if not untrained:
         return Decision(False, LABELS_ADMITTED, "every task label was trained on by a registered version")
-    newest = max((r.timestamp for r in labelled), default=None)
     trusted = set(spec.feedback.trusted_sources)
-    cutoff = newest - timedelta(days=spec.recent_suite.days) if newest else None
-    trainable = {
-        label: sum(1 for r in labelled if r.feedback_label == label and r.feedback_source in trusted and r.timestamp <= cutoff)
-        for label in untrained
-    } if cutoff else dict.fromkeys(untrained, 0)
+    records = [r for r in labelled if r.feedback_source in trusted]
+    trainable = {label: trainable_admitted_rows(spec, records, label) for label in untrained}
     counts = ", ".join(f"{label} {n}" for label, n in trainable.items())
     ready = [label for label, n in trainable.items() if n >= MIN_ADMITTED_LABEL_ROWS]
     if not ready:
         return Decision(
             False, LABELS_ADMITTED,
-            f"admitted labels not trained on yet wait for {MIN_ADMITTED_LABEL_ROWS} trusted labelled requests older than the "
-            f"recent window ({spec.recent_suite.days:g} days): {counts}",
+            f"admitted labels not trained on yet wait for {MIN_ADMITTED_LABEL_ROWS} trusted labelled requests to train on "
+            f"(older than the recent window of {spec.recent_suite.days:g} days, or the oldest "
+            f"{spec.recent_suite.admitted_label_train_share:.0%} of the label's rows in it): {counts}",
         )
     return Decision(True, LABELS_ADMITTED, f"labels admitted since the latest training, with trainable feedback: {counts}")

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from finetune_loop.core.common.clock import utc_now
 from finetune_loop.core.common.tracker import (
@@ -62,6 +62,18 @@ def trained_labels_tag(labels) -> dict[str, str]:
     skips labels_admitted for that version, as for versions made before the tag existed)."""
     value = json.dumps(list(labels), ensure_ascii=False)
     return {TRAINED_LABELS_TAG: value} if len(value) <= MAX_TAG_VALUE_CHARS else {}
+
+
+def trained_label_sets(version_tags: Iterable[Mapping[str, str]]) -> list[list[str]]:
+    """Each registered version's trained labels (TRAINED_LABELS_TAG), for the versions that record them."""
+    return [json.loads(tags[TRAINED_LABELS_TAG]) for tags in version_tags if TRAINED_LABELS_TAG in tags]
+
+
+def untrained_labels(labels: Sequence[str], trained_sets: Sequence[Sequence[str]]) -> list[str]:
+    """The task labels no registered version trained on; none when no version records its labels
+    (nothing to compare with: every label is then taken as known)."""
+    trained = {label for labels_of_version in trained_sets for label in labels_of_version}
+    return [label for label in labels if trained_sets and label not in trained]
 RESTORED_FROM_TAG = TAG_PREFIX + "restored_from"
 # ChampionEvent kinds: how the champion alias moved.
 PROMOTION = "promotion"
