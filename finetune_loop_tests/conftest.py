@@ -86,6 +86,20 @@ def write_tiny_task(
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_definitions_state_storage():
+    """Each test starts with no process-wide definitions-state storage. Every DagsterInstance
+    entered as a context sets Dagster's current DefsStateStorage (a context variable) and resets it
+    on exit; instances exited out of order (a module fixture's and a test's) leave a closed
+    instance's storage behind, and the next definitions load without an instance of its own fails
+    with "Attempted to resolve undefined DagsterInstance weakref" (CI, stop 25). Dagster exposes no
+    public way to clear it; the reset at the end of this context undoes whatever a test leaves."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory) -> Path:
     from finetune_loop_tests.tiny_models import build_tiny_llama
