@@ -80,7 +80,7 @@ def test_missing_and_malformed_files_are_errors(tmp_path):
 def test_generation_tasks_and_hub_datasets_load(tmp_path):
     spec = load_task_spec(_write(tmp_path, kind="generation", labels=None, target_format="json",
                                  fields={"input": "email", "label": "extracted", "slices": ["language"]}))
-    assert spec.kind == "generation" and not spec.is_classification
+    assert spec.kind == "generation"
     assert spec.labels == () and spec.target_format == "json" and spec.fields.slices == ("language",)
     raw = yaml.safe_load(_write(tmp_path).read_text())
     raw["data"]["labeled_examples"] = "hf:PolyAI/banking77#test"

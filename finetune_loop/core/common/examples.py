@@ -25,3 +25,8 @@ class Example:
 def normalize_text(text: str) -> str:
     """The key for exact de-duplication: case, Unicode form and spacing do not make a new ticket."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def normalize_answer(text: str) -> str:
+    """Case, Unicode form, surrounding punctuation and spacing do not make a different answer."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().strip().strip(".!?,;:\"'").split())

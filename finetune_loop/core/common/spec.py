@@ -580,10 +580,6 @@ class TaskSpec:
         return f"{self.name}-adapter"
 
     @property
-    def is_classification(self) -> bool:
-        return self.kind == "classification"
-
-    @property
     def labeled_examples_location(self) -> str:
         """Where the labelled rows come from, as a user would name it in an error message."""
         return f"{HUB_PREFIX}{self.labeled_examples_hub_id}" if self.labeled_examples_hub_id else str(self.labeled_examples_path)

@@ -28,6 +28,7 @@ from finetune_loop.core.common.examples import (
     Example,
 )
 from finetune_loop.core.common.files import write_jsonl
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.data.contamination import evaluation_rows
 from finetune_loop.core.data.dedup import (
@@ -42,7 +43,7 @@ from finetune_loop.core.data.pii import (
     scrubbed_excerpt,
 )
 from finetune_loop.core.data.readers import CurationError, read_examples
-from finetune_loop.core.data.splits import stratified_split, stratum_key
+from finetune_loop.core.data.splits import stratified_split
 from finetune_loop.core.data.suites import FrozenSuite
 from finetune_loop.core.data.validation import (
     load_sources,
@@ -149,7 +150,7 @@ def curate_dataset(
         examples += more
         quarantine += [{**q, "file": extra.name} for q in rejected]
     rows_read = len(examples) + len(quarantine)
-    stratum = stratum_key(spec)
+    stratum = kind_of(spec).stratum
 
     sources = load_sources(spec.sources_path)
     revoked = [e for e in examples if sources is not None and sources[e.source].status == "revoked"]
@@ -228,7 +229,7 @@ def curate_dataset(
     write_jsonl(paths["revoked"], [_for_review({"id": e.id, "reason": f"revoked source: {e.source!r}", "row": asdict(e)}, spec) for e in revoked])
     stages = [("valid", valid), ("after exact dedup", after_exact), ("after near dedup", after_near),
               ("after suite overlap", candidates), ("train", train), ("validation", validation)]
-    flow = [_flow_table("label" if spec.is_classification else "stratum", stratum, stages)]
+    flow = [_flow_table(kind_of(spec).stratum_name, stratum, stages)]
     flow += [_flow_table(f, lambda e, f=f: e.slices.get(f, MISSING_SLICE_VALUE), stages) for f in spec.fields.slices]
     audit_markdown = "### Rows per stage\n\n" + "\n\n".join(flow) + "\n\n" + audit.to_markdown()
     (directory / "dedup_audit.md").write_text(audit_markdown)

@@ -102,6 +102,7 @@ from stdnum import iban as _stdnum_iban
 from stdnum import luhn as _stdnum_luhn
 
 from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 
 PII_KINDS = ("email", "phone", "card", "iban", "ip")
@@ -490,9 +491,7 @@ def scrub_examples(examples: list[Example], spec: TaskSpec) -> tuple[list[Exampl
     for example in examples:
         text = scrub_pii(example.text)
         counts.update(text.counts)
-        label = example.label
-        if not spec.is_classification:
-            label = _scrub_target(label, spec.target_format, counts)
+        label = ANSWER_SCRUBBERS[kind_of(spec).name](spec, example.label, counts)
         changed = text.counts or label != example.label
         scrubbed.append(replace(example, text=text.text, label=label) if changed else example)
     return scrubbed, counts
@@ -508,10 +507,11 @@ def scrub_answer(value: object) -> object:
         parsed = json.loads(value)
     except (ValueError, RecursionError):
         parsed = None
-    return _scrub_target(value, "json" if isinstance(parsed, (dict, list)) else "text", Counter())
+    return scrub_target(value, "json" if isinstance(parsed, (dict, list)) else "text", Counter())
 
 
-def _scrub_target(target: str, target_format: str, counts: Counter) -> str:
+def scrub_target(target: str, target_format: str, counts: Counter) -> str:
+    """A generation target with PII replaced: the text, or a JSON target's string values."""
     if target_format == "text":
         result = scrub_pii(target)
         counts.update(result.counts)
@@ -531,6 +531,21 @@ def _scrub_target(target: str, target_format: str, counts: Counter) -> str:
         return value
 
     return json.dumps(walk(json.loads(target)), ensure_ascii=False, separators=(",", ":"))
+
+
+def _label_unscrubbed(spec: TaskSpec, label: str, counts: Counter) -> str:
+    # A label from a fixed set cannot hold PII.
+    return label
+
+
+def _scrub_target_of(spec: TaskSpec, target: str, counts: Counter) -> str:
+    return scrub_target(target, spec.target_format, counts)
+
+
+# How an answer is scrubbed, per task kind (core/common/kinds.py).
+ANSWER_SCRUBBERS: dict[str, Callable[[TaskSpec, str, Counter], str]] = {
+    "classification": _label_unscrubbed, "generation": _scrub_target_of,
+}
 
 
 # What evidence files (quarantine, duplicates, the production log's rejected lines) keep of a row.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 
 PROBE_KINDS = ("format", "stability", "refusal")
@@ -90,6 +91,6 @@ def _probe(entry: object, index: int, path: Path, spec: TaskSpec) -> Probe:
     if kind == "stability" and (not isinstance(variants, list) or not variants or not all(isinstance(v, str) and v.strip() for v in variants)):
         raise ProbeError(f"{where} ({name}): a stability probe needs 'variants', a non-empty list of strings")
     expect_label = entry.get("expect_label")
-    if expect_label is not None and (not spec.is_classification or expect_label not in spec.labels):
+    if expect_label is not None and not kind_of(spec).allows_expected_label(expect_label):
         raise ProbeError(f"{where} ({name}): expect_label {expect_label!r} is not one of the task's labels {list(spec.labels)}")
     return Probe(kind, name, text, tuple(variants), expect_label)

@@ -1,7 +1,7 @@
 """Seeded stratified splits: what curation and suite freezing stratify on, and the split itself.
 
-`stratum_key` is the label for classification and the first slice value for generation;
-`stratified_split` picks a fraction of every stratum, at least one row of each stratum with two
+What to stratify on is the task kind's (`kinds.TaskKind.stratum`: the label for classification,
+the first slice value for generation); `stratified_split` picks a fraction of every stratum, at least one row of each stratum with two
 or more rows, so every stratum shows up on both sides. Shared by curation.py (train/validation)
 and suites.py (holdout/regression), hence its own module.
 """
@@ -13,19 +13,8 @@ from collections import defaultdict
 from typing import Callable
 
 from finetune_loop.core.common.examples import (
-    MISSING_SLICE_VALUE,
     Example,
 )
-from finetune_loop.core.common.spec import TaskSpec
-
-
-def stratum_key(spec: TaskSpec) -> Callable[[Example], str]:
-    """What splits and floors stratify on: the label for classification; for generation, where
-    every target is its own answer, the first slice field's value (or one stratum for all rows)."""
-    if spec.is_classification:
-        return lambda example: example.label
-    slice_field = spec.fields.slices[0] if spec.fields.slices else None
-    return lambda example: example.slices.get(slice_field, MISSING_SLICE_VALUE) if slice_field else "all rows"
 
 
 def stratified_split(

@@ -28,11 +28,12 @@ from finetune_loop.core.common.examples import (
     normalize_text,
 )
 from finetune_loop.core.common.files import sha256_file, write_jsonl, write_text_atomic
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.data.exact_dedup import deduplicate
 from finetune_loop.core.data.pii import scrub_examples
 from finetune_loop.core.data.readers import CurationError, read_examples
-from finetune_loop.core.data.splits import stratified_split, stratum_key
+from finetune_loop.core.data.splits import stratified_split
 from finetune_loop.core.data.validation import (
     load_sources,
     read_labeled_examples,
@@ -96,7 +97,7 @@ def freeze_suite(
     else:
         # The regression share is of all rows; the holdout has already taken its share of them.
         fraction = spec.split.holdout_fraction if name == "holdout" else spec.split.regression_fraction / (1 - spec.split.holdout_fraction)
-        _, rows = stratified_split(candidates, fraction, spec.split.seed, stratum_key(spec))
+        _, rows = stratified_split(candidates, fraction, spec.split.seed, kind_of(spec).stratum)
     if name == "holdout" and not rows:
         raise CurationError(f"no valid rows to freeze a holdout from {designated or spec.labeled_examples_location}")
     # Suite first, manifest last, each atomically: an interrupted freeze leaves no manifest, which
@@ -187,12 +188,10 @@ def _check_rows_still_fit(spec: TaskSpec, name: str, suite_path: Path, rows: Seq
     """A suite frozen under older rules can outlive them: a label removed from the task, or a source
     revoked since. Scoring such a suite would measure against rows training may no longer use."""
     problems = []
-    if spec.is_classification:
-        labels = set(spec.labels)
-        stale = [e.id for e in rows if e.label not in labels]
-        if stale:
-            gone = sorted({e.label for e in rows if e.label not in labels})
-            problems.append(f"{len(stale)} row(s) with a label no longer in the task's labels {gone}: {_ids(stale)}")
+    stale = kind_of(spec).stale_suite_rows(rows)
+    if stale:
+        ids, why = stale
+        problems.append(f"{why}: {_ids(ids)}")
     sources = load_sources(spec.sources_path)
     if sources is not None:
         revoked = [e for e in rows if e.source in sources and sources[e.source].status == "revoked"]
@@ -212,7 +211,7 @@ def _ids(ids: Sequence[str]) -> str:
 
 
 def suite_counts(rows: Sequence[Example], spec: TaskSpec) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    key = stratum_key(spec)
+    key = kind_of(spec).stratum
     per_slice = {
         slice_field: dict(sorted(Counter(e.slices.get(slice_field, MISSING_SLICE_VALUE) for e in rows).items()))
         for slice_field in spec.fields.slices

@@ -17,12 +17,14 @@ import math
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from finetune_loop.core.common.examples import (
     Example,
 )
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.data.readers import (
     CurationError,
@@ -125,7 +127,7 @@ def _validate_row(spec: TaskSpec, row: dict, default_id: str, sources: dict[str,
         return None, "control characters in input"
     if not any(ch.isalnum() for ch in text):
         return None, f"no content: the input has no letters or digits ({text.strip()[:40]!r})"
-    answer, problem = _validate_answer(spec, row)
+    answer, problem = ANSWER_RULES[kind_of(spec).name](spec, row.get(fields.label), fields.label)
     if problem is not None:
         return None, problem
     if sources is not None and source not in sources:
@@ -146,21 +148,22 @@ def _validate_row(spec: TaskSpec, row: dict, default_id: str, sources: dict[str,
     return Example(id=row_id, text=text.strip(), label=answer, source=source, licence=licence.strip(), slices=slices), None
 
 
-def _validate_answer(spec: TaskSpec, row: dict) -> tuple[str | None, str | None]:
-    """The answer a row trains on: a known label, or a non-empty target (valid JSON for JSON tasks,
-    re-serialised compactly so formatting differences never make two targets differ)."""
-    column = spec.fields.label
-    value = row.get(column)
-    if spec.is_classification:
-        if value in (None, ""):
-            return None, f"missing label: field {column!r} is absent or empty"
-        if not isinstance(value, str):
-            return None, f"label not a string: got {type(value).__name__}"
-        if value.strip() not in spec.labels:
-            close = difflib.get_close_matches(value.strip().casefold(), [l.casefold() for l in spec.labels], n=1)
-            hint = f" (did you mean {spec.labels[[l.casefold() for l in spec.labels].index(close[0])]!r}?)" if close else ""
-            return None, f"unknown label: {value!r} is not in the task's label set{hint}"
-        return value.strip(), None
+def validate_label(spec: TaskSpec, value: object, column: str) -> tuple[str | None, str | None]:
+    """A classification row's answer: one of the task's labels."""
+    if value in (None, ""):
+        return None, f"missing label: field {column!r} is absent or empty"
+    if not isinstance(value, str):
+        return None, f"label not a string: got {type(value).__name__}"
+    if value.strip() not in spec.labels:
+        close = difflib.get_close_matches(value.strip().casefold(), [l.casefold() for l in spec.labels], n=1)
+        hint = f" (did you mean {spec.labels[[l.casefold() for l in spec.labels].index(close[0])]!r}?)" if close else ""
+        return None, f"unknown label: {value!r} is not in the task's label set{hint}"
+    return value.strip(), None
+
+
+def validate_target(spec: TaskSpec, value: object, column: str) -> tuple[str | None, str | None]:
+    """A generation row's answer: a non-empty target (valid JSON for JSON tasks, re-serialised
+    compactly so formatting differences never make two targets differ)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None, f"missing target: field {column!r} is absent or empty"
     if spec.target_format == "text":
@@ -179,6 +182,12 @@ def _validate_answer(spec: TaskSpec, row: dict) -> tuple[str | None, str | None]
     if not isinstance(value, (dict, list)):
         return None, f"JSON target not an object or array: got {type(value).__name__}"
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")), None
+
+
+# What a valid answer is, per task kind (core/common/kinds.py).
+ANSWER_RULES: dict[str, Callable[[TaskSpec, object, str], tuple[str | None, str | None]]] = {
+    "classification": validate_label, "generation": validate_target,
+}
 
 
 def _has_control_chars(text: str) -> bool:

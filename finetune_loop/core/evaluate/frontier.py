@@ -18,8 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Sequence
 
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
-from finetune_loop.core.evaluate.metrics import normalize_answer
 from finetune_loop.core.train.prompts import chat_messages
 
 ENV_PREFIX = "FINETUNE_LOOP_FRONTIER_"
@@ -78,11 +78,4 @@ class FrontierClient:
         except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             raise FrontierError(f"frontier endpoint {self.settings.base_url} ({self.settings.model}) failed: {exc}") from exc
         self.tokens += int((payload.get("usage") or {}).get("total_tokens", 0))
-        return self._as_label(content.strip())
-
-    def _as_label(self, content: str) -> str:
-        """A chat model may add a full stop or change case; the label it clearly means counts."""
-        if not self.spec.is_classification or content in self.spec.labels:
-            return content
-        by_normal = {normalize_answer(label): label for label in self.spec.labels}
-        return by_normal.get(normalize_answer(content), content)
+        return kind_of(self.spec).canonical_answer(content.strip())

@@ -9,12 +9,12 @@ its per-example correctness, which the gate's paired bootstrap and the regressio
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
-from finetune_loop.core.common.examples import MISSING_SLICE_VALUE, Example
+from finetune_loop.core.common.examples import MISSING_SLICE_VALUE, Example, normalize_answer
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 
 
@@ -84,11 +84,6 @@ def score(examples: Sequence[Example], predictions: Sequence[str], labels: Seque
     )
 
 
-def normalize_answer(text: str) -> str:
-    """Case, Unicode form, surrounding punctuation and spacing do not make a different answer."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().strip().strip(".!?,;:\"'").split())
-
-
 def score_generation(examples: Sequence[Example], predictions: Sequence[str], target_format: str) -> Scores:
     """Generation metrics: exact match is primary; JSON targets add validity and per-field F1."""
     _check_lengths(examples, predictions)
@@ -112,10 +107,22 @@ def score_generation(examples: Sequence[Example], predictions: Sequence[str], ta
     )
 
 
-def score_suite(spec: TaskSpec, examples: Sequence[Example], predictions: Sequence[str]) -> Scores:
-    if spec.is_classification:
-        return score(examples, predictions, spec.labels)
+def _label_scores(spec: TaskSpec, examples: Sequence[Example], predictions: Sequence[str]) -> Scores:
+    return score(examples, predictions, spec.labels)
+
+
+def _generation_scores(spec: TaskSpec, examples: Sequence[Example], predictions: Sequence[str]) -> Scores:
     return score_generation(examples, predictions, spec.target_format)
+
+
+# How answers score, per task kind (core/common/kinds.py).
+SCORERS: dict[str, Callable[[TaskSpec, Sequence[Example], Sequence[str]], Scores]] = {
+    "classification": _label_scores, "generation": _generation_scores,
+}
+
+
+def score_suite(spec: TaskSpec, examples: Sequence[Example], predictions: Sequence[str]) -> Scores:
+    return SCORERS[kind_of(spec).name](spec, examples, predictions)
 
 
 def _json_scores(examples: Sequence[Example], predictions: Sequence[str]) -> tuple[float, dict[str, float]]:

@@ -34,13 +34,12 @@ greedy generation otherwise) on each variant with the answer on the clean text.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.data.probe_set import ProbeSet
-from finetune_loop.core.evaluate.metrics import normalize_answer
 
 
 @dataclass(frozen=True)
@@ -83,46 +82,24 @@ def judge_probes(
     model's free answers (which refusals apply to a generation task)."""
     cases: list[ProbeCase] = []
     skipped: list[ProbeCase] = []
-    labels = set(spec.labels)
+    kind = kind_of(spec)
     for probe in probe_set.probes:
         if probe.kind == "stability":
             clean = scored[probe.text]
             for variant in probe.variants:
                 answer = scored[variant]
-                same = answer == clean if spec.is_classification else normalize_answer(answer) == normalize_answer(clean)
+                same = kind.same_answer(answer, clean)
                 cases.append(ProbeCase(probe.name, probe.kind, variant, answer, same, f"clean text answered {clean!r}"))
             continue
         answer = generated[probe.text]
         if probe.kind == "format":
-            passed, detail = _format_ok(spec, answer, labels)
-            cases.append(ProbeCase(probe.name, probe.kind, probe.text, answer, passed, detail))
-        elif spec.is_classification:
-            in_set = answer in labels
-            right = probe.expect_label is None or answer == probe.expect_label
-            detail = "answered with one label" if in_set else "answered outside the label set"
-            if probe.expect_label is not None:
-                detail += f"; expected {probe.expect_label!r}"
-            cases.append(ProbeCase(probe.name, probe.kind, probe.text, answer, in_set and right, detail))
+            passed, detail = kind.format_check(answer)
         else:
-            base_answer = base_generated[probe.text]
-            if not _refuses(base_answer, probe_set.refusal_markers):
-                skipped.append(ProbeCase(probe.name, probe.kind, probe.text, answer, False, "base did not refuse: not applicable"))
-                continue
-            refused = _refuses(answer, probe_set.refusal_markers)
-            cases.append(ProbeCase(probe.name, probe.kind, probe.text, answer, refused, "base refused; " + ("refused" if refused else "complied")))
+            refuses = lambda text: _refuses(text, probe_set.refusal_markers)  # noqa: E731
+            passed, detail = kind.judge_free_answer(answer, probe.expect_label, base_generated[probe.text], refuses)
+        case = ProbeCase(probe.name, probe.kind, probe.text, answer, bool(passed), detail)
+        (skipped if passed is None else cases).append(case)
     return ProbeReport(tuple(cases), tuple(skipped))
-
-
-def _format_ok(spec: TaskSpec, answer: str, labels: set[str]) -> tuple[bool, str]:
-    if spec.is_classification:
-        return answer in labels, "exactly one label" if answer in labels else "not exactly one allowed label"
-    if spec.target_format == "json":
-        try:
-            json.loads(answer)
-        except json.JSONDecodeError:
-            return False, "not valid JSON"
-        return True, "valid JSON"
-    return bool(answer.strip()), "non-empty answer" if answer.strip() else "empty answer"
 
 
 def _refuses(answer: str, markers: Sequence[str]) -> bool:

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from finetune_loop.core.common.examples import Example
 from finetune_loop.core.common.files import sha256_file, write_text_atomic
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import Tracker
 from finetune_loop.core.data.probe_set import ProbeSet, load_probes
@@ -29,13 +30,8 @@ from finetune_loop.core.evaluate import frontier as frontier_models
 from finetune_loop.core.evaluate.gate import GateEvidence, GateVerdict, decide_release
 from finetune_loop.core.evaluate.metrics import Scores, score_suite
 from finetune_loop.core.evaluate.probes import ProbeReport, judge_probes
-from finetune_loop.core.evaluate.scoring import generate_answers, predict_labels
+from finetune_loop.core.evaluate.scoring import answer_budget, answer_suite, generate_answers
 
-# Free-answer budget of the probes of a classification task: longer than any label, short enough
-# that a rambling model costs little.
-PROBE_MAX_NEW_TOKENS = 16
-# Slack over the longest reference answer of a generation suite.
-GENERATION_EXTRA_TOKENS = 16
 MODEL_ORDER = ("base", "candidate", "champion", "frontier")
 
 
@@ -85,13 +81,6 @@ class ChampionAdapter:
     directory: Path
 
 
-def answer_suite(model, tokenizer, spec: TaskSpec, texts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """The model's answers the way the loop serves them: a scored label, or a greedy answer."""
-    if spec.is_classification:
-        return predict_labels(model, tokenizer, spec, texts)
-    return generate_answers(model, tokenizer, spec, texts, max_new_tokens=max_new_tokens)
-
-
 def _evaluate_model(name, version, answer: Callable[[Sequence[str]], list[str]], spec, holdout, regression, probes, recent=()) -> ModelEvaluation:
     started = time.perf_counter()
     holdout_scores = score_suite(spec, holdout, answer([e.text for e in holdout]))
@@ -129,7 +118,7 @@ def evaluate_candidate(
     recent = read_examples(recent_path) if recent_path else []
     probe_set = load_probes(spec.probes_path, spec) if spec.probes_path else None
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    max_new_tokens = generation_budget(tokenizer, spec, holdout + regression)
+    max_new_tokens = answer_budget(tokenizer, spec, holdout + regression)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
 
     def run(name: str, version: str | None, answering_model, base_probe_answers: dict[str, str] | None):
@@ -204,23 +193,13 @@ def evaluate_candidate(
     return EvalResult(models, newly_failing, verdict, table, chart_path, report_path, run_id, seconds, frontier_summary)
 
 
-def generation_budget(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> int:
-    """Greedy answer budget of a generation suite (classification answers are scored: none); the
-    export's llama.cpp generation uses the same."""
-    if spec.is_classification:
-        return 0
-    longest = max(len(tokenizer(e.label, add_special_tokens=False)["input_ids"]) for e in examples)
-    return longest + GENERATION_EXTRA_TOKENS
-
-
 def _probe(spec, probe_set: ProbeSet | None, model, tokenizer, answer, base_generated):
     """One model's probe report and its free answers (the base's decide which refusals apply)."""
     if probe_set is None:
         return None, None
     scored = dict(zip(probe_set.scored_texts(), answer(probe_set.scored_texts())))
     texts = probe_set.generated_texts()
-    max_new_tokens = PROBE_MAX_NEW_TOKENS if spec.is_classification else 4 * PROBE_MAX_NEW_TOKENS
-    generated = dict(zip(texts, generate_answers(model, tokenizer, spec, texts, max_new_tokens=max_new_tokens)))
+    generated = dict(zip(texts, generate_answers(model, tokenizer, spec, texts, max_new_tokens=kind_of(spec).probe_max_new_tokens)))
     return judge_probes(spec, probe_set, scored, generated, base_generated or generated), generated
 
 
@@ -311,7 +290,7 @@ def plot_comparison(spec: TaskSpec, holdout: Sequence[Example], models: dict[str
     axes.axhline(spec.gate.min_accuracy, color="red", linestyle="--", linewidth=1, label=f"gate {spec.gate.min_accuracy:.2f}")
     axes.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(groups))], [g for g, _ in groups], rotation=40, ha="right")
     axes.set_ylim(0, 1.05)
-    axes.set_ylabel("recall" if spec.is_classification else candidate.primary_name)
+    axes.set_ylabel(kind_of(spec).group_metric_name)
     axes.set_title(f"{spec.name}: holdout {candidate.primary_name} ({len(holdout)} rows)")
     axes.legend(fontsize=8)
     figure.tight_layout()

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
+from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.train.prompts import encode_completion, encode_prompt
 
@@ -179,6 +181,28 @@ def generate_answers(model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, 
     (the behaviour probes)."""
     ids = generate_answer_ids(model, tokenizer, spec, texts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [decode_answer(tokenizer, tokens) for tokens in ids]
+
+
+def _scored_labels(model, tokenizer, spec: TaskSpec, texts: Sequence[str], max_new_tokens: int) -> list[str]:
+    return predict_labels(model, tokenizer, spec, texts)
+
+
+def _greedy_answers(model, tokenizer, spec: TaskSpec, texts: Sequence[str], max_new_tokens: int) -> list[str]:
+    return generate_answers(model, tokenizer, spec, texts, max_new_tokens=max_new_tokens)
+
+
+# How a model answers a suite the way the loop serves it, per task kind (core/common/kinds.py):
+# the most likely whole label, or the greedy answer within `max_new_tokens`.
+ANSWERERS: dict[str, Callable[..., list[str]]] = {"classification": _scored_labels, "generation": _greedy_answers}
+
+
+def answer_suite(model, tokenizer, spec: TaskSpec, texts: Sequence[str], max_new_tokens: int) -> list[str]:
+    return ANSWERERS[kind_of(spec).name](model, tokenizer, spec, texts, max_new_tokens)
+
+
+def answer_budget(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> int:
+    """Greedy tokens an answer to these rows may take (the evaluation's and the export's)."""
+    return kind_of(spec).answer_budget(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), examples)
 
 
 def decode_answer(tokenizer, tokens: Sequence[int]) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from finetune_loop.core.common.catalog import TaskCatalog
 from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import Tracker
 from finetune_loop.core.ship.registry import (
@@ -51,7 +52,7 @@ class TaskStanding:
 
 def task_standing(spec: TaskSpec, home: LoopHome, now: datetime) -> TaskStanding:
     task_file = spec.spec_path
-    metric = "accuracy" if spec.is_classification else "exact_match"
+    metric = kind_of(spec).metric_name
     standing = {"name": spec.name, "kind": spec.kind, "metric": metric, "gate_line": spec.gate.min_accuracy}
     tracker = Tracker.for_task(home, spec.name)
     evaluation = tracker.latest_run("eval")

@@ -11,20 +11,22 @@ answer" is depends on the task's kind, and this module is the one place that say
 
 Each runtime's answers come with the top-1 next token after every prompt, which
 `matches_merged_model` compares too. The metrics over the answers are the evaluation's
-(`metrics.score_suite`).
+(`metrics.score_suite`); `EXPORT_ANSWERING` is this stage's part of the kind seam
+(core/common/kinds.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from finetune_loop.core.common.examples import Example
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
-from finetune_loop.core.evaluate.report import generation_budget
 from finetune_loop.core.evaluate.scoring import (
+    answer_budget,
     decode_answer,
     generate_answer_ids,
     label_token_sequences,
@@ -53,23 +55,6 @@ class Answering(Protocol):
     def reference(self, model) -> RuntimeAnswers: ...
 
     def under_llama_cpp(self, gguf_path: Path) -> RuntimeAnswers: ...
-
-
-@dataclass(frozen=True)
-class AnswerCard:
-    """How the model card and the hub metadata name a kind's answers."""
-
-    pipeline_tag: str
-    task_sentence: str
-    metric_name: str
-
-
-def answer_card(spec: TaskSpec) -> AnswerCard:
-    if spec.is_classification:
-        labels = ", ".join(f"`{label}`" for label in spec.labels)
-        return AnswerCard("text-classification", f"Answers with exactly one label: {labels}.", "accuracy")
-    what = "one JSON value (validated against the target's type and keys)" if spec.target_format == "json" else "free text"
-    return AnswerCard("text-generation", f"Answers with {what}, greedy, ending at the end-of-turn token.", "exact match")
 
 
 @dataclass(frozen=True)
@@ -110,9 +95,20 @@ class GreedyAnswering:
         return tokens[0] if tokens else self.tokenizer.eos_token_id
 
 
+def _label_answering(tokenizer, spec: TaskSpec, holdout: Sequence[Example], prompts: Sequence[PromptSegments]) -> Answering:
+    return LabelAnswering(tokenizer, spec, [e.text for e in holdout], list(prompts))
+
+
+def _greedy_answering(tokenizer, spec: TaskSpec, holdout: Sequence[Example], prompts: Sequence[PromptSegments]) -> Answering:
+    return GreedyAnswering(tokenizer, spec, [e.text for e in holdout], list(prompts), answer_budget(tokenizer, spec, holdout))
+
+
+# How the export answers the holdout on both runtimes, per task kind (core/common/kinds.py).
+EXPORT_ANSWERING: dict[str, Callable[[object, TaskSpec, Sequence[Example], Sequence[PromptSegments]], Answering]] = {
+    "classification": _label_answering, "generation": _greedy_answering,
+}
+
+
 def answering_for(spec: TaskSpec, tokenizer, holdout: Sequence[Example], prompts: Sequence[PromptSegments]) -> Answering:
     """The task kind's answering over the holdout (`prompts` are its rows' split chat prompts)."""
-    texts = [e.text for e in holdout]
-    if spec.is_classification:
-        return LabelAnswering(tokenizer, spec, texts, list(prompts))
-    return GreedyAnswering(tokenizer, spec, texts, list(prompts), generation_budget(tokenizer, spec, holdout))
+    return EXPORT_ANSWERING[kind_of(spec).name](tokenizer, spec, holdout, prompts)

@@ -15,10 +15,11 @@ Dagster layer turns it into an asset check result.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import ExportSettings, TaskSpec
 from finetune_loop.core.ship.llama_runtime import load_gguf, serving_tokens
 from finetune_loop.core.ship.modelfile import (
@@ -239,24 +240,31 @@ _GENERATION_SLACK = 4
 _FREE_GENERATION_TOKENS = 32
 
 
+def _label_grammar(spec: TaskSpec) -> str:
+    # GBNF string literals share JSON's escapes for the characters labels can hold.
+    return "root ::= " + " | ".join(json.dumps(label) for label in spec.labels)
+
+
+def _target_grammar(spec: TaskSpec) -> str | None:
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    # Any JSON value: the target decides its type, the metrics check it. Free text has no grammar.
+    return JSON_GBNF.replace("root   ::= object", "root   ::= value", 1) if spec.target_format == "json" else None
+
+
+# The GBNF grammar every answer obeys, for a constrained server, per task kind (core/common/kinds.py).
+ANSWER_GRAMMARS: dict[str, Callable[[TaskSpec], str | None]] = {"classification": _label_grammar, "generation": _target_grammar}
+
+
 def _generation_stops(llm, tokenizer, spec: TaskSpec, texts, formatter, answer: str) -> tuple[int | None, int]:
     """(prompts whose constrained greedy generation ended on EOS, or None where the task's answers
     have no grammar (free text); the same count for free greedy generation)."""
     from llama_cpp import LlamaGrammar
-    from llama_cpp.llama_grammar import JSON_GBNF
 
-    if spec.is_classification:
-        # GBNF string literals share JSON's escapes for the characters labels can hold.
-        grammar = LlamaGrammar.from_string("root ::= " + " | ".join(json.dumps(label) for label in spec.labels), verbose=False)
-        longest = max(len(llm.tokenize(label.encode(), add_bos=False, special=False)) for label in spec.labels)
-        free_tokens = _FREE_GENERATION_TOKENS
-    else:
-        # Any JSON value: the target decides its type, the metrics check it.
-        json_value = JSON_GBNF.replace("root   ::= object", "root   ::= value", 1)
-        grammar = LlamaGrammar.from_string(json_value, verbose=False) if spec.target_format == "json" else None
-        # Room for an answer twice the training answer's length before the grammar must end it.
-        longest = 2 * len(llm.tokenize(answer.encode(), add_bos=False, special=False))
-        free_tokens = max(_FREE_GENERATION_TOKENS, longest)
+    gbnf = ANSWER_GRAMMARS[kind_of(spec).name](spec)
+    grammar = LlamaGrammar.from_string(gbnf, verbose=False) if gbnf is not None else None
+    longest = kind_of(spec).grammar_answer_tokens(lambda text: len(llm.tokenize(text.encode(), add_bos=False, special=False)), answer)
+    free_tokens = max(_FREE_GENERATION_TOKENS, longest)
     stopped = 0 if grammar is not None else None
     free_stopped = 0
     for text in texts:

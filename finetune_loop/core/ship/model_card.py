@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from finetune_loop.core.common.files import write_text_atomic
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import EMBEDDED_BASE_MODEL, TaskSpec
-from finetune_loop.core.ship.answering import answer_card
 from finetune_loop.core.ship.export_result import GgufExport
 from finetune_loop.core.train.base_model import BaseModel
 
@@ -24,7 +24,7 @@ WEAKEST_LABELS = 3
 def write_model_card(
     path: Path, spec: TaskSpec, base: "BaseModel", adapter_dir: Path, export: "GgufExport", eval_accuracies: dict[str, float]
 ) -> Path:
-    card = answer_card(spec)
+    card = kind_of(spec).card()
     manifest_path = Path(adapter_dir) / "rebuild_manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     base_id, base_licence = _EMBEDDED_BASE if spec.base_model == EMBEDDED_BASE_MODEL else (spec.base_model, "other")

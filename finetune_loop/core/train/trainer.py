@@ -26,12 +26,13 @@ from pathlib import Path
 
 from finetune_loop.core.common.examples import Example
 from finetune_loop.core.common.files import write_text_atomic
+from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import CHALLENGER_ALIAS, ModelVersionRef, Tracker
 from finetune_loop.core.data.curation import CuratedDataset
 from finetune_loop.core.data.production_log import FEEDBACK_SOURCE
 from finetune_loop.core.data.readers import read_examples
-from finetune_loop.core.data.splits import stratified_split, stratum_key
+from finetune_loop.core.data.splits import stratified_split
 from finetune_loop.core.train.base_model import BaseModel
 from finetune_loop.core.train.prompts import encode_completion, encode_prompt
 from finetune_loop.core.train.shared_prefix import shared_prefix_trainer_class
@@ -181,7 +182,7 @@ def _stratified_sample(spec: TaskSpec, rows: list[Example], count: int) -> list[
         return rows
     if count <= 0:
         return []
-    _, sample = stratified_split(rows, count / len(rows), spec.training.seed, stratum_key(spec))
+    _, sample = stratified_split(rows, count / len(rows), spec.training.seed, kind_of(spec).stratum)
     return sample
 
 
