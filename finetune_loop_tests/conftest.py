@@ -86,6 +86,14 @@ def write_tiny_task(
     return path
 
 
+def use_loop_home(patch: pytest.MonkeyPatch, home: Path) -> None:
+    """Point the CLI and Dagster at a fresh loop home: its Dagster instance, its state, its MLflow
+    store (a tracking URI from the environment would send the runs elsewhere)."""
+    patch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    patch.setenv("FINETUNE_LOOP_HOME", str(home))
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(autouse=True)
 def no_inherited_definitions_state_storage():
     """Each test starts with no process-wide definitions-state storage. Every DagsterInstance

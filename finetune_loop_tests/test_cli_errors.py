@@ -7,15 +7,13 @@ from __future__ import annotations
 import pytest
 
 from finetune_loop.cli import EXIT_FAILED, EXIT_OK, main
-from finetune_loop_tests.conftest import write_tiny_task
+from finetune_loop_tests.conftest import use_loop_home, write_tiny_task
 
 
 @pytest.fixture
 def state(tmp_path, monkeypatch):
     home = tmp_path / "home"
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-    monkeypatch.setenv("FINETUNE_LOOP_HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    use_loop_home(monkeypatch, home)
     return home
 
 

@@ -15,6 +15,7 @@ from finetune_loop.core.common.home import LoopHome
 from finetune_loop.core.common.tracker import Tracker
 from finetune_loop.core.ship.registry import champion_record
 from finetune_loop.defs import metadata as contract
+from finetune_loop_tests.conftest import use_loop_home
 
 PROBLEMS = ("broken", "late", "missing", "wrong")
 
@@ -53,9 +54,7 @@ def generation_run(tmp_path_factory, tiny_base_model):
     root = tmp_path_factory.mktemp("generation")
     home = root / "home"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-        patch.setenv("FINETUNE_LOOP_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        use_loop_home(patch, home)
         task = _write_task(root / "task", tiny_base_model, "text")
         exit_code = main(["run", "--task", str(task)])
         with dg.instance_for_test(temp_dir=str(home / "dagster_home")) as instance:

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from finetune_loop.cli import EXIT_OK, main
 from finetune_loop.core.common.home import LoopHome
 from finetune_loop.core.data.production_log import append_log_file, read_production_log
-from finetune_loop_tests.conftest import tiny_rows, write_tiny_task
+from finetune_loop_tests.conftest import tiny_rows, use_loop_home, write_tiny_task
 from finetune_loop_tests.test_traffic_pool import add_traffic_pool, traffic_pool_rows
 
 NEW_KIND = [
@@ -27,9 +27,7 @@ def loop(tmp_path_factory, tiny_base_model):
     root = tmp_path_factory.mktemp("monitoring")
     home = root / "home"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-        patch.setenv("FINETUNE_LOOP_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        use_loop_home(patch, home)
         task = write_tiny_task(root / "task", tiny_base_model)
         task.write_text(task.read_text().replace("production.jsonl", "production_log"))
         add_traffic_pool(task)
@@ -105,9 +103,7 @@ def test_a_retrain_the_gate_refuses_exits_2_and_leaves_the_champion_serving(tmp_
     from finetune_loop.cli import EXIT_GATE_REFUSED
 
     home = tmp_path / "home"
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-    monkeypatch.setenv("FINETUNE_LOOP_HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    use_loop_home(monkeypatch, home)
     task = write_tiny_task(tmp_path / "task", tiny_base_model)
     task.write_text(task.read_text().replace("production.jsonl", "production_log"))
     add_traffic_pool(task)

@@ -18,7 +18,7 @@ from finetune_loop.core.ship.registry import champion_record, missing_bundle_fil
 from finetune_loop.definitions import build_definitions
 from finetune_loop.defs import metadata as contract
 from finetune_loop.defs.monitor import drift_retrain_sensor
-from finetune_loop_tests.conftest import TINY_PROBES, write_tiny_task
+from finetune_loop_tests.conftest import TINY_PROBES, use_loop_home, write_tiny_task
 
 MATERIALIZED = ["holdout_suite", "curated_dataset", "lora_adapter", "eval_report", "gguf_export", "champion_model", "drift_report"]
 CONTRACT = {
@@ -60,9 +60,7 @@ def loop_state(tmp_path_factory, tiny_base_model):
     root = tmp_path_factory.mktemp("loop")
     home = root / "home"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-        patch.setenv("FINETUNE_LOOP_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        use_loop_home(patch, home)
         passing_task = write_tiny_task(root / "passing", tiny_base_model, probes=TINY_PROBES)
         first_exit = main(["run", "--task", str(passing_task)])
         # A learning rate this small leaves the zero-initialised LoRA update at zero: the candidate

@@ -21,7 +21,7 @@ from finetune_loop.core.data.production_log import append_log_file, read_task_lo
 from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.data.suites import freeze_suite
 from finetune_loop.defs import metadata as contract
-from finetune_loop_tests.conftest import write_tiny_task
+from finetune_loop_tests.conftest import use_loop_home, write_tiny_task
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 NOW = T0 + timedelta(days=30)
@@ -190,9 +190,7 @@ def test_max_rows_keeps_the_newest_and_trains_on_none_of_the_window(tmp_path, ti
 
 def test_a_run_judges_the_candidate_on_recent_traffic_and_records_the_suite(tmp_path, tiny_base_model, monkeypatch, capsys):
     home = tmp_path / "home"
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-    monkeypatch.setenv("FINETUNE_LOOP_HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    use_loop_home(monkeypatch, home)
     labels = list(PHRASES)
     now = datetime.now(timezone.utc)
     rows = [{**_request(i, day=0, label=labels[i % 3]), "timestamp": (now - timedelta(hours=60 - i)).isoformat()} for i in range(60)]
