@@ -10,7 +10,8 @@ requests are drawn from the pool under a seeded drift schedule:
 * new intents: intents the launch model never saw appear mid-way, one after another; their
   feedback names a label the task does not know, so the log reader quarantines it and the drift
   report's `new_labels` signal lists it; the benchmark then does what the runbook asks a person to
-  do (admit the label in the task YAML), and the loop learns it from the next retrain on;
+  do (admit the label in the task YAML, a day after the alert, when the daemon ticks again), and
+  the loop learns it from the next retrain on;
 * feedback: a share of requests labelled by a trusted agent (the truth), another share by an
   untrusted source with label noise (`feedback.trusted_sources` keeps it out of training and of the
   recent suite).
@@ -63,6 +64,8 @@ BANKING77 = REPO.parent / "shared" / "datasets" / "banking77"
 # A Monday: the six-week schedule's cron ticks on Mondays, and ISO weeks start on them.
 LAUNCH = datetime(2026, 1, 5, 3, tzinfo=timezone.utc)
 WEEK = timedelta(days=7)
+# From the new_labels alert (the weekly tick) to the person's YAML edit admitting the label.
+ADMISSION_DELAY = timedelta(days=1)
 TRUSTED_SOURCE, UNTRUSTED_SOURCE = "simulated_agent", "crowd_vote"
 ARMS = ("one-off", "loop", "loop-fresh", "weekly")
 # Task settings per arm, on top of the task written by `write_task`.
@@ -395,18 +398,10 @@ class LoopArm:
         tracker = session.tracker()
         return session, tracker, tracker.version_by_alias(session.spec.registered_model_name, CHAMPION_ALIAS)
 
-    def serve_and_tick(self, week: int, requests: list[Request], server: Server) -> WeekRecord:
+    def _tick(self, session, serving_version: str, record: WeekRecord):
+        """What the daemon runs at the clock's time; each retrain it ran goes into `record`."""
         from finetune_loop.cli import automation_tick
-        from finetune_loop.core.data.production_log import append_log_file
 
-        started, cpu = time.perf_counter(), _cpu_seconds()
-        session, tracker, version = self.champion()
-        answers = server.answer(session.spec, tracker, version, [r.text for r in requests])
-        predictions = [label for label, _ in answers]
-        week_start = LAUNCH + (week - 1) * WEEK
-        append_log_file(self.task.parent / "production_log", f"week-{week:02d}.jsonl", log_rows(session.spec, requests, answers, version.version, week_start))
-        record = score_week(week, self.name, requests, predictions, version.version)
-        _set_clock(week_start + WEEK)
         with self.instance() as instance:
             tick = automation_tick(session, session.definitions(), instance, self.cursors, announce=False)
         _, _, after = self.champion()
@@ -419,9 +414,23 @@ class LoopArm:
             elif not retrain.gate_passed:
                 verdict = "refused"
             else:
-                verdict = "promoted" if retrain is passed[-1] and after.version != version.version else "not shipped"
+                verdict = "promoted" if retrain is passed[-1] and after.version != serving_version else "not shipped"
             record.retrains.append({"trigger": retrain.trigger, "verdict": verdict, "run_id": retrain.run_id,
                                     "evidence": retrain.evidence, "gate": retrain.gate_description[:300], "champion_after": after.version})
+        return tick
+
+    def serve_and_tick(self, week: int, requests: list[Request], server: Server) -> WeekRecord:
+        from finetune_loop.core.data.production_log import append_log_file
+
+        started, cpu = time.perf_counter(), _cpu_seconds()
+        session, tracker, version = self.champion()
+        answers = server.answer(session.spec, tracker, version, [r.text for r in requests])
+        predictions = [label for label, _ in answers]
+        week_start = LAUNCH + (week - 1) * WEEK
+        append_log_file(self.task.parent / "production_log", f"week-{week:02d}.jsonl", log_rows(session.spec, requests, answers, version.version, week_start))
+        record = score_week(week, self.name, requests, predictions, version.version)
+        _set_clock(week_start + WEEK)
+        tick = self._tick(session, version.version, record)
         record.drift_signals = tick.drift.signals_fired if tick.drift else ""
         fired = [entry["label"] for entry in (tick.drift.new_labels.get("labels", []) if tick.drift else []) if entry["fired"]]
         new = [label for label in fired if label not in self.admitted]
@@ -429,6 +438,11 @@ class LoopArm:
             admit_labels(self.task, new)
             self.admitted.update(new)
             record.admitted_labels = new
+            # A person admits the label the day after the alert; the daemon's sensors tick every
+            # few minutes, so its labels_admitted retrain starts that day, not at the next weekly tick.
+            _set_clock(week_start + WEEK + ADMISSION_DELAY)
+            session, _, serving = self.champion()
+            self._tick(session, serving.version, record)
         record.cpu_s, record.wall_s = _cpu_seconds() - cpu, time.perf_counter() - started
         return record
 
