@@ -398,8 +398,9 @@ class LoopArm:
         tracker = session.tracker()
         return session, tracker, tracker.version_by_alias(session.spec.registered_model_name, CHAMPION_ALIAS)
 
-    def _tick(self, session, serving_version: str, record: WeekRecord):
-        """What the daemon runs at the clock's time; each retrain it ran goes into `record`."""
+    def _tick(self, session, serving_version: str, record: WeekRecord, when: str):
+        """What the daemon runs at the clock's time; each retrain it ran goes into `record`, with
+        `when` it ran ("weekly": the week's tick; "admission": the tick after a label was admitted)."""
         from finetune_loop.cli import automation_tick
 
         with self.instance() as instance:
@@ -415,7 +416,7 @@ class LoopArm:
                 verdict = "refused"
             else:
                 verdict = "promoted" if retrain is passed[-1] and after.version != serving_version else "not shipped"
-            record.retrains.append({"trigger": retrain.trigger, "verdict": verdict, "run_id": retrain.run_id,
+            record.retrains.append({"trigger": retrain.trigger, "verdict": verdict, "run_id": retrain.run_id, "tick": when,
                                     "evidence": retrain.evidence, "gate": retrain.gate_description[:300], "champion_after": after.version})
         return tick
 
@@ -430,7 +431,7 @@ class LoopArm:
         append_log_file(self.task.parent / "production_log", f"week-{week:02d}.jsonl", log_rows(session.spec, requests, answers, version.version, week_start))
         record = score_week(week, self.name, requests, predictions, version.version)
         _set_clock(week_start + WEEK)
-        tick = self._tick(session, version.version, record)
+        tick = self._tick(session, version.version, record, "weekly")
         record.drift_signals = tick.drift.signals_fired if tick.drift else ""
         fired = [entry["label"] for entry in (tick.drift.new_labels.get("labels", []) if tick.drift else []) if entry["fired"]]
         new = [label for label in fired if label not in self.admitted]
@@ -442,7 +443,7 @@ class LoopArm:
             # few minutes, so its labels_admitted retrain starts that day, not at the next weekly tick.
             _set_clock(week_start + WEEK + ADMISSION_DELAY)
             session, _, serving = self.champion()
-            self._tick(session, serving.version, record)
+            self._tick(session, serving.version, record, "admission")
         record.cpu_s, record.wall_s = _cpu_seconds() - cpu, time.perf_counter() - started
         return record
 
