@@ -114,10 +114,13 @@ class RecentSuite:
         return max([self.training_cutoff, *self.admitted_cutoffs.values()]) if self.training_cutoff else None
 
     def may_train(self, record: ProductionRecord) -> bool:
-        if self.training_cutoff is None:
-            return False
-        admitted = self.admitted_cutoffs.get(record.feedback_label or "")
-        return record.timestamp <= (admitted if admitted is not None else self.training_cutoff)
+        return self.training_cutoff is not None and _trains(record, self.training_cutoff, self.admitted_cutoffs)
+
+
+def _trains(record: ProductionRecord, training_cutoff: datetime, admitted_cutoffs: dict[str, datetime]) -> bool:
+    """The split's one rule: a row trains at or before its label's own cutoff (an admitted,
+    never-trained label) or else the common one."""
+    return record.timestamp <= admitted_cutoffs.get(record.feedback_label or "", training_cutoff)
 
 
 def admitted_label_split(spec: TaskSpec, window: Sequence[ProductionRecord], label: str) -> datetime | None:
@@ -136,7 +139,8 @@ def trainable_admitted_rows(spec: TaskSpec, records: Sequence[ProductionRecord],
         return 0
     start = max(r.timestamp for r in records) - timedelta(days=spec.recent_suite.days)
     cutoff = admitted_label_split(spec, [r for r in records if r.timestamp > start], label)
-    return sum(1 for r in records if r.feedback_label == label and r.timestamp <= (cutoff or start))
+    cutoffs = {label: cutoff} if cutoff else {}
+    return sum(1 for r in records if r.feedback_label == label and _trains(r, start, cutoffs))
 
 
 def _example(record: ProductionRecord) -> Example:
@@ -171,7 +175,8 @@ def freeze_recent_suite(
     excluded: Counter = Counter()
     known = set(spec.labels)
     cutoffs = {label: cutoff for label in sorted(set(untrained_labels) & known) if (cutoff := admitted_label_split(spec, window, label))}
-    carved = [r.feedback_label in cutoffs and r.timestamp <= cutoffs[r.feedback_label] for r in window]
+    # Every window row is after `start`: the rows that train are the carved ones.
+    carved = [_trains(r, start, cutoffs) for r in window]
     excluded.update(f"trains the admitted label {r.feedback_label}" for r, train in zip(window, carved) if train)
     window_rest = [r for r, train in zip(window, carved) if not train]
     admitted = [r for r in window_rest if not known or r.feedback_label in known]

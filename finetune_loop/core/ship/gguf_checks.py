@@ -261,9 +261,10 @@ def _generation_stops(llm, tokenizer, spec: TaskSpec, texts, formatter, answer: 
     have no grammar (free text); the same count for free greedy generation)."""
     from llama_cpp import LlamaGrammar
 
-    gbnf = ANSWER_GRAMMARS[kind_of(spec).name](spec)
+    kind = kind_of(spec)
+    gbnf = ANSWER_GRAMMARS[kind.name](spec)
     grammar = LlamaGrammar.from_string(gbnf, verbose=False) if gbnf is not None else None
-    longest = kind_of(spec).grammar_answer_tokens(lambda text: len(llm.tokenize(text.encode(), add_bos=False, special=False)), answer)
+    longest = kind.grammar_answer_tokens(lambda text: len(llm.tokenize(text.encode(), add_bos=False, special=False)), answer)
     free_tokens = max(_FREE_GENERATION_TOKENS, longest)
     stopped = 0 if grammar is not None else None
     free_stopped = 0

@@ -55,6 +55,13 @@ ROLLED_BACK_AT_TAG = TAG_PREFIX + "rolled_back_at"
 TRAINED_LABELS_TAG = TAG_PREFIX + "labels"
 # MLflow keeps at most 8000 characters of a tag value and truncates longer ones.
 MAX_TAG_VALUE_CHARS = 8000
+RESTORED_FROM_TAG = TAG_PREFIX + "restored_from"
+# ChampionEvent kinds: how the champion alias moved.
+PROMOTION = "promotion"
+ROLLBACK = "rollback"
+# Written by gguf_export on the candidate it verified; champion_model promotes only a version whose
+# shipped GGUF passed every check.
+GGUF_CHECKS_PASSED_TAG = "gguf_checks_passed"
 
 
 def trained_labels_tag(labels) -> dict[str, str]:
@@ -74,13 +81,6 @@ def untrained_labels(labels: Sequence[str], trained_sets: Sequence[Sequence[str]
     (nothing to compare with: every label is then taken as known)."""
     trained = {label for labels_of_version in trained_sets for label in labels_of_version}
     return [label for label in labels if trained_sets and label not in trained]
-RESTORED_FROM_TAG = TAG_PREFIX + "restored_from"
-# ChampionEvent kinds: how the champion alias moved.
-PROMOTION = "promotion"
-ROLLBACK = "rollback"
-# Written by gguf_export on the candidate it verified; champion_model promotes only a version whose
-# shipped GGUF passed every check.
-GGUF_CHECKS_PASSED_TAG = "gguf_checks_passed"
 
 
 # A registered version's source is its training run's `adapter/` directory. Together these files
