@@ -55,6 +55,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from finetune_loop.core.common.home import LoopHome
+    from finetune_loop.core.common.row_store import RowStore
     from finetune_loop.core.common.spec import load_task_spec
     from finetune_loop.core.common.tracker import Tracker
     from finetune_loop.core.data.curation import curate_dataset
@@ -86,7 +87,7 @@ def main() -> None:
         seeded = dataclasses.replace(spec, training=dataclasses.replace(spec.training, seed=seed))
         # Its own checkpoint root: the training key does not hold the seed (the task file's hash does).
         adapter = train_adapter(
-            seeded, base, dataset, holdout.content_hash, home_dir / "adapters" / name, tracker,
+            seeded, base, dataset, holdout, home_dir / "adapters" / name, tracker, RowStore.for_home(home),
             {"benchmark": "gate_power", "arm": name}, checkpoints_root=home_dir / "checkpoints" / name,
             init_adapter=init, init_adapter_dir=init_dir,
         )

@@ -6,12 +6,13 @@
     finetune-loop simulate-traffic --task TASK --shift phone_keyboard --strength 0.6
     finetune-loop monitor --task TASK          # drift report, retrain triggers, and the retrain they request
     finetune-loop rollback --task TASK --reason "refund tickets misrouted"   # champion back to previous-champion
+    finetune-loop rebuild --task TASK --version 3   # retrain v3 from its record alone and compare
     finetune-loop replace-suite --task TASK --suite holdout
     finetune-loop schema                       # JSON Schema of the task YAML, for editors
     finetune-loop portfolio --tasks DIR        # every task: base vs champion against its gate, drift, export
 
 Exit status: 0 when the candidate passed the gate and shipped, 2 when the gate refused it, 1 when
-a step failed.
+a step failed (rebuild: 0 when the rebuild matches its record, 1 when it does not or cannot).
 """
 
 import argparse
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     replace.add_argument("--suite", required=True, choices=["holdout", "regression"])
     rollback = commands.add_parser("rollback", parents=[task_options], help="move alias champion back to previous-champion in one step")
     rollback.add_argument("--reason", default="not given", help="why (recorded as a model-version tag with the user)")
+    rebuild = commands.add_parser("rebuild", parents=[task_options], help="retrain a registered version from its record alone and compare weights and holdout metrics")
+    rebuild.add_argument("--version", required=True, help="registered version number")
+    rebuild.add_argument("--tolerance", type=float, default=1.0, help="largest holdout metric difference in points (a label or slice: at least one of its rows)")
     simulate = commands.add_parser("simulate-traffic", parents=[task_options], help="append a week of production traffic answered by the current champion")
     simulate.add_argument("--rows", type=int, default=200, help="requests in the week")
     simulate.add_argument("--shift", choices=SHIFTS, default="none", help="how this week differs from the training data")
@@ -174,6 +178,26 @@ def rollback_champion(session: Session, args) -> int:
     print(f"rollback: {model_name} champion v{before.champion} -> v{after.champion} "
           f"(previous-champion now {'v' + after.previous_champion if after.previous_champion else 'none'}); reason: {args.reason}")
     return EXIT_OK
+
+
+def rebuild(session: Session, args) -> int:
+    from finetune_loop.core.common.row_store import RowStore, RowStoreError
+    from finetune_loop.core.ship.rebuild import RebuildError, log_rebuild, rebuild_version
+
+    # Downloading the version's bundle would draw a progress bar over the report and its errors.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    spec, home, tracker = session.spec, session.home, session.tracker()
+    out_dir = home.task_dir(spec.name, "rebuilds") / f"v{args.version}"
+    try:
+        report = rebuild_version(spec, args.version, tracker, RowStore.for_home(home), home.artifacts / "base_models", out_dir,
+                                 tolerance_points=args.tolerance)
+    except (RebuildError, RowStoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    run_id = log_rebuild(tracker, report, out_dir, spec.registered_model_name, session.run_tags())
+    print(report.markdown())
+    print(f"report: {out_dir / 'rebuild_report.md'} (MLflow run {run_id})")
+    return EXIT_OK if report.matches else EXIT_FAILED
 
 
 def run_loop(session: Session, args) -> int:
@@ -498,6 +522,7 @@ COMMANDS = {
     "curate": run_loop,
     "replace-suite": replace_suite,
     "rollback": rollback_champion,
+    "rebuild": rebuild,
     "simulate-traffic": simulate_traffic,
     "monitor": monitor,
 }

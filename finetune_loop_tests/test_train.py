@@ -17,6 +17,7 @@ import yaml
 from mlflow import MlflowClient
 
 from finetune_loop.core.common.home import LoopHome
+from finetune_loop.core.common.row_store import RowStore
 from finetune_loop.core.common.spec import TaskSpecError, load_task_spec
 from finetune_loop.core.common.tracker import Tracker
 from finetune_loop.core.data import curation, readers, suites, validation
@@ -75,7 +76,7 @@ def test_bad_training_config_fails_before_any_work(tmp_path, tiny_base_model, tr
     tracker = _tracker(home, spec)
     base = base_model.prepare_base_model(str(tiny_base_model), home.artifacts / "base_models")
     with pytest.raises(trainer.TrainingConfigError) as error:
-        trainer.train_adapter(spec, base, dataset, holdout.content_hash, tmp_path / "out", tracker, cuda_available=False)
+        trainer.train_adapter(spec, base, dataset, holdout, tmp_path / "out", tracker, RowStore.for_home(home), cuda_available=False)
     assert message in str(error.value) and "task.yaml" in str(error.value)
     # Before any work: no MLflow run, no checkpoint directory, no adapter.
     assert tracker.client.search_runs([tracker.experiment_id]) == []
@@ -154,7 +155,7 @@ def run_training(task_path: str, home_dir: str) -> trainer.TrainedAdapter:
     base = base_model.prepare_base_model(spec.base_model, home.artifacts / "base_models")
     out_dir = home.task_dir(spec.name, "adapters") / f"attempt-{os.getpid()}"
     return trainer.train_adapter(
-        spec, base, dataset, holdout.content_hash, out_dir, _tracker(home, spec), {"dagster_run_id": f"pid-{os.getpid()}"},
+        spec, base, dataset, holdout, out_dir, _tracker(home, spec), RowStore.for_home(home), {"dagster_run_id": f"pid-{os.getpid()}"},
         checkpoints_root=home.task_dir(spec.name, "checkpoints"),
     )
 

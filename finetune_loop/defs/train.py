@@ -4,6 +4,7 @@
 
 import dagster as dg
 
+from finetune_loop.core.common.row_store import RowStore
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS
 from finetune_loop.core.data.curation import CuratedDataset
 from finetune_loop.core.data.recent import (
@@ -64,7 +65,7 @@ def lora_adapter(
         context.log.info("training.init is 'champion' but there is no champion yet: this adapter starts from the base")
     try:
         adapter = trainer.train_adapter(
-            spec, base, curated_dataset, holdout_suite.content_hash, out_dir, tracker,
+            spec, base, curated_dataset, holdout_suite, out_dir, tracker, RowStore.for_home(loop.loop_home()),
             run_tags(context), checkpoints_root=loop.task_dir("checkpoints"),
             init_adapter=champion, init_adapter_dir=tracker.download_version(champion, out_dir / "init") if champion else None,
         )

@@ -617,11 +617,13 @@ def _check_label(key: str, label: str) -> None:
         raise ValueError(f"{key} {_shown(label)} contains '\"\"\"', which would end the Modelfile's triple-quoted SYSTEM block")
 
 
-def load_task_spec(path: str | Path, *, text: str | None = None) -> TaskSpec:
+def load_task_spec(path: str | Path, *, text: str | None = None, require_files: bool = True) -> TaskSpec:
     """Validate the task file at `path` (or `text`, a snapshot of it) and resolve its paths.
 
     With `text` the file itself is not read: paths still resolve against `path`'s directory and
-    `spec_sha256` hashes `text`, so a run can reload exactly the spec it started with."""
+    `spec_sha256` hashes `text`, so a run can reload exactly the spec it started with.
+    `require_files=False` skips the check that the data files it names exist (a rebuild reads a
+    version's rows from the row store, not from them)."""
     spec_path = Path(path).resolve()
     if text is not None:
         raw_bytes = text.encode("utf-8")
@@ -650,7 +652,8 @@ def load_task_spec(path: str | Path, *, text: str | None = None) -> TaskSpec:
     except TypeError as exc:  # a mapping key JSON cannot hold, such as a YAML date
         raise TaskSpecError(f"{spec_path}: keys must be plain strings: {exc}") from None
     spec = task.task_spec(spec_path, hashlib.sha256(raw_bytes).hexdigest())
-    _require_named_files(spec)
+    if require_files:
+        _require_named_files(spec)
     return spec
 
 

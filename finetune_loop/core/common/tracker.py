@@ -172,6 +172,14 @@ class Tracker:
             return None
         return ModelVersionRef(model_name, str(version.version), version.run_id, version.source)
 
+    def version_ref(self, model_name: str, version: str) -> ModelVersionRef | None:
+        """A registered version by number; None when `model_name` has no such version."""
+        try:
+            found = self.client.get_model_version(model_name, str(version))
+        except MlflowException:
+            return None
+        return ModelVersionRef(model_name, str(found.version), found.run_id, found.source)
+
     def tag_version(self, model_name: str, version: str, tags: dict[str, object]) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(model_name, version, key, str(value))

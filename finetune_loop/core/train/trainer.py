@@ -25,21 +25,23 @@ from importlib import metadata
 from pathlib import Path
 
 from finetune_loop.core.common.examples import Example
-from finetune_loop.core.common.files import write_text_atomic
+from finetune_loop.core.common.files import sha256_file, write_text_atomic
 from finetune_loop.core.common.kinds import kind_of
+from finetune_loop.core.common.row_store import RowStore
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import CHALLENGER_ALIAS, ModelVersionRef, Tracker
 from finetune_loop.core.data.curation import CuratedDataset
 from finetune_loop.core.data.production_log import FEEDBACK_SOURCE
 from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.data.splits import stratified_split
+from finetune_loop.core.data.suites import FrozenSuite
 from finetune_loop.core.train.base_model import BaseModel
+from finetune_loop.core.train.install_lock import installed_packages, lock_sha256
 from finetune_loop.core.train.prompts import encode_completion, encode_prompt
 from finetune_loop.core.train.shared_prefix import shared_prefix_trainer_class
 
-_TRACKED_PACKAGES = (
-    "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "gguf", "llama_cpp_python", "mlflow", "dagster",
-)
+# The LoRA weights PEFT saves in an adapter directory.
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 # Written next to the checkpoints: which MLflow run they belong to, so a resumed attempt continues it.
 _ATTEMPT_FILE = "mlflow_run.json"
 _CHECKPOINT_PREFIX = "checkpoint-"
@@ -340,9 +342,10 @@ def train_adapter(
     spec: TaskSpec,
     base: BaseModel,
     dataset: CuratedDataset,
-    holdout_sha256: str,
+    holdout: FrozenSuite,
     out_dir: Path,
     tracker: Tracker,
+    row_store: RowStore,
     run_tags: dict[str, str] | None = None,
     checkpoints_root: Path | None = None,
     cuda_available: bool | None = None,
@@ -352,13 +355,15 @@ def train_adapter(
     """Train (or resume) the adapter; the bundle lands in `out_dir/adapter`, checkpoints under
     `checkpoints_root/<training key>` (default `out_dir.parent/checkpoints`). `cuda_available`
     overrides device detection (None: use CUDA when present). `init_adapter` / `init_adapter_dir`:
-    the registered version (and its downloaded adapter) a warm start continues from."""
+    the registered version (and its downloaded adapter) a warm start continues from. The rows fed
+    to the trainer and the holdout go into `row_store`; the rebuild manifest names them by hash."""
     import torch
     from transformers import TrainerCallback
 
     settings = spec.training
     plan = plan_training(spec, base.directory, cuda_available)  # before any work: a bad config costs nothing
     train_rows, validation_rows = select_training_rows(spec, dataset)
+    holdout_sha256 = holdout.content_hash
     init = f"{init_adapter.name}/v{init_adapter.version}" if init_adapter else "base"
     key = training_key(spec, base, dataset, holdout_sha256, init)
     checkpoint_dir = (checkpoints_root or out_dir.parent / "checkpoints") / key
@@ -397,7 +402,7 @@ def train_adapter(
                 tracker.log_artifact(run_id, dataset.directory / evidence, "dataset")
         monitor = tracker.system_metrics(run_id, resume=previous_run_id is not None)
         try:
-            with _deterministic(settings):
+            with deterministic_kernels(settings):
                 step_logger = _mlflow_step_logger(tracker, run_id, TrainerCallback)
                 trainer = build_trainer(
                     spec, base.directory, train_rows, validation_rows, checkpoint_dir, [step_logger], plan,
@@ -424,24 +429,32 @@ def train_adapter(
         manifest = {
             "task": spec.name,
             "data_version": dataset.data_version,
-            "holdout_sha256": holdout_sha256,
+            "holdout_sha256": row_store.put_file(holdout.path),
+            # The exact rows the trainer saw, in its order (a rebuild reads them by these hashes).
+            "train_rows_sha256": row_store.put_rows(train_rows),
+            "validation_rows_sha256": row_store.put_rows(validation_rows),
             "base_model": spec.base_model,
             "base_model_sha256": base.source_sha256,
             "task_spec_sha256": spec.spec_sha256,
             "training": asdict(settings),
             "plan": asdict(plan),
             "seed": settings.seed,
-            # A warm start's weights depend on the version it continued from.
+            # A warm start's weights depend on the version it continued from, to the byte.
             "init": init,
+            "init_adapter_sha256": sha256_file(Path(init_adapter_dir) / ADAPTER_WEIGHTS_FILE) if init_adapter else None,
+            # CPU kernels may split a reduction by thread count: bit-identity holds at the same count.
+            "torch_threads": torch.get_num_threads(),
             "determinism": _determinism(settings),
             "steps": result.global_step,
             "resumed_from_step": resumed_from_step,
             # Provenance of every row the adapter saw (rows of the curated split named by
             # data_version): a revoked source or licence can be traced to the models it is in.
             "training_rows": [{"id": r.id, "label": r.label, "source": r.source, "licence": r.licence} for r in train_rows],
-            "packages": _package_versions(),
+            # Every installed distribution (a rebuild names the ones that differ) and the lock it came from.
+            "packages": installed_packages(),
+            "install_lock_sha256": lock_sha256(),
             "python": platform.python_version(),
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
         }
         write_text_atomic(adapter_dir / "rebuild_manifest.json", json.dumps(manifest, indent=2))
         loss_curve = _plot_loss_curve(trainer.state.log_history, out_dir / "loss_curve.png", spec.name)
@@ -505,7 +518,7 @@ def _previous_attempt(checkpoint_dir: Path, tracker: Tracker) -> str | None:
 
 
 @contextmanager
-def _deterministic(settings):
+def deterministic_kernels(settings):
     """torch's deterministic kernels for the duration of training (the process-wide setting is
     restored afterwards). warn_only: an op without a deterministic kernel warns instead of failing
     the run; the warning lands in the step log."""
@@ -604,17 +617,7 @@ def _mlflow_step_logger(tracker: Tracker, run_id: str, callback_base: type):
     return StepLogger()
 
 
-def _package_versions() -> dict[str, str]:
-    versions = {}
-    for name in _TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent)
     except (OSError, subprocess.CalledProcessError):
