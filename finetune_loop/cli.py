@@ -7,12 +7,14 @@
     finetune-loop monitor --task TASK          # drift report, retrain triggers, and the retrain they request
     finetune-loop rollback --task TASK --reason "refund tickets misrouted"   # champion back to previous-champion
     finetune-loop rebuild --task TASK --version 3   # retrain v3 from its record alone and compare
+    finetune-loop erase --task TASK --contains jane@example.com --reason "DSR-1182"   # forget a data subject
     finetune-loop replace-suite --task TASK --suite holdout
     finetune-loop schema                       # JSON Schema of the task YAML, for editors
     finetune-loop portfolio --tasks DIR        # every task: base vs champion against its gate, drift, export
 
 Exit status: 0 when the candidate passed the gate and shipped, 2 when the gate refused it, 1 when
-a step failed (rebuild: 0 when the rebuild matches its record, 1 when it does not or cannot).
+a step failed (rebuild: 0 when the rebuild matches its record, 1 when it does not or cannot;
+erase: 0 when the request is completed, 1 when it stays open, with why).
 """
 
 import argparse
@@ -82,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     rebuild = commands.add_parser("rebuild", parents=[task_options], help="retrain a registered version from its record alone and compare weights and holdout metrics")
     rebuild.add_argument("--version", required=True, help="registered version number")
     rebuild.add_argument("--tolerance", type=float, default=1.0, help="largest holdout metric difference in points (a label or slice: at least one of its rows)")
+    erase = commands.add_parser("erase", parents=[task_options], help="erase a data subject's records: ledger, affected versions, retrain, purge, proof")
+    erase.add_argument("--id", dest="ids", action="append", default=[], help="a record id (labelled example id or production request_id); repeatable")
+    erase.add_argument("--contains", help="erase every row whose text contains this string (an e-mail address, a customer id); case-insensitive")
+    erase.add_argument("--reason", required=True, help="the request's reference (a ticket number), kept in the ledger as written: no personal data")
     simulate = commands.add_parser("simulate-traffic", parents=[task_options], help="append a week of production traffic answered by the current champion")
     simulate.add_argument("--rows", type=int, default=200, help="requests in the week")
     simulate.add_argument("--shift", choices=SHIFTS, default="none", help="how this week differs from the training data")
@@ -200,6 +206,47 @@ def rebuild(session: Session, args) -> int:
     return EXIT_OK if report.matches else EXIT_FAILED
 
 
+def erase_records(session: Session, args) -> int:
+    import dagster as dg
+
+    from finetune_loop.core.data.erasure import ErasureError, ErasureLedger
+    from finetune_loop.core.ship.erasure import complete_erasures, request_erasure
+    from finetune_loop.defs.monitor import erasure_retrain_sensor
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    spec, home, tracker = session.spec, session.home, session.tracker()
+    try:
+        outcome = request_erasure(spec, home, tracker, ids=args.ids, contains=args.contains, reason=args.reason)
+    except ErasureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    request = outcome.request
+    found = ", ".join(f"{where} {count}" for where, count in outcome.found.items())
+    print(f"erasure     request {request.request}: {sum(outcome.found.values())} records ({found}); ledger {spec.erasure_ledger_path}")
+    print(f"versions    trained on them: {', '.join('v' + v for v in request.affected_versions) or 'none'} "
+          "(tagged: never promoted or rolled back to again)")
+    if outcome.suites_deleted:
+        print(f"suites      deleted {', '.join(outcome.suites_deleted)} (held a record; the next run freezes a new version without it)")
+    if outcome.champion_affected:
+        print(f"champion    v{outcome.champion} trained on them: retraining now (trigger erasure)")
+        with dg.DagsterInstance.get() as instance:
+            run_trigger(session, session.definitions(), instance, erasure_retrain_sensor, {}, print)
+    else:
+        complete_erasures(spec, home, tracker)
+    ledger = ErasureLedger.load(spec.erasure_ledger_path)
+    completed = ledger.completed.get(request.request)
+    if completed is None:
+        print(f"open        request {request.request} stays open: the champion still serves a model trained on its records; "
+              "erasure_retrain_sensor asks again, and champion_model closes it once a model without them ships")
+        return EXIT_FAILED
+    scan = completed["scan"]
+    print(f"deleted     {len(completed['deleted'])} artifacts of {', '.join('v' + v for v in completed['affected_versions']) or 'no version'}")
+    print(f"scan        {scan['files']} files ({scan['bytes'] / 2**20:.1f} MiB) of {home.root} searched for {scan['needles']} forms of the text: "
+          f"{len(scan['files_holding_text'])} hold it{'; ' + scan['note'] if scan.get('note') else ''}")
+    print(f"completed   request {request.request}; champion {('v' + completed['champion']) if completed['champion'] else 'none'}")
+    return EXIT_OK
+
+
 def run_loop(session: Session, args) -> int:
     import dagster as dg
 
@@ -277,7 +324,7 @@ def _rate(value: float | None) -> str:
 
 def _accounting(data: "CuratedDatasetMetadata") -> str:
     """Where every row read went, one bucket each: the splits, the suites' own rows (reserved), the
-    quarantine, exact and near duplicates, suite overlaps and revoked sources. The buckets add up to
+    quarantine, exact and near duplicates, suite overlaps, revoked sources and erased records. The buckets add up to
     the rows read; a shortfall is printed, never hidden."""
     reserved = {"holdout": 0, "regression": 0, **data.suite_rows_reserved}
     buckets = [(data.train_rows, "train"), (data.validation_rows, "validation")]
@@ -285,6 +332,7 @@ def _accounting(data: "CuratedDatasetMetadata") -> str:
     buckets += [
         (data.quarantined_rows, "quarantined"), (data.duplicates_removed + data.near_duplicates_removed, "duplicates"),
         (sum(data.contamination_removed.values()), "contaminated"), (sum(data.revoked_source_rows.values()), "revoked"),
+        (data.erased_removed, "erased"),
     ]
     line = f"accounting  read {data.rows_read} rows = " + " + ".join(f"{count} {name}" for count, name in buckets)
     missing = data.rows_read - sum(count for count, _ in buckets)
@@ -412,15 +460,12 @@ class AutomationTick:
 
 def automation_tick(session: Session, defs, instance, cursors: dict[str, str], *, announce: bool = True) -> AutomationTick:
     """What the daemon does, once and in-process, at the loop's clock (`clock.utc_now()`):
-    materialize drift_report and serving_quality (monitor_job), evaluate six_week_retrain_schedule, drift_retrain_sensor
-    and feedback_retrain_sensor (sensor cursors read from and written back to `cursors`), and run
-    every retrain_job they request with the request's tags and run key, one after another."""
-    import dagster as dg
-
-    from finetune_loop.core.common.clock import utc_now
+    materialize drift_report and serving_quality (monitor_job), evaluate six_week_retrain_schedule,
+    drift_retrain_sensor, feedback_retrain_sensor and erasure_retrain_sensor (sensor cursors read
+    from and written back to `cursors`), and run every retrain_job they request with the request's
+    tags and run key, one after another."""
     from finetune_loop.defs.metadata import DriftReportMetadata
-    from finetune_loop.defs.monitor import EVIDENCE_TAG, drift_retrain_sensor, feedback_retrain_sensor, six_week_retrain_schedule
-    from finetune_loop.defs.resources import TRIGGER_TAG
+    from finetune_loop.defs.monitor import drift_retrain_sensor, erasure_retrain_sensor, feedback_retrain_sensor, six_week_retrain_schedule
 
     say = print if announce else (lambda *a, **k: None)
     report = session.execute(defs.resolve_job_def("monitor_job"), instance, "monitor", session.run_tags(), announce=announce)
@@ -435,35 +480,52 @@ def automation_tick(session: Session, defs, instance, cursors: dict[str, str], *
         f"window {drift.window}; report {drift.report_path}")
     retrains: list[RetrainOutcome] = []
     skipped: dict[str, str] = {}
-    for trigger in (six_week_retrain_schedule, drift_retrain_sensor, feedback_retrain_sensor):
-        if isinstance(trigger, dg.ScheduleDefinition):
-            context = dg.build_schedule_context(instance=instance, scheduled_execution_time=utc_now(), resources=defs.resources)
-        else:
-            context = dg.build_sensor_context(instance=instance, cursor=cursors.get(trigger.name), definitions=defs, resources=defs.resources)
-        with context:
-            tick = trigger.evaluate_tick(context)
-        if getattr(tick, "cursor", None) is not None:
-            cursors[trigger.name] = tick.cursor
-        for request in tick.run_requests:
-            # The daemon launches one run per run key; so does this.
-            if instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": request.run_key}), limit=1):
-                say(f"{trigger.name}: run key {request.run_key} already ran")
-                continue
-            origin = "dagster/schedule_name" if isinstance(trigger, dg.ScheduleDefinition) else "dagster/sensor_name"
-            tags = {**request.tags, "dagster/run_key": request.run_key, origin: trigger.name}
-            say(f"{trigger.name}: retrain requested, tags {json.dumps(request.tags)}", flush=True)
-            result = session.execute(defs.resolve_job_def("retrain_job"), instance, "retrain", tags, announce=announce)
-            gate = next((e for e in result.get_asset_check_evaluations() if e.check_name == "release_gate"), None)
-            verdict = "not run" if gate is None else "PASSED" if gate.passed else f"refused the candidate: {gate.description}"
-            say(f"retrain     run {result.run_id}: {'succeeded' if result.success else 'failed'}; release_gate {verdict}")
-            retrains.append(RetrainOutcome(
-                trigger.name, request.tags[TRIGGER_TAG], request.tags.get(EVIDENCE_TAG, ""), result.run_id, result.success,
-                None if gate is None else gate.passed, "" if gate is None else (gate.description or ""),
-            ))
-        if not tick.run_requests:
-            skipped[trigger.name] = tick.skip_message or ""
-            say(f"{trigger.name}: {tick.skip_message}")
+    for trigger in (six_week_retrain_schedule, drift_retrain_sensor, feedback_retrain_sensor, erasure_retrain_sensor):
+        ran, skip = run_trigger(session, defs, instance, trigger, cursors, say)
+        retrains += ran
+        if skip is not None:
+            skipped[trigger.name] = skip
     return AutomationTick(drift, retrains, skipped)
+
+
+def run_trigger(session: Session, defs, instance, trigger, cursors: dict[str, str], say) -> tuple[list[RetrainOutcome], str | None]:
+    """Evaluate one schedule or sensor at the loop's clock and run every retrain_job it requests;
+    returns the retrains and, when it requested none, its reason."""
+    import dagster as dg
+
+    from finetune_loop.core.common.clock import utc_now
+    from finetune_loop.defs.monitor import EVIDENCE_TAG
+    from finetune_loop.defs.resources import TRIGGER_TAG
+
+    if isinstance(trigger, dg.ScheduleDefinition):
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=utc_now(), resources=defs.resources)
+    else:
+        context = dg.build_sensor_context(instance=instance, cursor=cursors.get(trigger.name), definitions=defs, resources=defs.resources)
+    with context:
+        tick = trigger.evaluate_tick(context)
+    if getattr(tick, "cursor", None) is not None:
+        cursors[trigger.name] = tick.cursor
+    retrains = []
+    for request in tick.run_requests:
+        # The daemon launches one run per run key; so does this.
+        if instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": request.run_key}), limit=1):
+            say(f"{trigger.name}: run key {request.run_key} already ran")
+            continue
+        origin = "dagster/schedule_name" if isinstance(trigger, dg.ScheduleDefinition) else "dagster/sensor_name"
+        tags = {**request.tags, "dagster/run_key": request.run_key, origin: trigger.name}
+        say(f"{trigger.name}: retrain requested, tags {json.dumps(request.tags)}", flush=True)
+        result = session.execute(defs.resolve_job_def("retrain_job"), instance, "retrain", tags, announce=say is print)
+        gate = next((e for e in result.get_asset_check_evaluations() if e.check_name == "release_gate"), None)
+        verdict = "not run" if gate is None else "PASSED" if gate.passed else f"refused the candidate: {gate.description}"
+        say(f"retrain     run {result.run_id}: {'succeeded' if result.success else 'failed'}; release_gate {verdict}")
+        retrains.append(RetrainOutcome(
+            trigger.name, request.tags[TRIGGER_TAG], request.tags.get(EVIDENCE_TAG, ""), result.run_id, result.success,
+            None if gate is None else gate.passed, "" if gate is None else (gate.description or ""),
+        ))
+    if tick.run_requests:
+        return retrains, None
+    say(f"{trigger.name}: {tick.skip_message}")
+    return retrains, tick.skip_message or ""
 
 
 class MonitorError(RuntimeError):
@@ -523,6 +585,7 @@ COMMANDS = {
     "replace-suite": replace_suite,
     "rollback": rollback_champion,
     "rebuild": rebuild,
+    "erase": erase_records,
     "simulate-traffic": simulate_traffic,
     "monitor": monitor,
 }

@@ -245,7 +245,7 @@ def test_curate_on_a_corpus_mixing_every_hostile_kind_accounts_for_every_row_and
     expected = (
         f"accounting  read {rows_in} rows = {counts['train']} train + {counts['validation']} validation + "
         f"{suite_rows['holdout']} holdout + {suite_rows['regression']} regression + {counts['quarantine']} quarantined + "
-        f"{counts['duplicates'] + counts['near_duplicates']} duplicates + {counts['contamination']} contaminated + {counts['revoked']} revoked"
+        f"{counts['duplicates'] + counts['near_duplicates']} duplicates + {counts['contamination']} contaminated + {counts['revoked']} revoked + 0 erased"
     )
     assert expected in result.stdout.splitlines(), result.stdout
     print(expected, f"({len(kinds)} kinds mixed)")

@@ -146,6 +146,7 @@ class CuratedDatasetMetadata(AssetMetadata):
     quarantined_rows: int
     quarantine_reasons: dict = json_field()
     revoked_source_rows: dict = json_field()
+    erased_removed: int
     pii_replacements: dict = json_field()
     duplicates_removed: int
     near_duplicates_removed: int
@@ -248,6 +249,8 @@ class ChampionModelMetadata(AssetMetadata):
     candidate_accuracy: float
     champion_since: str
     recheck: str
+    # Erasure requests this promotion closed ("completed: …") or left open (why), by request id.
+    erasures: dict = json_field()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,8 +22,9 @@ import dagster as dg
 
 from finetune_loop.core.common.clock import utc_now
 from finetune_loop.core.common.files import inline_png_markdown, write_jsonl
-from finetune_loop.core.common.tracker import Tracker
+from finetune_loop.core.common.tracker import CHAMPION_ALIAS, Tracker
 from finetune_loop.core.data.curation import CuratedDataset
+from finetune_loop.core.data.erasure import ErasureLedger
 from finetune_loop.core.data.production_log import read_task_log
 from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.data.recent import FEEDBACK_SEEN_TAG
@@ -361,14 +362,32 @@ def task_automation(wiring: TaskWiring) -> TaskAutomation:
         request = _retrain_request(loop, f"{decision.trigger}-{decision.newest.isoformat()}", decision)
         return dg.SensorResult(run_requests=[request], cursor=decision.newest.isoformat())
 
-    return TaskAutomation(retrain_job, monitor_job, [six_week_retrain_schedule, daily_drift_schedule], [drift_retrain_sensor, feedback_retrain_sensor])
+    @dg.sensor(name=wiring.name("erasure_retrain_sensor"), job=retrain_job, minimum_interval_seconds=300)
+    def erasure_retrain_sensor(context: dg.SensorEvaluationContext, loop: LoopResource):
+        """Retrains once per erasure request while the champion trained on its records
+        (`triggers.erasure_decision`); champion_model closes the request once a version without them ships."""
+        loop = wiring.loop(loop)
+        spec = loop.spec()
+        champion = loop.tracker().version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
+        decision, request = triggers.erasure_decision(ErasureLedger.load(spec.erasure_ledger_path).open_requests(), champion.version if champion else None)
+        if not decision.retrain:
+            return dg.SkipReason(decision.evidence)
+        waiting = retrain_in_flight(context.instance, spec.name)
+        if waiting:
+            return dg.SkipReason(f"{decision.evidence}: waiting for retrain run {waiting} of {spec.name} to finish")
+        return dg.SensorResult(run_requests=[_retrain_request(loop, f"erasure-{request.request}", decision)])
+
+    return TaskAutomation(
+        retrain_job, monitor_job, [six_week_retrain_schedule, daily_drift_schedule],
+        [drift_retrain_sensor, feedback_retrain_sensor, erasure_retrain_sensor],
+    )
 
 
 # The single-task code location's automation (and what the CLI's `monitor` evaluates).
 _SINGLE = task_automation(TaskWiring())
 retrain_job, monitor_job = _SINGLE.retrain_job, _SINGLE.monitor_job
 six_week_retrain_schedule, daily_drift_schedule = _SINGLE.schedules
-drift_retrain_sensor, feedback_retrain_sensor = _SINGLE.sensors
+drift_retrain_sensor, feedback_retrain_sensor, erasure_retrain_sensor = _SINGLE.sensors
 
 
 # This stage's assets: `definitions.py` puts them in group GROUP (per task on the platform).

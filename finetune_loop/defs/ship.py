@@ -10,7 +10,7 @@ import dagster as dg
 
 from finetune_loop.core.common.tracker import ModelVersionRef
 from finetune_loop.core.data.suites import FrozenSuite
-from finetune_loop.core.ship import export, gguf_checks, registry
+from finetune_loop.core.ship import erasure, export, gguf_checks, registry
 from finetune_loop.core.ship.export_result import GgufExport
 from finetune_loop.core.train.trainer import TrainedAdapter
 from finetune_loop.defs.common import mlflow_link, run_tags
@@ -121,6 +121,8 @@ def champion_model(eval_report: EvalReport, gguf_export: CandidateExport, loop: 
     except registry.PromotionError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
     champion = registry.champion_record(tracker, spec.registered_model_name)
+    # A champion that did not train on erased records lets their requests close (purge + scan).
+    erasures = erasure.complete_erasures(spec, loop.loop_home(), tracker)
     metadata = ChampionModelMetadata(
         model_name=result.model_name,
         version=result.version,
@@ -128,6 +130,8 @@ def champion_model(eval_report: EvalReport, gguf_export: CandidateExport, loop: 
         candidate_accuracy=eval_report.candidate_accuracy,
         champion_since=champion.since.isoformat(),
         recheck=result.recheck or "champion unchanged since evaluation",
+        erasures={e["request"]: e.get("open") or f"completed: {len(e['deleted'])} artifacts deleted, no stored copy of the text left"
+                  for e in erasures},
     )
     return dg.Output(result, metadata=metadata.to_dagster())
 

@@ -238,11 +238,13 @@ class GateSettings:
     # triggers.py), "manual" for a run launched by hand without one. A task naming only some triggers
     # keeps these defaults for the others.
     recent_policy: dict[
-        Literal["drift", "feedback_volume", "feedback_accuracy", "labels_admitted", "cadence", "manual"], Literal["superior", "non_inferior"]
+        Literal["drift", "feedback_volume", "feedback_accuracy", "labels_admitted", "cadence", "erasure", "manual"],
+        Literal["superior", "non_inferior"],
     ] = Field(
+        # An erasure retrain removes rows to comply, not to improve: it must not be worse.
         default_factory=lambda: {
             "drift": "superior", "feedback_volume": "superior", "feedback_accuracy": "superior", "labels_admitted": "superior",
-            "cadence": "non_inferior", "manual": "non_inferior",
+            "cadence": "non_inferior", "erasure": "non_inferior", "manual": "non_inferior",
         },
         description="rule on recent traffic per retrain trigger: `superior` (lower bound above 0) or `non_inferior` (at least −recent_margin)",
     )
@@ -404,6 +406,10 @@ class DataFiles:
         None, description="labelled rows (same columns as labeled_examples) set aside for simulate-traffic to draw requests from; "
         "never read by curation"
     )
+    erasure_ledger: str | None = Field(
+        None, description="the append-only erasure ledger `finetune-loop erase` writes (hashes only; default "
+        "`<name>.erasures.jsonl` beside the task file); every reader of rows leaves its records out"
+    )
 
     @field_validator("labeled_examples")
     @classmethod
@@ -533,6 +539,7 @@ class TaskFile(BaseModel):
             sources_path=resolve(self.data.sources),
             probes_path=resolve(self.probes),
             traffic_pool_path=resolve(self.data.traffic_pool),
+            erasure_ledger_path=resolve(self.data.erasure_ledger) or spec_path.parent / f"{self.name}{ERASURE_LEDGER_SUFFIX}",
             spec_path=spec_path,
             spec_sha256=spec_sha256,
         )
@@ -574,6 +581,8 @@ class TaskSpec:
     probes_path: Path | None = None
     # Labelled rows set aside for simulate-traffic (core/monitor/simulate.py); never curated.
     traffic_pool_path: Path | None = None
+    # The erasure ledger (core/data/erasure.py); it need not exist before the first request.
+    erasure_ledger_path: Path | None = None
 
     @property
     def registered_model_name(self) -> str:
@@ -586,6 +595,10 @@ class TaskSpec:
 
     def system_prompt(self) -> str:
         return self.instruction.strip().replace("{labels}", LABEL_SEPARATOR.join(self.labels))
+
+
+# The default erasure ledger's name beside the task file: `<task name>.erasures.jsonl`.
+ERASURE_LEDGER_SUFFIX = ".erasures.jsonl"
 
 
 def _shown(value: Any, limit: int = 80) -> str:

@@ -155,6 +155,22 @@ class Tracker:
     def artifact_uri(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.artifact_uri
 
+    def delete_run_artifacts(self, run_id: str) -> None:
+        """Every artifact of the run, from whichever store holds them (local, S3, …); the run's
+        params, metrics and tags stay."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        get_artifact_repository(self.artifact_uri(run_id)).delete_artifacts()
+
+    def download_version_file(self, ref: ModelVersionRef, name: str, destination: Path) -> Path:
+        """One file of a registered version's bundle (its manifest, say), without the weights."""
+        import mlflow.artifacts
+
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{ref.source.rstrip('/')}/{name}", tracking_uri=self.tracking_uri, dst_path=str(destination),
+        ))
+
     def register_version(self, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> ModelVersionRef:
         try:
             self.client.create_registered_model(model_name)

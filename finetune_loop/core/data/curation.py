@@ -36,6 +36,7 @@ from finetune_loop.core.data.dedup import (
     find_overlaps,
     remove_near_duplicates,
 )
+from finetune_loop.core.data.erasure import ERASED_REASON
 from finetune_loop.core.data.exact_dedup import deduplicate
 from finetune_loop.core.data.pii import (
     scrub_examples,
@@ -57,6 +58,8 @@ class CurationReport:
     rows_read: int
     quarantined: dict[str, int]
     revoked_removed: dict[str, int]
+    # Rows of records erased on request (core/data/erasure.py): counted, kept nowhere.
+    erased_removed: int
     pii_replacements: dict[str, int]
     duplicates_removed: int
     near_duplicates_removed: int
@@ -149,7 +152,9 @@ def curate_dataset(
         more, rejected = read_labeled_examples(spec, extra)
         examples += more
         quarantine += [{**q, "file": extra.name} for q in rejected]
-    rows_read = len(examples) + len(quarantine)
+    erased = [q for q in quarantine if q.get(ERASED_REASON)]
+    quarantine = [q for q in quarantine if not q.get(ERASED_REASON)]
+    rows_read = len(examples) + len(quarantine) + len(erased)
     stratum = kind_of(spec).stratum
 
     sources = load_sources(spec.sources_path)
@@ -239,6 +244,7 @@ def curate_dataset(
         rows_read=rows_read,
         quarantined=dict(Counter(reason_kind(q["reason"]) for q in quarantine)),
         revoked_removed=dict(Counter(e.source for e in revoked)),
+        erased_removed=len(erased),
         pii_replacements=dict(pii_counts),
         duplicates_removed=len(duplicates),
         near_duplicates_removed=len(audit.removed),

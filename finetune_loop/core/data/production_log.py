@@ -48,7 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Sequence
@@ -57,6 +57,7 @@ from finetune_loop.core.common.clock import utc_now
 from finetune_loop.core.common.files import sha256_file
 from finetune_loop.core.common.spec import FieldMapping, TaskSpec
 from finetune_loop.core.data.pii import scrub_answer, scrub_pii, scrubbed_excerpt
+from finetune_loop.core.data.erasure import ErasureLedger
 from finetune_loop.core.data.readers import (
     BOM,
     DuplicateKeyError,
@@ -91,6 +92,8 @@ class ProductionLog:
     # {"file", "line", "reason": "<kind>: <detail>", "row"} per rejected line
     quarantine: list[dict]
     files: list[Path] = field(default_factory=list)
+    # Requests left out because their record was erased (core/data/erasure.py); never kept.
+    erased: int = 0
 
     def reviewable_quarantine(self) -> list[dict]:
         """The rejected lines as they may be persisted: each raw line replaced by its PII-scrubbed
@@ -127,7 +130,7 @@ class ProductionLog:
         except OverflowError:  # an end near year 1: the window reaches back to the start of time
             start = None
         kept = [r for r in self.records if (start is None or start < r.timestamp) and r.timestamp <= end]
-        return ProductionLog(kept, self.quarantine, self.files)
+        return ProductionLog(kept, self.quarantine, self.files, self.erased)
 
     def labelled(self) -> list[ProductionRecord]:
         return [r for r in self.records if r.feedback_label is not None]
@@ -367,10 +370,16 @@ def read_task_log(spec: TaskSpec, *, now: datetime | None = None, check_labels: 
     (`drift.max_clock_skew_hours`) and, with `check_labels`, its label set: how every stage reads
     it. Feedback for curation is read without the label check, so an unknown feedback label reaches
     curation's quarantine with its did-you-mean instead of vanishing here."""
-    return read_production_log(
+    log = read_production_log(
         spec.production_log_path, spec.fields.input, spec.labels if check_labels else None, now=now,
         max_clock_skew=timedelta(hours=spec.drift.max_clock_skew_hours),
     )
+    ledger = ErasureLedger.load(spec.erasure_ledger_path)
+    if not ledger.requests:
+        return log
+    # Requests of erased records leave every stage (drift, feedback, the recent suite), counted.
+    kept = [r for r in log.records if ledger.erased(r.request_id, r.text) is None]
+    return replace(log, records=kept, erased=log.erased + len(log.records) - len(kept))
 
 
 def append_log_file(directory: Path, name: str, rows: Sequence[dict]) -> Path:

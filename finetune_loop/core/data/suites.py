@@ -64,7 +64,7 @@ class FrozenSuite:
     excluded: dict[str, int] = field(default_factory=dict)
 
 
-def _suite_paths(suites_dir: Path, name: str) -> tuple[Path, Path]:
+def suite_paths(suites_dir: Path, name: str) -> tuple[Path, Path]:
     return suites_dir / f"{name}.jsonl", suites_dir / f"{name}.manifest.json"
 
 
@@ -85,7 +85,7 @@ def freeze_suite(
     rendering) is given -- no longer than training.max_length."""
     if name not in SUITE_NAMES:
         raise ValueError(f"unknown suite {name!r}; suites are {SUITE_NAMES}")
-    suite_path, manifest_path = _suite_paths(suites_dir, name)
+    suite_path, manifest_path = suite_paths(suites_dir, name)
     if suite_path.exists() or manifest_path.exists():
         return _verify_suite(spec, name, suite_path, manifest_path)
 
@@ -236,7 +236,7 @@ def archive_suite(suites_dir: Path, name: str) -> Path:
     """Replacing a suite is an explicit act: the current files move to archive/<name>.v<N>.*, and
     the next freeze writes version N+1. A broken suite (no manifest, a manifest that does not parse,
     or a manifest without its suite file) is archived the same way, under the next free version."""
-    suite_path, manifest_path = _suite_paths(suites_dir, name)
+    suite_path, manifest_path = suite_paths(suites_dir, name)
     if not suite_path.exists() and not manifest_path.exists():
         raise CurationError(f"no frozen {name} suite to replace in {suites_dir}")
     archived = _archived_versions(suites_dir, name)

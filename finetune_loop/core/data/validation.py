@@ -26,6 +26,7 @@ from finetune_loop.core.common.examples import (
 )
 from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.data.erasure import ERASED_REASON, ErasureLedger
 from finetune_loop.core.data.readers import (
     CurationError,
     _read_hub_dataset,
@@ -60,10 +61,11 @@ def load_sources(path: Path | None) -> dict[str, Source] | None:
     return sources
 
 
-def read_labeled_examples(spec: TaskSpec, path: Path | None = None) -> tuple[list[Example], list[dict]]:
+def read_labeled_examples(spec: TaskSpec, path: Path | None = None, *, leave_out_erased: bool = True) -> tuple[list[Example], list[dict]]:
     """Valid examples in file order, plus one quarantine entry per rejected row, whose reason reads
     "<kind>: <detail>". `path` defaults to the task's labeled examples; designated suite files are
-    read through the same checks."""
+    read through the same checks. A row of an erased record is left out with reason "erased" and
+    no row (`leave_out_erased=False`: kept, for the erasure's own scan of what it must not find)."""
     if path is None and spec.labeled_examples_hub_id:
         raw_rows = _read_hub_dataset(spec.labeled_examples_hub_id)
         origin = spec.labeled_examples_hub_id
@@ -74,6 +76,7 @@ def read_labeled_examples(spec: TaskSpec, path: Path | None = None) -> tuple[lis
         raw_rows = _read_rows(path, required_column=spec.fields.input)
         origin = path.name
     sources = load_sources(spec.sources_path)
+    ledger = ErasureLedger.load(spec.erasure_ledger_path) if leave_out_erased else ErasureLedger(spec.erasure_ledger_path)
     examples: list[Example] = []
     quarantine: list[dict] = []
     seen_ids: set[str] = set()
@@ -83,6 +86,12 @@ def read_labeled_examples(spec: TaskSpec, path: Path | None = None) -> tuple[lis
             # Without an id column a row is named by its file and row number, so ids from a
             # designated suite file never collide with the training file's.
             example, problem = _validate_row(spec, row, f"{origin}:{line_no}", sources)
+        raw_text = row.get(spec.fields.input) if isinstance(row, dict) else None
+        erased_by = ledger.erased(example.id if example else None, example.text if example else raw_text if isinstance(raw_text, str) else None)
+        if erased_by is not None:
+            # Left out with its reason and line only: the row itself is kept nowhere, not even as evidence.
+            quarantine.append({"line": line_no, "reason": f"{ERASED_REASON}: erasure request {erased_by}", ERASED_REASON: True})
+            continue
         if problem is None and example.id in seen_ids:
             problem = f"duplicate id: {example.id!r} already used by an earlier row"
         if problem is not None:

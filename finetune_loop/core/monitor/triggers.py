@@ -13,12 +13,14 @@ from datetime import datetime, timedelta
 from typing import Sequence
 
 from finetune_loop.core.common.spec import TaskSpec
+from finetune_loop.core.data.erasure import ErasureRequest
 from finetune_loop.core.data.production_log import ProductionRecord
 from finetune_loop.core.data.recent import trainable_admitted_rows
 from finetune_loop.core.ship.registry import ChampionRecord, untrained_labels
 
 CADENCE, DRIFT, FEEDBACK_VOLUME, FEEDBACK_ACCURACY = "cadence", "drift", "feedback_volume", "feedback_accuracy"
 LABELS_ADMITTED = "labels_admitted"
+ERASURE = "erasure"
 # Trusted feedback rows an admitted label needs that a retrain would train on (older than the recent
 # suite's window, or its carved share of the window) before labels_admitted retrains: the
 # new_labels signal's own minimum.
@@ -158,3 +160,16 @@ def labels_admitted_decision(
             f"{spec.recent_suite.admitted_label_train_share:.0%} of the label's rows in it): {counts}",
         )
     return Decision(True, LABELS_ADMITTED, f"labels admitted since the latest training, with trainable feedback: {counts}")
+
+
+def erasure_decision(open_requests: Sequence[ErasureRequest], champion_version: str | None) -> tuple[Decision, ErasureRequest | None]:
+    """Retrain when the serving champion trained on records an open erasure request names, once
+    per request (the request is the run key). No cooldown or volume threshold holds it back: the
+    champion keeps serving what a data subject asked to be forgotten until a retrain without it
+    ships."""
+    for request in open_requests:
+        if champion_version is not None and champion_version in request.affected_versions:
+            return Decision(True, ERASURE, f"erasure request {request.request} ({request.at}): champion v{champion_version} trained on its records"), request
+    waiting = ", ".join(r.request for r in open_requests)
+    evidence = f"open erasure requests {waiting}: the champion did not train on their records" if waiting else "no open erasure request"
+    return Decision(False, ERASURE, evidence), None

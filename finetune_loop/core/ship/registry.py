@@ -56,6 +56,9 @@ TRAINED_LABELS_TAG = TAG_PREFIX + "labels"
 # MLflow keeps at most 8000 characters of a tag value and truncates longer ones.
 MAX_TAG_VALUE_CHARS = 8000
 RESTORED_FROM_TAG = TAG_PREFIX + "restored_from"
+# Set by `finetune-loop erase` on every version whose training rows held an erased record: the
+# request ids. Such a version is never promoted or rolled back to again.
+ERASED_BY_TAG = TAG_PREFIX + "erased_by"
 # ChampionEvent kinds: how the champion alias moved.
 PROMOTION = "promotion"
 ROLLBACK = "rollback"
@@ -262,6 +265,7 @@ def promote(
     `clock.utc_now()`)."""
     stamp = _timestamp(now)
     with registry_lock(lock_dir, model_name):
+        _refuse_erased(tracker, model_name, version, "promoted")
         before = alias_state(tracker, model_name)
         recheck = None
         if before.champion != evaluated_against:
@@ -315,6 +319,7 @@ def rollback(
                 f"previous-champion {before.previous_champion or 'none'})"
             )
         restored = before.previous_champion
+        _refuse_erased(tracker, model_name, restored, "rolled back to")
         # The version the restored one had replaced becomes the next rollback target.
         replaced = tracker.version_tags(model_name, restored).get(REPLACED_TAG)
         after = AliasState(restored, replaced if replaced not in (None, "none", before.champion) else None)
@@ -326,6 +331,12 @@ def rollback(
             _set_or_clear(tracker, model_name, PREVIOUS_CHAMPION_ALIAS, after.previous_champion)
             tracker.set_alias(model_name, CHAMPION_ALIAS, restored)
     return after
+
+
+def _refuse_erased(tracker: Tracker, model_name: str, version: str, what: str) -> None:
+    erased_by = tracker.version_tags(model_name, version).get(ERASED_BY_TAG)
+    if erased_by:
+        raise PromotionError(f"{model_name} v{version} cannot be {what}: it trained on records erased by request {erased_by}")
 
 
 def _timestamp(now: datetime | None) -> str:
