@@ -20,14 +20,16 @@ PIP_TOOLS_VENV := .venv-pip-tools
 
 .PHONY: install install-test lock instance-config demo test ui mlflow-ui validate clean-state
 
-# .venv is exactly the lock: every package at its locked version, checked against its hash (the
-# hashes put pip in hash-checking mode, which also refuses any dependency the lock leaves out). torch
-# is locked as the CPU wheel (requirements.in says why it is pinned). The project goes in last,
-# editable and without resolving again; `pip check` then fails the install when pyproject.toml asks
-# for something the lock does not satisfy (a dependency added without `make lock`).
+# .venv is exactly the lock: every package at its locked version, each file checked against its
+# hash. torch is locked as the CPU wheel (requirements.in says why it is pinned). --no-deps: pip
+# installs the lock's lines as they are, without resolving again (in hash-checking mode a resolving
+# pip also refuses a dependency requested with an extra, such as dagster-graphql's gql[requests],
+# since the lock pins gql without it). The project goes in last, editable, also without resolving;
+# `pip check` then fails the install when a locked package or pyproject.toml asks for something the
+# lock does not satisfy (a dependency added without `make lock`).
 $(BIN)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -r $(LOCK)
+	$(BIN)/pip install --no-deps -r $(LOCK)
 	$(BIN)/pip install --no-deps -e .
 	$(BIN)/pip check
 	touch $@
