@@ -20,8 +20,9 @@ PIP_TOOLS_VENV := .venv-pip-tools
 
 .PHONY: install install-test lock instance-config demo test ui mlflow-ui validate clean-state
 
-# .venv is exactly the lock: every package at its locked version, each file checked against its
-# hash. torch is locked as the CPU wheel (requirements.in says why it is pinned). --no-deps: pip
+# .venv is the lock: every package at its locked version, each file checked against its hash (a
+# reinstall into an existing .venv leaves packages the lock no longer lists; remove .venv for exactly
+# the locked set). torch is locked as the CPU wheel (requirements.in says why it is pinned). --no-deps: pip
 # installs the lock's lines as they are, without resolving again (in hash-checking mode a resolving
 # pip also refuses a dependency requested with an extra, such as dagster-graphql's gql[requests],
 # since the lock pins gql without it). The project goes in last, editable, also without resolving;
