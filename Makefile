@@ -15,23 +15,45 @@ INSTANCE_CONFIG_embedded := dagster.yaml
 INSTANCE_CONFIG_production := dagster.production.yaml
 INSTANCE_CONFIG := $(INSTANCE_CONFIG_$(FINETUNE_LOOP_INSTANCE))
 
-.PHONY: install install-test instance-config demo test ui mlflow-ui validate clean-state
+LOCK := requirements.lock
+PIP_TOOLS_VENV := .venv-pip-tools
 
-# torch is pinned and installed first: an unpinned torch (pulled in by transformers/peft) would take
-# the CUDA build, several GB, even on a CPU-only machine.
-$(BIN)/.installed: pyproject.toml
+.PHONY: install install-test lock instance-config demo test ui mlflow-ui validate clean-state
+
+# .venv is the lock: every package at its locked version, each file checked against its hash (a
+# reinstall into an existing .venv leaves packages the lock no longer lists; remove .venv for exactly
+# the locked set). torch is locked as the CPU wheel (requirements.in says why it is pinned). --no-deps: pip
+# installs the lock's lines as they are, without resolving again (in hash-checking mode a resolving
+# pip also refuses a dependency requested with an extra, such as dagster-graphql's gql[requests],
+# since the lock pins gql without it). The project goes in last, editable, also without resolving;
+# `pip check` then fails the install when a locked package or pyproject.toml asks for something the
+# lock does not satisfy (a dependency added without `make lock`).
+$(BIN)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e .
-	touch $@
-
-$(BIN)/.installed-test: $(BIN)/.installed
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install --no-deps -r $(LOCK)
+	$(BIN)/pip install --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
 install: $(BIN)/.installed
 
-install-test: $(BIN)/.installed-test
+# The lock holds the test extra too: tests run against the very package set that training runs use.
+install-test: install
+
+# Rewrites requirements.lock from pyproject.toml (with the test extra) and requirements.in. pip-compile
+# resolves through pip, so it sees the indexes and local wheels that `pip install` sees here and locks
+# the same CPU torch wheel. It keeps the pins already in the lock where they still fit; to move them
+# to the newest allowed releases: `make lock LOCK_ARGS=--upgrade`. --allow-unsafe locks setuptools
+# and pip too (torch needs setuptools at run time, llm needs pip); the --no-emit options keep this
+# machine's pip configuration (local index and wheel paths) out of the lock. The lock is resolved for
+# the Python that runs it ($(PYTHON)).
+lock: $(PIP_TOOLS_VENV)/bin/pip-compile
+	$(PIP_TOOLS_VENV)/bin/pip-compile --allow-unsafe --extra=test --generate-hashes --no-emit-find-links --no-emit-index-url --strip-extras $(LOCK_ARGS) --output-file=$(LOCK) pyproject.toml requirements.in
+
+# A venv of its own, so the locking tool never enters .venv (and the lock).
+$(PIP_TOOLS_VENV)/bin/pip-compile:
+	$(PYTHON) -m venv $(PIP_TOOLS_VENV)
+	$(PIP_TOOLS_VENV)/bin/pip install pip-tools==7.6.2
 
 # Copied on every use, so switching FINETUNE_LOOP_INSTANCE takes effect on the next command.
 instance-config:
