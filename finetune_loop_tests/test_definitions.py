@@ -29,6 +29,7 @@ def test_definitions_expose_the_public_contract():
     assert defs.resolve_schedule_def("six_week_retrain_schedule").job_name == "retrain_job"
     assert defs.resolve_sensor_def("drift_retrain_sensor").job_name == "retrain_job"
     assert defs.resolve_sensor_def("feedback_retrain_sensor").job_name == "retrain_job"
+    assert defs.resolve_sensor_def("erasure_retrain_sensor").job_name == "retrain_job"
     assert defs.resolve_schedule_def("daily_drift_schedule").job_name == "monitor_job"
     check_keys = defs.resolve_asset_graph().asset_check_keys
     gate = next(key for key in check_keys if key.name == "release_gate")

@@ -50,7 +50,7 @@ def test_one_load_serves_every_task_and_reports_the_broken_file(tasks_dir, tmp_p
         for name in ("retrain_job", "monitor_job"):
             assert defs.resolve_job_def(f"{task}__{name}") is not None
         assert defs.resolve_schedule_def(f"{task}__six_week_retrain_schedule").cron_schedule == "0 3 * * 1"
-        for sensor in ("drift_retrain_sensor", "feedback_retrain_sensor"):
+        for sensor in ("drift_retrain_sensor", "feedback_retrain_sensor", "erasure_retrain_sensor"):
             assert defs.resolve_sensor_def(f"{task}__{sensor}") is not None
     assert "portfolio_report" in keys and not any(k.startswith("broken/") for k in keys)
     check_keys = {f"{c.asset_key.to_user_string()}:{c.name}" for c in graph.asset_check_keys}
