@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     erase = commands.add_parser("erase", parents=[task_options], help="erase a data subject's records: ledger, affected versions, retrain, purge, proof")
     erase.add_argument("--id", dest="ids", action="append", default=[], help="a record id (labelled example id or production request_id); repeatable")
     erase.add_argument("--contains", help="erase every row whose text contains this string (an e-mail address, a customer id); case-insensitive")
+    erase.add_argument("--source", help="erase every row of this data source (data.sources), the path of a revoked licence")
     erase.add_argument("--reason", required=True, help="the request's reference (a ticket number), kept in the ledger as written: no personal data")
     simulate = commands.add_parser("simulate-traffic", parents=[task_options], help="append a week of production traffic answered by the current champion")
     simulate.add_argument("--rows", type=int, default=200, help="requests in the week")
@@ -216,7 +217,7 @@ def erase_records(session: Session, args) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     spec, home, tracker = session.spec, session.home, session.tracker()
     try:
-        outcome = request_erasure(spec, home, tracker, ids=args.ids, contains=args.contains, reason=args.reason)
+        outcome = request_erasure(spec, home, tracker, ids=args.ids, contains=args.contains, source=args.source, reason=args.reason)
     except ErasureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

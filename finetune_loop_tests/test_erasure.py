@@ -21,8 +21,8 @@ SUBJECT = "jane.doe@example.com"
 # Her three tickets: long enough to be scanned for (SCAN_MIN_CHARS), one per label.
 HER_ROWS = [
     {"id": "jane-1", "text": f"I was charged twice for my subscription, please refund it to {SUBJECT} today", "label": "billing"},
-    {"id": "jane-2", "text": f"my account is locked since this morning and {SUBJECT} gets no reset mail", "label": "account"},
-    {"id": "jane-3", "text": f"the app crashes when I open settings, logs were sent from {SUBJECT} yesterday", "label": "technical"},
+    {"id": "jane-2", "text": f"my account is locked since this morning and {SUBJECT} gets no reset mail", "label": "login"},
+    {"id": "jane-3", "text": f"my parcel never arrived although tracking says delivered, write to {SUBJECT} please", "label": "shipping"},
 ]
 
 
@@ -115,3 +115,22 @@ def test_the_ledger_matches_by_id_or_text_and_refuses_a_damaged_line(tmp_path):
     (tmp_path / "t.erasures.jsonl").write_text(raw + "{not json\n")
     with pytest.raises(ErasureError, match=r"t\.erasures\.jsonl:3: not a ledger entry"):
         ErasureLedger.load(tmp_path / "t.erasures.jsonl")
+
+
+def test_a_revoked_source_takes_the_same_path(tmp_path, tiny_base_model, monkeypatch, capsys):
+    task = write_tiny_task(tmp_path / "task", tiny_base_model)
+    scraped = [{**row, "id": f"scraped-{i}", "source": "forum-scrape", "text": row["text"] + " (copied from a public forum thread)"}
+               for i, row in enumerate(HER_ROWS)]
+    with (task.parent / "tickets.jsonl").open("a") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in scraped))
+    home = tmp_path / "home"
+    use_loop_home(monkeypatch, home)
+    assert main(["run", "--task", str(task), "--home", str(home)]) == EXIT_OK
+    tracker = Tracker.for_task(LoopHome(home), "tiny_triage")
+    assert _trained_ids(tracker, "1") & {r["id"] for r in scraped}
+    capsys.readouterr()
+    assert main(["erase", "--task", str(task), "--home", str(home), "--source", "forum-scrape", "--reason", "licence revoked 2026-12-01"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "3 records (labelled examples 3)" in out and "trained on them: v1" in out and "completed   request" in out
+    assert tracker.version_tags("tiny_triage-adapter", "1")[registry.ERASED_BY_TAG].startswith("er-")
+    assert not _trained_ids(tracker, "2") & {r["id"] for r in scraped}

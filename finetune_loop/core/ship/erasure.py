@@ -56,6 +56,8 @@ class FoundRecord:
     text: str
     # Where it was found: "labelled examples", "holdout file", "production log".
     where: str
+    # The row's data source (data.sources); None for production requests and rejected rows.
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def source_rows(spec: TaskSpec, *, leave_out_erased: bool = True) -> list[FoundR
         if where != "labelled examples" and path is None:
             continue
         examples, quarantine = read_labeled_examples(spec, path, leave_out_erased=leave_out_erased)
-        rows += [FoundRecord(e.id, e.text, where) for e in examples]
+        rows += [FoundRecord(e.id, e.text, where, e.source) for e in examples]
         for entry in quarantine:
             row = entry.get("row")
             text = row.get(spec.fields.input) if isinstance(row, dict) else None
@@ -89,10 +91,12 @@ def source_rows(spec: TaskSpec, *, leave_out_erased: bool = True) -> list[FoundR
     return rows
 
 
-def find_records(spec: TaskSpec, ids: Sequence[str], contains: str | None) -> list[FoundRecord]:
-    """The rows not erased yet whose id is in `ids` or whose text contains `contains` (case-insensitive)."""
+def find_records(spec: TaskSpec, ids: Sequence[str], contains: str | None, source: str | None = None) -> list[FoundRecord]:
+    """The rows not erased yet whose id is in `ids`, whose text contains `contains`
+    (case-insensitive), or that come from data source `source` (a revoked licence)."""
     wanted, needle = set(ids), contains.casefold() if contains else None
-    return [r for r in source_rows(spec) if r.record_id in wanted or (needle is not None and needle in r.text.casefold())]
+    return [r for r in source_rows(spec)
+            if r.record_id in wanted or (needle is not None and needle in r.text.casefold()) or (source is not None and r.source == source)]
 
 
 def _manifest(tracker: Tracker, model_name: str, version: str, scratch: Path) -> dict | None:
@@ -115,20 +119,22 @@ def affected_versions(tracker: Tracker, model_name: str, record_ids: set[str], s
 
 
 def request_erasure(
-    spec: TaskSpec, home: LoopHome, tracker: Tracker, *, ids: Sequence[str] = (), contains: str | None = None, reason: str,
+    spec: TaskSpec, home: LoopHome, tracker: Tracker, *, ids: Sequence[str] = (), contains: str | None = None,
+    source: str | None = None, reason: str,
 ) -> ErasureOutcome:
-    """Record the request and mark what it touches (see the module docstring)."""
-    if not ids and not contains:
-        raise ErasureError("name the records: record ids, or a string their text contains (an e-mail address, a customer id)")
-    records = find_records(spec, ids, contains)
+    """Record the request and mark what it touches (see the module docstring). `source` erases
+    every row of a data source, the path of a revoked licence."""
+    if not ids and not contains and not source:
+        raise ErasureError("name the records: record ids, a string their text contains (an e-mail address, a customer id), or a data source")
+    records = find_records(spec, ids, contains, source)
     if not records:
-        raise ErasureError(f"no row of {spec.name}'s sources has one of the ids or contains the string given: nothing recorded")
+        raise ErasureError(f"no row of {spec.name}'s sources matches the ids, string or source given: nothing recorded")
     model_name = spec.registered_model_name
     scratch = home.task_dir(spec.name, "erasure") / "manifests"
     affected = affected_versions(tracker, model_name, {r.record_id for r in records}, scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     ledger = ErasureLedger.load(spec.erasure_ledger_path)
-    request = ledger.record_request([(r.record_id, r.text) for r in records], reason, contains, affected)
+    request = ledger.record_request([(r.record_id, r.text) for r in records], reason, contains or (source and f"source:{source}"), affected)
     with registry_lock(home.task_dir(spec.name, "locks"), model_name):
         tags = tracker.all_version_tags(model_name)
         for version in affected:
