@@ -116,3 +116,24 @@ def test_a_label_may_move_by_one_of_its_rows_and_the_holdout_by_the_tolerance():
     # One of 8 rows is 12.5 pt: an F1 drop of 8.8 pt is within; a slice of 40 rows allows 2.5 pt.
     assert deltas["label billing", "f1"].allowed_points == pytest.approx(12.5) and deltas["label billing", "f1"].within
     assert deltas["slice channel=email", "accuracy"].allowed_points == pytest.approx(2.5)
+
+
+def test_a_warm_started_version_rebuilds_from_its_parent_to_the_byte(tmp_path, tiny_base_model, monkeypatch, capsys):
+    import yaml
+
+    task = write_tiny_task(tmp_path / "task", tiny_base_model)
+    raw = yaml.safe_load(task.read_text())
+    raw["training"]["init"] = "champion"
+    task.write_text(yaml.safe_dump(raw))
+    home = tmp_path / "home"
+    use_loop_home(monkeypatch, home)
+    assert main(["run", "--task", str(task), "--home", str(home)]) == EXIT_OK
+    with (task.parent / "tickets.jsonl").open("a") as handle:
+        handle.write("".join(json.dumps({**r, "id": f"more-{r['id']}"}) + "\n" for r in tiny_rows(count_per_label=4, seed=5)))
+    assert main(["run", "--task", str(task), "--home", str(home)]) == EXIT_OK
+    code = main(["rebuild", "--task", str(task), "--home", str(home), "--version", "2"])
+    out = capsys.readouterr().out
+    assert code == EXIT_OK, out
+    report = json.loads((home / "artifacts" / "rebuilds" / "tiny_triage" / "v2" / "rebuild_report.json").read_text())
+    assert report["weights"]["bit_identical"]
+    assert any(line.startswith("warm start from tiny_triage-adapter/v1, weights sha256 ") for line in report["inputs"])
