@@ -77,6 +77,8 @@ def main() -> int:
     from finetune_loop.core.monitor.portfolio import portfolio, portfolio_markdown
     from finetune_loop.definitions import build_platform_definitions
 
+    # Read before anything runs: the code measured is the checkout's at the start.
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     load_before = os.getloadavg()
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     defs = build_platform_definitions(args.tasks, str(home))
@@ -94,7 +96,7 @@ def main() -> int:
     table = portfolio_markdown(standings)
     results = {
         "benchmark": "platform_run", "tasks_dir": str(args.tasks), "broken_task_files": {str(p): e for p, e in catalog.broken.items()},
-        "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": commit,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor() or platform.machine()},
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(_cpu_seconds() - cpu_started, 1),
