@@ -214,28 +214,38 @@ def generate_answer_ids(
     model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> list[list[int]]:
     """The greedy answer's token ids per text, up to (without) the end-of-turn token."""
+    prompts = [encode_prompt(tokenizer, spec, t) for t in texts]
+    return greedy_continuations(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size=batch_size)
+
+
+def greedy_continuations(
+    model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> list[list[int]]:
+    """The greedy tokens after each prompt (token ids), at most `max_new_tokens[i]` after prompt i,
+    cut before the end-of-turn token; batched by prompt length."""
     import torch
 
     stop_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_id
-    prompts = [encode_prompt(tokenizer, spec, t) for t in texts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[list[int] | None] = [None] * len(prompts)
+    continuations: list[list[int] | None] = [None] * len(prompts)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the last position of every row
     model.eval()
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            encoded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt", padding=True)
+            encoded = tokenizer.pad({"input_ids": [list(prompts[i]) for i in batch]}, return_tensors="pt", padding=True)
             encoded = encoded.to(next(model.parameters()).device)
             with torch.no_grad():
                 generated = model.generate(
-                    **encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_id, pad_token_id=pad_id,
+                    **encoded, max_new_tokens=max(max_new_tokens[i] for i in batch), do_sample=False, eos_token_id=stop_id,
+                    pad_token_id=pad_id,
                 )
             for row, index in enumerate(batch):
-                tokens = generated[row, encoded["input_ids"].shape[1] :].tolist()
-                answers[index] = tokens[: tokens.index(stop_id)] if stop_id in tokens else tokens
+                # Greedy decoding: a row's first k tokens are the same however many the batch runs for.
+                tokens = generated[row, encoded["input_ids"].shape[1] :].tolist()[: max_new_tokens[index]]
+                continuations[index] = tokens[: tokens.index(stop_id)] if stop_id in tokens else tokens
     finally:
         tokenizer.padding_side = previous_side
-    return answers  # type: ignore[return-value]
+    return continuations  # type: ignore[return-value]
