@@ -218,6 +218,40 @@ def generate_answer_ids(
     return greedy_continuations(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size=batch_size)
 
 
+def greedy_prefix_lengths(
+    model, tokenizer, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> list[int]:
+    """How many leading tokens of each target greedy decoding after its prompt (non-empty) would
+    write. Greedy decoding writes target[k] exactly when it is the most likely token after prompt +
+    target[:k], so one forward pass over prompt + target answers it, where decoding would take one
+    step per token."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
+    lengths = [0] * len(prompts)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        rows = [list(prompts[i]) + list(targets[i]) for i in batch]
+        width, longest = max(len(r) for r in rows), max(len(targets[i]) for i in batch)
+        # Left padding ends every row's target at the last column, so the predictions of all
+        # targets are in the last `longest + 1` positions: the vocabulary projection runs on those alone.
+        input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        with torch.no_grad():
+            logits = model(
+                input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=longest + 1,
+            ).logits
+        for row, index in enumerate(batch):
+            target = list(targets[index])
+            # Kept position j predicts the token after it; target token k is predicted at longest - len + k.
+            predicted = logits[row, longest - len(target) : longest].argmax(-1).tolist()
+            lengths[index] = next((k for k, (p, t) in enumerate(zip(predicted, target)) if p != t), len(target))
+    return lengths
+
+
 def greedy_continuations(
     model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> list[list[int]]:
