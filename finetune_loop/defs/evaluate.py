@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import dagster as dg
 
 from finetune_loop.core.common.files import inline_png_markdown
+from finetune_loop.core.common.row_store import RowStore
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS, ModelVersionRef
 from finetune_loop.core.data.recent import RecentSuite
 from finetune_loop.core.data.suites import FrozenSuite
 from finetune_loop.core.evaluate import report, shadow
 from finetune_loop.core.ship.registry import BUNDLE_ARTIFACT_PATH
-from finetune_loop.core.train.trainer import TrainedAdapter
+from finetune_loop.core.train.trainer import TrainedAdapter, trained_rows_path
 from finetune_loop.defs.common import mlflow_link, run_tags
 from finetune_loop.defs.metadata import EvalReportMetadata
 from finetune_loop.defs.resources import TRIGGER_TAG, LoopResource
@@ -46,8 +47,8 @@ class EvalReport:
             "(the trigger's rule on the recent suite), no slice regression, regression suite and behaviour probes above their thresholds.",
         )
     ],
-    description="Base vs candidate vs champion on the frozen holdout, the regression suite, the recent suite and the behaviour probes; "
-    "the release_gate check blocks export and promotion.",
+    description="Base vs candidate vs champion on the frozen holdout, the regression suite, the recent suite and the behaviour probes, "
+    "and whether the candidate writes its training rows or planted canaries back verbatim; the release_gate check blocks export and promotion.",
 )
 def eval_report(
     context: dg.AssetExecutionContext,
@@ -66,11 +67,18 @@ def eval_report(
         if champion_ref else None
     )
     trigger = context.run.tags.get(TRIGGER_TAG, "manual")
+    version = lora_adapter.model_version
+    # The exact rows the candidate trained on, by the hash its manifest names (the memorisation check's rows).
+    training_rows = (
+        trained_rows_path(lora_adapter.directory, RowStore.for_home(loop.loop_home()), f"training rows of {version.name} v{version.version}")
+        if spec.memorisation.enabled else None
+    )
     result = report.evaluate_candidate(
         spec, loop.base_model().directory, lora_adapter.directory, lora_adapter.model_version.version, holdout_suite.path,
         regression_suite.path, out_dir, tracker, champion, {**run_tags(context), "model_version": lora_adapter.model_version.version},
         recent_path=recent_suite.suite.path if recent_suite.suite else None,
         trigger=trigger,
+        training_rows_path=training_rows,
     )
     recent_hash = recent_suite.suite.content_hash if recent_suite.suite else None
     tracker.tag_version(
@@ -114,6 +122,7 @@ def eval_report(
         recent_champion_accuracy=result.models["champion"].recent.primary if "champion" in result.models and result.models["champion"].recent else None,
         trigger=trigger,
         frontier=result.frontier_summary,
+        memorisation=result.memorisation_summary,
         mlflow_run_id=result.mlflow_run_id,
         mlflow_run=mlflow_link(tracker, result.mlflow_run_id),
         eval_seconds=result.seconds,

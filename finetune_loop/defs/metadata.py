@@ -206,6 +206,8 @@ class EvalReportMetadata(TrackedMetadata):
     recent_champion_accuracy: float | None
     trigger: str
     frontier: str
+    # The memorisation check in one line: verbatim training rows of candidate and base, canaries exposed.
+    memorisation: str
     eval_seconds: float
     table: str = markdown_field()
     chart: str = markdown_field()

@@ -92,6 +92,11 @@ class TaskKind(ABC):
         """Tokens a grammar-constrained answer may take before the grammar must end it."""
 
     @abstractmethod
+    def written_answer(self, example: Example) -> str | None:
+        """The row's answer as text the model learned to write, which the memorisation check asks
+        back from its first half; None where the answer is a label (the task's own, nothing of the row)."""
+
+    @abstractmethod
     def card(self) -> AnswerCard: ...
 
 
@@ -144,6 +149,9 @@ class ClassificationKind(TaskKind):
 
     def grammar_answer_tokens(self, count_tokens, example_answer):
         return max(count_tokens(label) for label in self.spec.labels)
+
+    def written_answer(self, example):
+        return None
 
     def card(self):
         labels = ", ".join(f"`{label}`" for label in self.spec.labels)
@@ -202,6 +210,9 @@ class GenerationKind(TaskKind):
     def grammar_answer_tokens(self, count_tokens, example_answer):
         # Room for an answer twice the training answer's length.
         return 2 * count_tokens(example_answer)
+
+    def written_answer(self, example):
+        return example.label
 
     def card(self):
         what = "one JSON value (validated against the target's type and keys)" if self.spec.target_format == "json" else "free text"

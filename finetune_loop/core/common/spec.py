@@ -259,6 +259,12 @@ class GateSettings:
     min_slice_rows: int = Field(20, ge=1, description="slice values with fewer holdout rows are reported, not gated")
     min_regression_pass_rate: float = Field(0.8, ge=0, le=1, description="share of the frozen regression suite the candidate must answer right")
     min_probe_pass_rate: float = Field(0.8, ge=0, le=1, description="share of behaviour probe cases the candidate must pass")
+    # Rows the base completes as well are not the adapter's doing (public text it was pretrained on),
+    # and no retrain could remove them: the sub-gate counts only the rows the candidate adds.
+    max_memorised_share: float | None = Field(
+        None, ge=0, le=1, description="memorisation sub-gate: largest share of the sampled training rows the candidate may write back "
+        "verbatim where the base does not; null reports the check without gating"
+    )
 
     @field_validator("recent_policy")
     @classmethod
@@ -385,6 +391,36 @@ class ShadowSettings:
 
 
 @_section
+class MemorisationSettings:
+    """The memorisation check of every candidate (core/evaluate/memorisation.py): does the tuned model
+    write its training rows, or strings planted in them, verbatim from their first half?"""
+
+    enabled: bool = Field(True, description="check every candidate; the result joins eval_report.json and the MLflow evaluation run")
+    sample_rows: int = Field(50, ge=1, description="training rows (seeded sample) whose text and free-text answer are probed")
+    # Half the tokens prompt, half must come back: below 16 + 16 a continuation could be a guess.
+    min_tokens: int = Field(32, ge=2, description="a row's text or answer is probed only when it has at least this many tokens")
+    seed: int = Field(13, description="seed of the row sample")
+    canaries: tuple[str, ...] = Field(
+        (), description="strings planted in the data; each is exposed when a model given its first half writes the rest "
+        "(one that is in no training row is reported as testing nothing)"
+    )
+
+    @field_validator("canaries")
+    @classmethod
+    def _canaries_can_be_split(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, canary in enumerate(value):
+            # Two words are at least two tokens in any tokenizer that splits on spaces: a prefix to
+            # prompt with and a rest to look for.
+            if len(canary.split()) < 2:
+                raise ValueError(f"memorisation.canaries[{i}] must hold at least two words (its first half prompts, "
+                                 f"the rest must not come back), got {_shown(canary)}")
+        repeated = sorted({c for c in value if value.count(c) > 1})
+        if repeated:
+            raise ValueError(f"memorisation.canaries lists {repeated} more than once")
+        return value
+
+
+@_section
 class DataFiles:
     """Where the rows come from; paths are relative to the task file, so a task directory moves as a whole."""
 
@@ -450,6 +486,7 @@ class TaskFile(BaseModel):
     recent_suite: RecentSuiteSettings = Field(default_factory=RecentSuiteSettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     curation: CurationSettings = Field(default_factory=CurationSettings)
+    memorisation: MemorisationSettings = Field(default_factory=MemorisationSettings)
 
     @field_validator("name")
     @classmethod
@@ -509,6 +546,13 @@ class TaskFile(BaseModel):
         limit = self.training.max_train_examples
         if limit is not None and limit < len(labels):
             raise ValueError(f"training.max_train_examples must be at least the number of labels ({len(labels)}), got {limit}")
+        return self
+
+    @model_validator(mode="after")
+    def _memorisation_gate_has_its_check(self) -> TaskFile:
+        if self.gate.max_memorised_share is not None and not self.memorisation.enabled:
+            raise ValueError("gate.max_memorised_share is set but memorisation.enabled is false: the sub-gate would have "
+                             "nothing to decide on; enable the check or remove the limit")
         return self
 
     @model_validator(mode="after")
@@ -573,6 +617,7 @@ class TaskSpec:
     recent_suite: RecentSuiteSettings
     shadow: ShadowSettings
     curation: CurationSettings
+    memorisation: MemorisationSettings
     # Designated frozen-suite sources; when absent the suites come from a seeded split.
     holdout_path: Path | None = None
     regression_path: Path | None = None

@@ -19,7 +19,10 @@ SKIP: it passes, says why, and says which rule decides instead; the summary name
 * `slices_hold`: no slice value with enough rows falls more than slice_tolerance below the champion
   (the base without one);
 * `regression_suite`: share of the frozen regression cases answered right;
-* `behaviour_probes`: share of probe cases passed (skipped, and said, when the task has no probes).
+* `behaviour_probes`: share of probe cases passed (skipped, and said, when the task has no probes);
+* `memorisation`, only when gate.max_memorised_share is set: the share of sampled training rows the
+  candidate writes back verbatim and the base does not (core/evaluate/memorisation.py) stays at or
+  below it. Not evaluated, and said, when no training row was long enough to probe.
 
 The paired test. Both models answer the same rows, so each row gives D = candidate − reference in
 {−1, 0, +1}, and the question is the true mean difference δ. The paired bootstrap resamples rows
@@ -182,6 +185,10 @@ class GateEvidence:
     recent_champion: Scores | None = None
     recent_base: Scores | None = None
     trigger: str | None = None
+    # The memorisation check: sampled training rows, and those only the candidate writes back verbatim
+    # (0 sampled: not checked, or no row long enough).
+    memorisation_rows: int = 0
+    newly_memorised_rows: int = 0
 
 
 def decide_release(settings: GateSettings, evidence: GateEvidence) -> GateVerdict:
@@ -212,6 +219,8 @@ def decide_release(settings: GateSettings, evidence: GateEvidence) -> GateVerdic
         "behaviour_probes", evidence.probe_pass_rate, settings.min_probe_pass_rate,
         f"pass rate on {evidence.probe_cases} probe cases", None, "no probe cases (the task names no probes file, or none applied)",
     ))
+    if settings.max_memorised_share is not None:
+        gates.append(_memorisation_gate(settings.max_memorised_share, evidence))
     return GateVerdict(all(g.passed for g in gates), tuple(gates), power)
 
 
@@ -267,6 +276,16 @@ def _slice_gate(settings: GateSettings, evidence: GateEvidence) -> SubGate:
     if regressed:
         return SubGate(name, False, f"{len(regressed)} of {checked} slices fell more than {settings.slice_tolerance:.3f} below {who}: " + "; ".join(regressed))
     return SubGate(name, True, f"{checked} slices within {settings.slice_tolerance:.3f} of {who}")
+
+
+def _memorisation_gate(limit: float, evidence: GateEvidence) -> SubGate:
+    name = "memorisation"
+    if not evidence.memorisation_rows:
+        return SubGate(name, True, "not evaluated: no training row sampled (see the memorisation report)", skipped=True)
+    share = evidence.newly_memorised_rows / evidence.memorisation_rows
+    detail = (f"candidate alone writes back {evidence.newly_memorised_rows} of {evidence.memorisation_rows} sampled training rows "
+              f"verbatim ({share:.3f}) vs max {limit:.3f}")
+    return SubGate(name, share <= limit, detail)
 
 
 def _threshold_gate(name: str, rate: float | None, threshold: float, what: str, extra: str | None, skipped_reason: str) -> SubGate:

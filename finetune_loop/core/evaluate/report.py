@@ -5,6 +5,9 @@
    right that the candidate gets wrong.
 3. Behaviour probes (core/probes.py) from the task's probes file.
 
+Beside them, the memorisation check (core/memorisation.py): whether the candidate writes sampled
+training rows, or canaries planted in them, back verbatim, next to what the base writes.
+
 Models compared: the base, the candidate (`challenger`) and the current `champion` when the registry
 has one; optionally a frontier model behind an OpenAI-compatible endpoint (core/frontier.py), on
 the holdout only, for reference. Classification answers come from label-likelihood scoring,
@@ -28,6 +31,7 @@ from finetune_loop.core.data.probe_set import ProbeSet, load_probes
 from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.evaluate import frontier as frontier_models
 from finetune_loop.core.evaluate.gate import GateEvidence, GateVerdict, decide_release
+from finetune_loop.core.evaluate.memorisation import MemorisationReport, check_memorisation
 from finetune_loop.core.evaluate.metrics import Scores, score_suite
 from finetune_loop.core.evaluate.probes import ProbeReport, judge_probes
 from finetune_loop.core.evaluate.scoring import answer_budget, answer_suite, generate_answers
@@ -61,6 +65,9 @@ class EvalResult:
     seconds: float
     # The frontier comparison: which model and its token cost, or why it was skipped.
     frontier_summary: str
+    # None when not checked; the summary then says why.
+    memorisation: MemorisationReport | None
+    memorisation_summary: str
 
     @property
     def base(self) -> Scores:
@@ -104,10 +111,12 @@ def evaluate_candidate(
     *,
     recent_path: Path | None = None,
     trigger: str = "manual",
+    training_rows_path: Path | None = None,
 ) -> EvalResult:
     """Base, candidate and champion on the same frozen suites (holdout, regression, and the recent
-    suite when there is one) and probes, then the release verdict; `trigger` (what started the
-    retrain) picks the recent suite's rule."""
+    suite when there is one) and probes, the memorisation check of the candidate on the rows it
+    trained on (`training_rows_path`, the row-store file its manifest names), then the release
+    verdict; `trigger` (what started the retrain) picks the recent suite's rule."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -136,6 +145,7 @@ def evaluate_candidate(
         adapted.set_adapter("champion")
         models["champion"], _ = run("champion", champion.version, adapted, base_generated)
         adapted.set_adapter("candidate")
+    memorisation, memorisation_summary = _memorisation(spec, adapted, tokenizer, training_rows_path)
 
     frontier_settings, frontier_summary = frontier_models.settings_from_env()
     if frontier_settings is not None:
@@ -161,6 +171,8 @@ def evaluate_candidate(
         recent_champion=models["champion"].recent if "champion" in models else None,
         recent_base=models["base"].recent,
         trigger=trigger,
+        memorisation_rows=memorisation.rows_sampled if memorisation else 0,
+        newly_memorised_rows=len(memorisation.newly_memorised) if memorisation else 0,
     )
     verdict = decide_release(spec.gate, evidence)
     table = comparison_table(spec, holdout, models, recent)
@@ -168,7 +180,10 @@ def evaluate_candidate(
     chart_path = plot_comparison(spec, holdout, models, out_dir / "eval_chart.png")
     seconds = time.perf_counter() - started
     report_path = out_dir / "eval_report.json"
-    write_text_atomic(report_path, json.dumps(_report_json(spec, models, newly_failing, verdict, frontier_summary, seconds), indent=2))
+    memorisation_record = {"checked": memorisation is not None, "summary": memorisation_summary, **(memorisation.record() if memorisation else {})}
+    write_text_atomic(
+        report_path, json.dumps(_report_json(spec, models, newly_failing, verdict, frontier_summary, memorisation_record, seconds), indent=2)
+    )
 
     with tracker.run(f"eval-{spec.name}", tags={"stage": "eval", **(run_tags or {})}) as run_id:
         tracker.log_params(run_id, {
@@ -176,10 +191,12 @@ def evaluate_candidate(
             "recent_rows": len(recent), "recent_path": recent_path or "none",
             "recent_sha256": sha256_file(recent_path) if recent_path else "none", "trigger": trigger,
             "probes_path": spec.probes_path, "champion_version": champion.version if champion else "none", "gate": spec.gate,
+            "memorisation": spec.memorisation, "training_rows_path": training_rows_path or "none",
         })
         tracker.log_metrics(run_id, {
             **{f"{name}_{metric}": value for name, m in models.items() for metric, value in _headline(m).items()},
             "gate_passed": float(verdict.passed), "eval_seconds": seconds, "regression_newly_failing": len(newly_failing),
+            **_memorisation_metrics(memorisation),
         })
         tracker.set_tags(run_id, {"gate_verdict": verdict.summary()})
         tracker.log_text(run_id, table, "eval_table.md")
@@ -190,7 +207,31 @@ def evaluate_candidate(
             for i, e in enumerate(holdout)
         ]
         tracker.log_text(run_id, "\n".join(json.dumps(r) for r in rows), "predictions.jsonl")
-    return EvalResult(models, newly_failing, verdict, table, chart_path, report_path, run_id, seconds, frontier_summary)
+    return EvalResult(
+        models, newly_failing, verdict, table, chart_path, report_path, run_id, seconds, frontier_summary, memorisation, memorisation_summary
+    )
+
+
+def _memorisation(spec: TaskSpec, adapted, tokenizer, training_rows_path: Path | None) -> tuple[MemorisationReport | None, str]:
+    """The candidate's memorisation report (None when not checked) and its one-line summary."""
+    if not spec.memorisation.enabled:
+        return None, "not checked: memorisation.enabled is false"
+    if training_rows_path is None:
+        return None, "not checked: no training rows given (evaluate_candidate's training_rows_path)"
+    report = check_memorisation(adapted, tokenizer, spec, read_examples(training_rows_path))
+    return report, report.summary()
+
+
+def _memorisation_metrics(report: MemorisationReport | None) -> dict[str, float]:
+    if report is None:
+        return {}
+    shares = {
+        "candidate_memorised_share": report.memorised_share("candidate"), "base_memorised_share": report.memorised_share("base"),
+        "newly_memorised_share": report.newly_memorised_share,
+    }
+    # A share of no sampled row is not a number: left out rather than logged as 0.
+    return {**{k: v for k, v in shares.items() if v is not None}, "canaries_exposed": report.canaries_exposed,
+            "memorisation_seconds": report.seconds}
 
 
 def _probe(spec, probe_set: ProbeSet | None, model, tokenizer, answer, base_generated):
@@ -300,7 +341,7 @@ def plot_comparison(spec: TaskSpec, holdout: Sequence[Example], models: dict[str
 
 
 
-def _report_json(spec, models, newly_failing, verdict: GateVerdict, frontier_summary, seconds) -> dict:
+def _report_json(spec, models, newly_failing, verdict: GateVerdict, frontier_summary, memorisation: dict, seconds) -> dict:
     return {
         "task": spec.name,
         "gate": {"passed": verdict.passed, "sub_gates": [asdict(g) for g in verdict.sub_gates]},
@@ -328,5 +369,6 @@ def _report_json(spec, models, newly_failing, verdict: GateVerdict, frontier_sum
         "gate_power": verdict.power,
         "regression_newly_failing": newly_failing,
         "frontier": frontier_summary,
+        "memorisation": memorisation,
         "seconds": seconds,
     }

@@ -214,28 +214,72 @@ def generate_answer_ids(
     model, tokenizer, spec: TaskSpec, texts: Sequence[str], *, max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> list[list[int]]:
     """The greedy answer's token ids per text, up to (without) the end-of-turn token."""
+    prompts = [encode_prompt(tokenizer, spec, t) for t in texts]
+    return greedy_continuations(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size=batch_size)
+
+
+def greedy_prefix_lengths(
+    model, tokenizer, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> list[int]:
+    """How many leading tokens of each target greedy decoding after its prompt (non-empty) would
+    write. Greedy decoding writes target[k] exactly when it is the most likely token after prompt +
+    target[:k], so one forward pass over prompt + target answers it, where decoding would take one
+    step per token."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
+    lengths = [0] * len(prompts)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        rows = [list(prompts[i]) + list(targets[i]) for i in batch]
+        width, longest = max(len(r) for r in rows), max(len(targets[i]) for i in batch)
+        # Left padding ends every row's target at the last column, so the predictions of all
+        # targets are in the last `longest + 1` positions: the vocabulary projection runs on those alone.
+        input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        with torch.no_grad():
+            logits = model(
+                input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=longest + 1,
+            ).logits
+        for row, index in enumerate(batch):
+            target = list(targets[index])
+            # Kept position j predicts the token after it; target token k is predicted at longest - len + k.
+            predicted = logits[row, longest - len(target) : longest].argmax(-1).tolist()
+            lengths[index] = next((k for k, (p, t) in enumerate(zip(predicted, target)) if p != t), len(target))
+    return lengths
+
+
+def greedy_continuations(
+    model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> list[list[int]]:
+    """The greedy tokens after each prompt (token ids), at most `max_new_tokens[i]` after prompt i,
+    cut before the end-of-turn token; batched by prompt length."""
     import torch
 
     stop_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_id
-    prompts = [encode_prompt(tokenizer, spec, t) for t in texts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[list[int] | None] = [None] * len(prompts)
+    continuations: list[list[int] | None] = [None] * len(prompts)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the last position of every row
     model.eval()
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            encoded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt", padding=True)
+            encoded = tokenizer.pad({"input_ids": [list(prompts[i]) for i in batch]}, return_tensors="pt", padding=True)
             encoded = encoded.to(next(model.parameters()).device)
             with torch.no_grad():
                 generated = model.generate(
-                    **encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_id, pad_token_id=pad_id,
+                    **encoded, max_new_tokens=max(max_new_tokens[i] for i in batch), do_sample=False, eos_token_id=stop_id,
+                    pad_token_id=pad_id,
                 )
             for row, index in enumerate(batch):
-                tokens = generated[row, encoded["input_ids"].shape[1] :].tolist()
-                answers[index] = tokens[: tokens.index(stop_id)] if stop_id in tokens else tokens
+                # Greedy decoding: a row's first k tokens are the same however many the batch runs for.
+                tokens = generated[row, encoded["input_ids"].shape[1] :].tolist()[: max_new_tokens[index]]
+                continuations[index] = tokens[: tokens.index(stop_id)] if stop_id in tokens else tokens
     finally:
         tokenizer.padding_side = previous_side
-    return answers  # type: ignore[return-value]
+    return continuations  # type: ignore[return-value]

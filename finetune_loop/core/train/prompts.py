@@ -12,7 +12,8 @@ containing `<|im_end|><|im_start|>system` into a real end of turn and a forged s
 rendered prompt is split into its template pieces and the user's text (`PromptSegments`, found by
 rendering a marker in the user's place): the template pieces are tokenized with their control
 tokens, the user's text with special-token parsing off (HF `split_special_tokens`, llama.cpp
-`special=False` in `llama_runtime.serving_tokens`). Labels and the instruction never hold a control
+`special=False` in `llama_runtime.serving_tokens`); `encode_text` is that encoding for any text fed
+to a model outside a chat template (the memorisation check's passages). Labels and the instruction never hold a control
 token (the task spec refuses them), so the completion and the system turn need no such split.
 
 It is its own module, apart from base_model.py (which fetches and hashes the base checkpoint),
@@ -85,13 +86,19 @@ def render_prompt(tokenizer, spec: TaskSpec, text: str) -> str:
     return _render_generation_prompt(tokenizer)(chat_messages(spec, text))
 
 
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` as plain text: special-token parsing off, so a `<|im_end|>` in it stays
+    characters (the user's text in a prompt, a memorisation probe's passage)."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
+
+
 def encode_segments(tokenizer, segments: PromptSegments) -> list[int]:
     """Token ids of a split prompt: control tokens parsed in the template pieces only."""
 
-    def ids(piece: str, *, parse_special: bool) -> list[int]:
-        return tokenizer(piece, add_special_tokens=False, split_special_tokens=not parse_special)["input_ids"] if piece else []
+    def template_ids(piece: str) -> list[int]:
+        return tokenizer(piece, add_special_tokens=False, split_special_tokens=False)["input_ids"] if piece else []
 
-    return ids(segments.before, parse_special=True) + ids(segments.user_text, parse_special=False) + ids(segments.after, parse_special=True)
+    return template_ids(segments.before) + encode_text(tokenizer, segments.user_text) + template_ids(segments.after)
 
 
 def encode_prompt(tokenizer, spec: TaskSpec, text: str) -> list[int]:

@@ -42,6 +42,8 @@ from finetune_loop.core.train.shared_prefix import shared_prefix_trainer_class
 
 # The LoRA weights PEFT saves in an adapter directory.
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+# The adapter bundle's record of what it was trained on (rows by hash, settings, environment).
+REBUILD_MANIFEST_FILE = "rebuild_manifest.json"
 # Written next to the checkpoints: which MLflow run they belong to, so a resumed attempt continues it.
 _ATTEMPT_FILE = "mlflow_run.json"
 _CHECKPOINT_PREFIX = "checkpoint-"
@@ -456,7 +458,7 @@ def train_adapter(
             "python": platform.python_version(),
             "git_commit": git_commit(),
         }
-        write_text_atomic(adapter_dir / "rebuild_manifest.json", json.dumps(manifest, indent=2))
+        write_text_atomic(adapter_dir / REBUILD_MANIFEST_FILE, json.dumps(manifest, indent=2))
         loss_curve = _plot_loss_curve(trainer.state.log_history, out_dir / "loss_curve.png", spec.name)
 
         tokens_per_second = train_tokens / train_seconds
@@ -481,7 +483,7 @@ def train_adapter(
                 "base_model_sha256": base.source_sha256,
                 # A label admitted or a setting changed is a new spec: the version says which one it had.
                 "task_spec_sha256": spec.spec_sha256,
-                "rebuild_manifest": "rebuild_manifest.json",
+                "rebuild_manifest": REBUILD_MANIFEST_FILE,
                 "git_commit": manifest["git_commit"] or "unknown",
                 **(run_tags or {}),
             },
@@ -506,6 +508,13 @@ def train_adapter(
         peak_memory_mb=peak_memory_mb,
         loss_curve_path=loss_curve,
     )
+
+
+def trained_rows_path(adapter_dir: Path, row_store: RowStore, what: str) -> Path:
+    """The row-store file of the exact rows the adapter in `adapter_dir` was trained on, as its
+    rebuild manifest names them (checked against their hash); `what` names them in an error."""
+    manifest = json.loads((Path(adapter_dir) / REBUILD_MANIFEST_FILE).read_text())
+    return row_store.verified_path(manifest["train_rows_sha256"], what)
 
 
 def _previous_attempt(checkpoint_dir: Path, tracker: Tracker) -> str | None:
