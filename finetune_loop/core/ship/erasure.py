@@ -45,8 +45,8 @@ from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.data.suites import SUITE_NAMES, suite_paths
 from finetune_loop.core.data.validation import read_labeled_examples
 from finetune_loop.core.ship.registry import ERASED_BY_TAG, registry_lock
+from finetune_loop.core.train.trainer import REBUILD_MANIFEST_FILE
 
-MANIFEST_FILE = "rebuild_manifest.json"
 SCAN_MIN_CHARS = 16
 
 
@@ -102,7 +102,7 @@ def find_records(spec: TaskSpec, ids: Sequence[str], contains: str | None, sourc
 def _manifest(tracker: Tracker, model_name: str, version: str, scratch: Path) -> dict | None:
     ref = tracker.version_ref(model_name, version)
     try:
-        path = tracker.download_version_file(ref, MANIFEST_FILE, scratch / f"v{version}")
+        path = tracker.download_version_file(ref, REBUILD_MANIFEST_FILE, scratch / f"v{version}")
     except Exception:  # noqa: BLE001 - a version without a manifest (or whose artifacts are gone) trained on nothing we know
         return None
     return json.loads(path.read_text())

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune_loop.core.train.trainer import REBUILD_MANIFEST_FILE
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -35,7 +37,7 @@ class MergedModel:
 
 def adapter_was_trained_with_qlora(adapter_dir: Path) -> bool:
     """What the adapter's rebuild manifest says training actually did (the plan, after any CPU fallback)."""
-    manifest_path = Path(adapter_dir) / "rebuild_manifest.json"
+    manifest_path = Path(adapter_dir) / REBUILD_MANIFEST_FILE
     if not manifest_path.is_file():
         return False
     return bool(json.loads(manifest_path.read_text()).get("plan", {}).get("qlora", False))

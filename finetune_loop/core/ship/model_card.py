@@ -14,6 +14,7 @@ from finetune_loop.core.common.kinds import kind_of
 from finetune_loop.core.common.spec import EMBEDDED_BASE_MODEL, TaskSpec
 from finetune_loop.core.ship.export_result import GgufExport
 from finetune_loop.core.train.base_model import BaseModel
+from finetune_loop.core.train.trainer import REBUILD_MANIFEST_FILE
 
 # What the bundled base is on the Hugging Face hub, and its licence.
 _EMBEDDED_BASE = ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")
@@ -25,7 +26,7 @@ def write_model_card(
     path: Path, spec: TaskSpec, base: "BaseModel", adapter_dir: Path, export: "GgufExport", eval_accuracies: dict[str, float]
 ) -> Path:
     card = kind_of(spec).card()
-    manifest_path = Path(adapter_dir) / "rebuild_manifest.json"
+    manifest_path = Path(adapter_dir) / REBUILD_MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     base_id, base_licence = _EMBEDDED_BASE if spec.base_model == EMBEDDED_BASE_MODEL else (spec.base_model, "other")
     front_matter = {

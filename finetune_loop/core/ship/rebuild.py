@@ -47,6 +47,7 @@ from finetune_loop.core.train.base_model import prepare_base_model
 from finetune_loop.core.train.install_lock import installed_packages, lock_sha256, package_differences
 from finetune_loop.core.train.trainer import (
     ADAPTER_WEIGHTS_FILE,
+    REBUILD_MANIFEST_FILE,
     build_trainer,
     deterministic_kernels,
     git_commit,
@@ -56,7 +57,7 @@ from finetune_loop.core.train.trainer import (
 REBUILD_STAGE = "rebuild"
 # Written on the version after each rebuild: when, and what it found.
 REBUILD_TAG = "last_rebuild"
-MANIFEST_FILE, SPEC_FILE, EVAL_REPORT_FILE = "rebuild_manifest.json", "task_spec.yaml", "eval_report.json"
+SPEC_FILE, EVAL_REPORT_FILE = "task_spec.yaml", "eval_report.json"
 
 
 class RebuildError(RuntimeError):
@@ -233,9 +234,9 @@ def rebuild_version(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     bundle = tracker.download_version(ref, out_dir / "recorded")
-    if not (bundle / MANIFEST_FILE).is_file():
-        raise RebuildError(f"{ref.name} v{version} has no {MANIFEST_FILE} in its bundle: it was not trained by this loop")
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    if not (bundle / REBUILD_MANIFEST_FILE).is_file():
+        raise RebuildError(f"{ref.name} v{version} has no {REBUILD_MANIFEST_FILE} in its bundle: it was not trained by this loop")
+    manifest = json.loads((bundle / REBUILD_MANIFEST_FILE).read_text())
     missing = [key for key in ("train_rows_sha256", "validation_rows_sha256", "holdout_sha256") if not manifest.get(key)]
     if missing:
         raise RebuildError(f"{ref.name} v{version} was trained before its rows were kept by content (its manifest has no {', '.join(missing)}): "

@@ -38,6 +38,7 @@ from finetune_loop.core.common.tracker import (
     PREVIOUS_CHAMPION_ALIAS,
     Tracker,
 )
+from finetune_loop.core.train.trainer import REBUILD_MANIFEST_FILE
 
 LOCK_TIMEOUT_S = 300
 TAG_PREFIX = "finetune_loop."
@@ -92,7 +93,7 @@ def untrained_labels(labels: Sequence[str], trained_sets: Sequence[Sequence[str]
 BUNDLE_ARTIFACT_PATH = "adapter"
 ROLLBACK_BUNDLE_FILES = (
     "adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-    "task_spec.yaml", "rebuild_manifest.json", "eval_report.json",
+    "task_spec.yaml", REBUILD_MANIFEST_FILE, "eval_report.json",
 )
 # gguf_export adds the shipped GGUF, its Modelfile and the model card (GgufExport.shipped_files);
 # their names depend on the task and quant type, so callers pass them as `extra`.
