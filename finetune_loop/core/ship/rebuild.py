@@ -47,10 +47,10 @@ from finetune_loop.core.train.base_model import prepare_base_model
 from finetune_loop.core.train.install_lock import installed_packages, lock_sha256, package_differences
 from finetune_loop.core.train.trainer import (
     ADAPTER_WEIGHTS_FILE,
+    CODE_COMMIT,
     REBUILD_MANIFEST_FILE,
     build_trainer,
     deterministic_kernels,
-    git_commit,
     plan_training,
 )
 
@@ -202,7 +202,7 @@ def _environment(manifest: dict, plan: dict, threads: int) -> list[str]:
         lines.append(f"torch CPU threads: {manifest['torch_threads']} recorded, {threads} now")
     lines += package_differences(manifest.get("packages", {}), installed_packages())
     for what, recorded, now in (("install lock sha256", manifest.get("install_lock_sha256"), lock_sha256()),
-                                ("code commit", manifest.get("git_commit"), git_commit())):
+                                ("code commit", manifest.get("git_commit"), CODE_COMMIT)):
         if recorded != now:
             lines.append(f"{what}: {recorded or 'none'} recorded, {now or 'none'} now")
     return lines

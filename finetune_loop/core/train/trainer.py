@@ -456,7 +456,7 @@ def train_adapter(
             "packages": installed_packages(),
             "install_lock_sha256": lock_sha256(),
             "python": platform.python_version(),
-            "git_commit": git_commit(),
+            "git_commit": CODE_COMMIT,
         }
         write_text_atomic(adapter_dir / REBUILD_MANIFEST_FILE, json.dumps(manifest, indent=2))
         loss_curve = _plot_loss_curve(trainer.state.log_history, out_dir / "loss_curve.png", spec.name)
@@ -626,9 +626,18 @@ def _mlflow_step_logger(tracker: Tracker, run_id: str, callback_base: type):
     return StepLogger()
 
 
-def git_commit() -> str | None:
+def _code_commit() -> str | None:
+    """The checkout's commit, "+dirty" when tracked files differ from it; None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent)
+        commit = git("rev-parse", "HEAD")
+        return f"{commit}+dirty" if git("status", "--porcelain", "--untracked-files=no") else commit
     except (OSError, subprocess.CalledProcessError):
         return None
-    return out.stdout.strip()
+
+
+# Read once, when the code is imported: a commit landing while a long training runs does not change
+# the code that runs it, and the manifest names the code that ran.
+CODE_COMMIT = _code_commit()
