@@ -413,6 +413,7 @@ def simulate_traffic(session: Session, args) -> int:
     from finetune_loop.core.common.tracker import CHAMPION_ALIAS
     from finetune_loop.core.monitor import simulate
     from finetune_loop.core.train.base_model import prepare_base_model
+    from finetune_loop.core.train.trainer import recorded_base
 
     spec, home = session.spec, session.home
     try:
@@ -425,7 +426,8 @@ def simulate_traffic(session: Session, args) -> int:
             new_kind_path=args.new_kind_file, feedback_share=args.feedback_share, seed=args.seed,
         )
         adapter_dir = tracker.download_version(champion)
-        base = prepare_base_model(spec.base_model, home.artifacts / "base_models")
+        # The champion answers on the base it was trained on (a rollback may restore one from before a migration).
+        base = prepare_base_model((recorded_base(adapter_dir) or (spec.base_model,))[0], home.artifacts / "base_models")
         start = simulate.next_week_start(spec, now=utc_now())
         path = simulate.write_week(spec, settings, base.directory, adapter_dir, champion.version, start)
     except simulate.SimulationError as exc:

@@ -62,10 +62,14 @@ def eval_report(
     tracker = loop.tracker()
     out_dir = loop.task_dir("evals") / context.run.run_id
     champion_ref = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
-    champion = (
-        report.ChampionAdapter(champion_ref.version, tracker.download_version(champion_ref, out_dir / "champion_bundle"))
-        if champion_ref else None
-    )
+    champion = None
+    if champion_ref:
+        bundle = tracker.download_version(champion_ref, out_dir / "champion_bundle")
+        # After base_model changed in the task file, the champion still answers on the base it was trained on.
+        own_base = loop.champion_base(bundle)
+        if own_base is not None:
+            context.log.info(f"champion v{champion_ref.version} was trained on {own_base.name}; the candidate on {spec.base_model}: each answers on its own base")
+        champion = report.ChampionAdapter(champion_ref.version, bundle, own_base.directory if own_base else None)
     trigger = context.run.tags.get(TRIGGER_TAG, "manual")
     version = lora_adapter.model_version
     # The exact rows the candidate trained on, by the hash its manifest names (the memorisation check's rows).

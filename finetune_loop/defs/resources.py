@@ -29,6 +29,7 @@ from finetune_loop.core.train.base_model import (
     prepare_base_model,
 )
 from finetune_loop.core.train.prompts import rendered_length
+from finetune_loop.core.train.trainer import recorded_base
 
 TASK_ENV_VAR = "FINETUNE_LOOP_TASK"
 EXAMPLE_TASK = Path(__file__).resolve().parents[1] / "tasks" / "support_triage.yaml"
@@ -146,6 +147,14 @@ class LoopResource(dg.ConfigurableResource):
             except BaseModelError as exc:
                 raise BaseModelError(f"{spec.spec_path}: base_model: {exc}") from exc
         return self._base
+
+    def champion_base(self, bundle_dir: Path) -> BaseModel | None:
+        """The base a registered version's bundle was trained on when it is not the task's base
+        (the task moved to a new base since: a migration); None when it is the same one."""
+        recorded = recorded_base(bundle_dir)
+        if recorded is None or recorded[1] == self.base_model().source_sha256:
+            return None
+        return prepare_base_model(recorded[0], self.loop_home().artifacts / "base_models")
 
     def token_length(self) -> Callable[[Example], int]:
         """Tokens of an example as training renders it, with the base's tokenizer loaded once per

@@ -63,11 +63,16 @@ def lora_adapter(
     champion = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS) if spec.training.init == "champion" else None
     if spec.training.init == "champion" and champion is None:
         context.log.info("training.init is 'champion' but there is no champion yet: this adapter starts from the base")
+    init_dir = tracker.download_version(champion, out_dir / "init") if champion else None
+    if init_dir is not None and loop.champion_base(init_dir) is not None:
+        # LoRA matrices belong to the weights they were trained against: a new base starts afresh.
+        context.log.info(f"training.init is 'champion', but champion v{champion.version} was trained on another base: this adapter starts from {spec.base_model}")
+        champion, init_dir = None, None
     try:
         adapter = trainer.train_adapter(
             spec, base, curated_dataset, holdout_suite, out_dir, tracker, RowStore.for_home(loop.loop_home()),
             run_tags(context), checkpoints_root=loop.task_dir("checkpoints"),
-            init_adapter=champion, init_adapter_dir=tracker.download_version(champion, out_dir / "init") if champion else None,
+            init_adapter=champion, init_adapter_dir=init_dir,
         )
     except trainer.TrainingConfigError as exc:
         # A retry cannot fix the task file; only crashes and kills are worth retrying.

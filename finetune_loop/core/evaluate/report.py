@@ -86,6 +86,8 @@ class EvalResult:
 class ChampionAdapter:
     version: str
     directory: Path
+    # The champion's own base model when it is not the candidate's (a base-model migration); None: the same base.
+    base_dir: Path | None = None
 
 
 def _evaluate_model(name, version, answer: Callable[[Sequence[str]], list[str]], spec, holdout, regression, probes, recent=()) -> ModelEvaluation:
@@ -130,9 +132,11 @@ def evaluate_candidate(
     max_new_tokens = answer_budget(tokenizer, spec, holdout + regression)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
 
-    def run(name: str, version: str | None, answering_model, base_probe_answers: dict[str, str] | None):
-        answer = lambda texts: answer_suite(answering_model, tokenizer, spec, texts, max_new_tokens)  # noqa: E731
-        probes, generated = _probe(spec, probe_set, answering_model, tokenizer, answer, base_probe_answers)
+    def run(name: str, version: str | None, answering_model, base_probe_answers: dict[str, str] | None, own_tokenizer=None):
+        model_tokenizer = own_tokenizer or tokenizer
+        budget = max_new_tokens if own_tokenizer is None else answer_budget(own_tokenizer, spec, holdout + regression)
+        answer = lambda texts: answer_suite(answering_model, model_tokenizer, spec, texts, budget)  # noqa: E731
+        probes, generated = _probe(spec, probe_set, answering_model, model_tokenizer, answer, base_probe_answers)
         return _evaluate_model(name, version, answer, spec, holdout, regression, probes, recent), generated
 
     models: dict[str, ModelEvaluation] = {}
@@ -140,7 +144,13 @@ def evaluate_candidate(
     # Adapters wrap the already-loaded base: one load serves every model.
     adapted = PeftModel.from_pretrained(model, adapter_dir, adapter_name="candidate")
     models["candidate"], _ = run("candidate", candidate_version, adapted, base_generated)
-    if champion is not None:
+    if champion is not None and champion.base_dir is not None:
+        # A champion of another base (the candidate migrates the task to a new one) answers on its
+        # own base, with its own tokenizer: the gate compares what each would serve.
+        own = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(champion.base_dir, dtype=torch.float32), champion.directory)
+        models["champion"], _ = run("champion", champion.version, own.eval(), base_generated, AutoTokenizer.from_pretrained(champion.directory))
+        del own
+    elif champion is not None:
         adapted.load_adapter(champion.directory, adapter_name="champion")
         adapted.set_adapter("champion")
         models["champion"], _ = run("champion", champion.version, adapted, base_generated)

@@ -510,6 +510,16 @@ def train_adapter(
     )
 
 
+def recorded_base(adapter_dir: Path) -> tuple[str, str] | None:
+    """(base_model, its weights' sha256) an adapter was trained on, from its rebuild manifest; None
+    for an adapter without one."""
+    path = Path(adapter_dir) / REBUILD_MANIFEST_FILE
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    return manifest["base_model"], manifest["base_model_sha256"]
+
+
 def trained_rows_path(adapter_dir: Path, row_store: RowStore, what: str) -> Path:
     """The row-store file of the exact rows the adapter in `adapter_dir` was trained on, as its
     rebuild manifest names them (checked against their hash); `what` names them in an error."""
