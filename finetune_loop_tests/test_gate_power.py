@@ -188,7 +188,7 @@ def test_an_unknown_trigger_is_an_error_not_a_default_rule():
 
 
 def test_recent_policy_names_every_trigger_the_monitor_uses():
-    monitor_triggers = {triggers.CADENCE, triggers.DRIFT, triggers.FEEDBACK_VOLUME, triggers.FEEDBACK_ACCURACY, triggers.LABELS_ADMITTED}
+    monitor_triggers = {triggers.CADENCE, triggers.DRIFT, triggers.FEEDBACK_VOLUME, triggers.FEEDBACK_ACCURACY, triggers.LABELS_ADMITTED, triggers.ERASURE}
     assert set(GateSettings().recent_policy) == monitor_triggers | {"manual"}
     partial = GateSettings(recent_policy={"drift": "non_inferior"})
     assert partial.recent_rule("drift") == "non_inferior" and partial.recent_rule("feedback_accuracy") == "superior"
