@@ -134,3 +134,21 @@ def test_a_revoked_source_takes_the_same_path(tmp_path, tiny_base_model, monkeyp
     assert "3 records (labelled examples 3)" in out and "trained on them: v1" in out and "completed   request" in out
     assert tracker.version_tags("tiny_triage-adapter", "1")[registry.ERASED_BY_TAG].startswith("er-")
     assert not _trained_ids(tracker, "2") & {r["id"] for r in scraped}
+
+
+def test_archive_weights_keeps_the_weights_and_deletes_the_rows(tmp_path, tiny_base_model, monkeypatch, capsys):
+    import yaml
+
+    task = _task_with_her_rows(tmp_path / "task", tiny_base_model)
+    raw = yaml.safe_load(task.read_text())
+    raw["erasure"] = {"affected_artifacts": "archive_weights"}
+    task.write_text(yaml.safe_dump(raw))
+    home = tmp_path / "home"
+    use_loop_home(monkeypatch, home)
+    assert main(["run", "--task", str(task), "--home", str(home)]) == EXIT_OK
+    assert main(["erase", "--task", str(task), "--home", str(home), "--contains", SUBJECT, "--reason", "DSR-2"]) == EXIT_OK
+    (request,) = ErasureLedger.load(task.parent / "tiny_triage.erasures.jsonl").completed.values()
+    archive = home / "artifacts" / "erasure" / "tiny_triage" / "archive" / request["request"] / "v1"
+    assert sorted(p.name for p in archive.iterdir()) == ["adapter_model.safetensors", "tiny_triage-Q8_0.gguf", "tiny_triage-f32.gguf"]
+    assert all(name.startswith(f"artifacts/erasure/tiny_triage/archive/{request['request']}/v1/") for name in request["archived"])
+    assert request["scan"]["files_holding_text"] == [] and not (home / "artifacts" / "exports" / "tiny_triage" / "v1").exists()

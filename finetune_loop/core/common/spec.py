@@ -421,6 +421,19 @@ class MemorisationSettings:
 
 
 @_section
+class ErasureSettings:
+    """What an erasure request (`finetune-loop erase`, core/ship/erasure.py) does with the versions
+    that trained on the erased records, once a champion without them serves."""
+
+    # Row-holding files (the row store, curated snapshots, curation evidence, drift reports) are
+    # deleted under either policy: only weights, which hold no row text, may be kept.
+    affected_artifacts: Literal["delete", "archive_weights"] = Field(
+        "delete", description="`delete` every artifact of an affected version; `archive_weights` keeps its adapter weights and "
+        "GGUFs under artifacts/erasure/<task>/archive/<request>/ (a legal hold) and deletes the rest"
+    )
+
+
+@_section
 class DataFiles:
     """Where the rows come from; paths are relative to the task file, so a task directory moves as a whole."""
 
@@ -487,6 +500,7 @@ class TaskFile(BaseModel):
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     curation: CurationSettings = Field(default_factory=CurationSettings)
     memorisation: MemorisationSettings = Field(default_factory=MemorisationSettings)
+    erasure: ErasureSettings = Field(default_factory=ErasureSettings)
 
     @field_validator("name")
     @classmethod
@@ -618,6 +632,7 @@ class TaskSpec:
     shadow: ShadowSettings
     curation: CurationSettings
     memorisation: MemorisationSettings
+    erasure: ErasureSettings
     # Designated frozen-suite sources; when absent the suites come from a seeded split.
     holdout_path: Path | None = None
     regression_path: Path | None = None

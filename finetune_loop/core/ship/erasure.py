@@ -45,7 +45,7 @@ from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.data.suites import SUITE_NAMES, suite_paths
 from finetune_loop.core.data.validation import read_labeled_examples
 from finetune_loop.core.ship.registry import ERASED_BY_TAG, registry_lock
-from finetune_loop.core.train.trainer import REBUILD_MANIFEST_FILE
+from finetune_loop.core.train.trainer import ADAPTER_WEIGHTS_FILE, REBUILD_MANIFEST_FILE
 
 SCAN_MIN_CHARS = 16
 
@@ -167,17 +167,21 @@ def _delete_suites_holding(spec: TaskSpec, home: LoopHome, ledger: ErasureLedger
     return deleted
 
 
-def purge_version(spec: TaskSpec, home: LoopHome, tracker: Tracker, version: str) -> list[str]:
+def purge_version(spec: TaskSpec, home: LoopHome, tracker: Tracker, version: str, archive_dir: Path) -> list[str]:
     """Delete what a version made that holds its training rows or what it learned from them: its
     training run's MLflow artifacts (adapter bundle, shipped GGUF, curation evidence), its local
     adapter, export and rebuild directories, its curated dataset snapshot and the row store files
-    of its rows. Returns the paths deleted (MLflow artifacts as `mlflow:<run id>`). The registry
-    entry stays, tagged, so the history still says the version existed and why it is gone."""
+    of its rows. Under `erasure.affected_artifacts: archive_weights` its adapter weights and GGUFs
+    are first copied to `archive_dir`/v<version>. Returns the paths deleted (MLflow artifacts as
+    `mlflow:<run id>`). The registry entry stays, tagged, so the history still says the version
+    existed and why it is gone."""
     model_name = spec.registered_model_name
     ref = tracker.version_ref(model_name, version)
     tags = tracker.version_tags(model_name, version)
     scratch = home.task_dir(spec.name, "erasure") / "manifests"
     manifest = _manifest(tracker, model_name, version, scratch) or {}
+    if spec.erasure.affected_artifacts == "archive_weights":
+        _archive_weights(tracker, ref, home.artifacts / "exports" / spec.name / f"v{version}", archive_dir / f"v{version}", scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     store = RowStore.for_home(home)
     local = [
@@ -199,6 +203,15 @@ def purge_version(spec: TaskSpec, home: LoopHome, tracker: Tracker, version: str
             continue
         deleted.append(str(path.relative_to(home.root)))
     return deleted
+
+
+def _archive_weights(tracker: Tracker, ref, export_dir: Path, target: Path, scratch: Path) -> None:
+    """The version's adapter weights and every GGUF made of it, copied to `target` (weights hold no row text)."""
+    target.mkdir(parents=True, exist_ok=True)
+    bundle = tracker.download_version(ref, scratch / "bundle")
+    for path in [bundle / ADAPTER_WEIGHTS_FILE, *sorted(bundle.glob("*.gguf")), *sorted(export_dir.glob("*.gguf"))]:
+        if path.is_file() and not (target / path.name).exists():
+            shutil.copy2(path, target / path.name)
 
 
 def scan_needles(texts: Sequence[str]) -> list[bytes]:
@@ -239,7 +252,8 @@ def complete_erasures(spec: TaskSpec, home: LoopHome, tracker: Tracker) -> list[
         if champion is not None and champion.version in request.affected_versions:
             outcomes.append({"request": request.request, "open": f"champion v{champion.version} trained on the records: waiting for its retrain to ship"})
             continue
-        deleted = [path for version in request.affected_versions for path in purge_version(spec, home, tracker, version)]
+        archive_dir = home.task_dir(spec.name, "erasure") / "archive" / request.request
+        deleted = [path for version in request.affected_versions for path in purge_version(spec, home, tracker, version, archive_dir)]
         texts = [r.text for r in find_records_of(spec, ledger, request)]
         if texts:
             needles = scan_needles(texts)
@@ -247,8 +261,9 @@ def complete_erasures(spec: TaskSpec, home: LoopHome, tracker: Tracker) -> list[
             scan = scan_for(home.root, needles)
         else:
             scan = {"files": 0, "bytes": 0, "needles": 0, "files_holding_text": [], "note": "no text left at the source to scan for"}
+        archived = sorted(str(p.relative_to(home.root)) for p in archive_dir.rglob("*") if p.is_file()) if archive_dir.is_dir() else []
         entry = {"affected_versions": list(request.affected_versions), "champion": champion.version if champion else None,
-                 "deleted": deleted, "scan": scan}
+                 "deleted": deleted, "archived": archived, "scan": scan}
         if scan["files_holding_text"]:
             outcomes.append({"request": request.request, "open": f"the text is still stored in {scan['files_holding_text']}", **entry})
             continue
