@@ -152,3 +152,22 @@ def test_archive_weights_keeps_the_weights_and_deletes_the_rows(tmp_path, tiny_b
     assert sorted(p.name for p in archive.iterdir()) == ["adapter_model.safetensors", "tiny_triage-Q8_0.gguf", "tiny_triage-f32.gguf"]
     assert all(name.startswith(f"artifacts/erasure/tiny_triage/archive/{request['request']}/v1/") for name in request["archived"])
     assert request["scan"]["files_holding_text"] == [] and not (home / "artifacts" / "exports" / "tiny_triage" / "v1").exists()
+
+
+def test_a_record_of_the_frozen_holdout_leaves_the_suite_and_every_copy_of_it(tmp_path, tiny_base_model, monkeypatch, capsys):
+    task = write_tiny_task(tmp_path / "task", tiny_base_model)
+    home = tmp_path / "home"
+    use_loop_home(monkeypatch, home)
+    assert main(["run", "--task", str(task), "--home", str(home)]) == EXIT_OK
+    suites = home / "artifacts" / "suites" / "tiny_triage"
+    held_out = json.loads((suites / "holdout.jsonl").read_text().splitlines()[0])["id"]
+    capsys.readouterr()
+    assert main(["erase", "--task", str(task), "--home", str(home), "--id", held_out, "--reason", "DSR-3"]) == EXIT_OK
+    out = capsys.readouterr().out
+    # No version trained on it, so v1 keeps serving; the copies of the suite go (the row store's too).
+    assert "trained on them: none" in out and "suites      deleted holdout.jsonl" in out and "0 hold it" in out
+    (completed,) = ErasureLedger.load(task.parent / "tiny_triage.erasures.jsonl").completed.values()
+    assert any(path.startswith("artifacts/rows/") for path in completed["deleted"])
+    assert not (suites / "holdout.jsonl").exists()
+    assert main(["run", "--task", str(task), "--home", str(home)]) == EXIT_OK
+    assert held_out not in (suites / "holdout.jsonl").read_text()

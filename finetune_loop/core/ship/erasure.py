@@ -13,8 +13,9 @@ While the serving champion is itself affected, the request stays open and the ta
 closes every open request whose affected versions no longer serve: it deletes their artifacts
 (`purge_version`: the training run's MLflow artifacts, with the adapter bundle and the curated
 snapshot's evidence; the local adapter, export and rebuild directories; the curated dataset
-snapshot; the row store files of their rows), then scans every file of the state directory for the
-records' text and writes the result to the ledger: the versions affected, the champion that
+snapshot; the row store files of their rows), deletes every other copy of rows that still holds
+the text (ROW_COPY_DIRS), then scans every file of the state directory for the records' text and
+writes the result to the ledger: the versions affected, the champion that
 replaced them, what was deleted, and how many files still hold the text (zero, or the request says
 which).
 
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 from finetune_loop.core.common.home import LoopHome
-from finetune_loop.core.common.row_store import RowStore
+from finetune_loop.core.common.row_store import ROWS_STAGE, RowStore
 from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS, Tracker
 from finetune_loop.core.data.erasure import ErasureError, ErasureLedger, ErasureRequest
@@ -109,7 +110,7 @@ def _manifest(tracker: Tracker, model_name: str, version: str, scratch: Path) ->
 
 
 def affected_versions(tracker: Tracker, model_name: str, record_ids: set[str], scratch: Path) -> list[str]:
-    """The registered versions whose training or validation rows (rebuild manifest) hold one of `record_ids`."""
+    """The registered versions whose training rows (rebuild manifest) hold one of `record_ids`."""
     affected = []
     for version in sorted(tracker.all_version_tags(model_name), key=int):
         manifest = _manifest(tracker, model_name, version, scratch)
@@ -257,7 +258,7 @@ def complete_erasures(spec: TaskSpec, home: LoopHome, tracker: Tracker) -> list[
         texts = [r.text for r in find_records_of(spec, ledger, request)]
         if texts:
             needles = scan_needles(texts)
-            deleted += _delete_drift_reports_holding(home, scan_for(home.root, needles)["files_holding_text"])
+            deleted += _delete_row_copies_holding(home, scan_for(home.root, needles)["files_holding_text"])
             scan = scan_for(home.root, needles)
         else:
             scan = {"files": 0, "bytes": 0, "needles": 0, "files_holding_text": [], "note": "no text left at the source to scan for"}
@@ -271,14 +272,21 @@ def complete_erasures(spec: TaskSpec, home: LoopHome, tracker: Tracker) -> list[
     return outcomes
 
 
-def _delete_drift_reports_holding(home: LoopHome, holding: Sequence[str]) -> list[str]:
-    """Drift reports embed the rows they compare (Evidently's HTML holds the reference rows and the
-    window's requests): one holding an erased text is deleted, locally and as an MLflow artifact;
-    the next drift_report is made from the rows without it. Any other file holding the text stays
-    and keeps the request open, named."""
+# Directories whose files are copies of rows, remade from the sources whenever they are needed:
+# the row store, curated dataset snapshots, frozen and recent suites, the feedback curation reads,
+# curation evidence logged to MLflow ("dataset") and drift reports (Evidently's HTML embeds the
+# rows it compares).
+ROW_COPY_DIRS = frozenset({ROWS_STAGE, "datasets", "suites", "feedback", "dataset", "drift"})
+
+
+def _delete_row_copies_holding(home: LoopHome, holding: Sequence[str]) -> list[str]:
+    """A file holding an erased text that is a copy of rows (ROW_COPY_DIRS) is deleted, whichever
+    version it served: an unaffected version that only validated on the record, or was evaluated on
+    a suite that held it, keeps its weights but loses that copy (its rebuild then says the rows are
+    gone). Any other file holding the text stays and keeps the request open, named."""
     deleted = []
     for relative in holding:
-        if "drift" in Path(relative).parts[:-1]:
+        if ROW_COPY_DIRS & set(Path(relative).parts[:-1]):
             (home.root / relative).unlink()
             deleted.append(relative)
     return deleted
