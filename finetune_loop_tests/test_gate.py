@@ -192,3 +192,20 @@ def test_missing_probes_file_is_an_error_naming_it(tmp_path, tiny_base_model):
     spec = load_task_spec(path)
     with pytest.raises(ProbeError, match="nowhere.yaml: cannot read probes"):
         load_probes(spec.probes_path, spec)
+
+
+def test_rows_of_an_admitted_label_complete_the_holdout_of_the_champion_comparison():
+    # Week 14 of the 24-week run: a candidate that learned an admitted intent, three holdout rows
+    # (of 120, the launch intents only) behind the champion, which never learned that intent.
+    base = _scores([1] * 30 + [0] * 90)
+    champion = _scores([1] * 96 + [0] * 24)
+    candidate = _scores([1] * 92 + [0] * 4 + [1] + [0] * 23)
+    settings = GateSettings(min_accuracy=0.5, champion_margin=0.04, bootstrap_resamples=1000)
+    holdout_only = {g.name: g for g in decide_release(settings, _evidence(candidate, base, champion)).sub_gates}
+    assert not holdout_only["non_inferior_to_champion"].passed
+    completed = decide_release(settings, _evidence(candidate, base, champion, admitted_candidate=[1, 1, 1, 0], admitted_champion=[0, 0, 0, 0]))
+    gate = {g.name: g for g in completed.sub_gates}["non_inferior_to_champion"]
+    assert gate.passed and "(holdout + 4 recent rows of admitted labels: candidate 3, champion 0 right)" in gate.detail
+    assert "n=124" in gate.detail
+    with pytest.raises(ValueError, match="3 admitted-label rows for the candidate, 4 for the champion"):
+        decide_release(settings, _evidence(candidate, base, champion, admitted_candidate=[1, 1, 1], admitted_champion=[0, 0, 0, 0]))

@@ -83,6 +83,7 @@ def eval_report(
         recent_path=recent_suite.suite.path if recent_suite.suite else None,
         trigger=trigger,
         training_rows_path=training_rows,
+        admitted_labels=set(recent_suite.admitted_cutoffs),
     )
     recent_hash = recent_suite.suite.content_hash if recent_suite.suite else None
     tracker.tag_version(

@@ -9,7 +9,9 @@ SKIP: it passes, says why, and says which rule decides instead; the summary name
 * `min_accuracy`: the primary holdout metric reaches the task's absolute threshold;
 * `beats_base`: it is higher than the base model's (fine-tuning must have earned its keep);
 * `non_inferior_to_champion`, on the frozen holdout (what must not be forgotten): the paired test
-  below with rule non_inferior and margin gate.champion_margin. Skipped without a champion;
+  below with rule non_inferior and margin gate.champion_margin, the holdout completed by the recent
+  suite's rows of labels admitted since any version trained (see "How the evidence is weighed").
+  Skipped without a champion;
 * `follows_recent_traffic`, on the recent suite (labelled production traffic: whether the retrain
   follows the world): the paired test with the rule gate.recent_policy names for the run's trigger,
   superior (a drift- or feedback-triggered retrain must be better) or non_inferior with margin
@@ -48,6 +50,14 @@ must pass on its own. They judge different things, the frozen holdout what the t
 asked and the recent suite what the world asks now, so a gain on one cannot pay for a loss on the
 other, and pooling would weigh them by how many rows each happened to have rather than by what they
 guard. Requiring both costs power: the chance to pass is about the product of the two chances.
+
+One completion, not a pooling: a label admitted to the task after the holdout was frozen is a
+question the task now asks and the holdout cannot. The recent suite's judged rows of such labels
+(`RecentSuite.admitted_cutoffs`: admitted, and no registered version trained on them, so the
+champion never learned them) join the holdout rows of the champion comparison. Without them the
+test sees only what learning a new label may cost on the old ones, never what it gains, and a
+24-week run refused a candidate that had learned an intent the champion missed on 15 % of the
+traffic for 3 holdout rows of 120 (benchmarks/production_weeks.py, week 14).
 """
 
 from __future__ import annotations
@@ -185,6 +195,10 @@ class GateEvidence:
     recent_champion: Scores | None = None
     recent_base: Scores | None = None
     trigger: str | None = None
+    # Right/wrong per recent-suite row of a label admitted since any version trained (candidate,
+    # champion, same rows): they complete the holdout of the champion comparison.
+    admitted_candidate: Sequence[float] = ()
+    admitted_champion: Sequence[float] = ()
     # The memorisation check: sampled training rows, and those only the candidate writes back verbatim
     # (0 sampled: not checked, or no row long enough).
     memorisation_rows: int = 0
@@ -228,9 +242,16 @@ def _champion_gate(settings: GateSettings, evidence: GateEvidence) -> tuple[SubG
     name = "non_inferior_to_champion"
     if evidence.champion is None:
         return SubGate(name, True, "no champion yet: nothing to be non-inferior to", skipped=True), None
-    test = paired_test(evidence.candidate.correct, evidence.champion.correct, NON_INFERIOR, margin=settings.champion_margin, settings=settings)
+    if len(evidence.admitted_candidate) != len(evidence.admitted_champion):
+        raise ValueError(f"{name}: {len(evidence.admitted_candidate)} admitted-label rows for the candidate, {len(evidence.admitted_champion)} for the champion")
+    candidate = [*evidence.candidate.correct, *evidence.admitted_candidate]
+    champion = [*evidence.champion.correct, *evidence.admitted_champion]
+    test = paired_test(candidate, champion, NON_INFERIOR, margin=settings.champion_margin, settings=settings)
     check = _power(settings, test)
-    return SubGate(name, test.passed, f"{test.line(f'candidate − champion v{evidence.champion_version}')} · {check.line()}"), check
+    rows = len(evidence.admitted_candidate)
+    admitted = (f" (holdout + {rows} recent rows of admitted labels: candidate {sum(evidence.admitted_candidate):g}, "
+                f"champion {sum(evidence.admitted_champion):g} right)") if rows else ""
+    return SubGate(name, test.passed, f"{test.line(f'candidate − champion v{evidence.champion_version}')}{admitted} · {check.line()}"), check
 
 
 def _recent_traffic_gate(settings: GateSettings, evidence: GateEvidence) -> tuple[SubGate, PowerCheck | None]:

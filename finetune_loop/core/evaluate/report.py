@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from finetune_loop.core.common.examples import Example
 from finetune_loop.core.common.files import sha256_file, write_text_atomic
@@ -114,11 +114,14 @@ def evaluate_candidate(
     recent_path: Path | None = None,
     trigger: str = "manual",
     training_rows_path: Path | None = None,
+    admitted_labels: Collection[str] = (),
 ) -> EvalResult:
     """Base, candidate and champion on the same frozen suites (holdout, regression, and the recent
     suite when there is one) and probes, the memorisation check of the candidate on the rows it
     trained on (`training_rows_path`, the row-store file its manifest names), then the release
-    verdict; `trigger` (what started the retrain) picks the recent suite's rule."""
+    verdict; `trigger` (what started the retrain) picks the recent suite's rule. The recent rows of
+    `admitted_labels` (admitted since any version trained) complete the holdout of the champion
+    comparison (core/evaluate/gate.py)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -181,6 +184,7 @@ def evaluate_candidate(
         recent_champion=models["champion"].recent if "champion" in models else None,
         recent_base=models["base"].recent,
         trigger=trigger,
+        **_admitted_rows(recent, admitted_labels, candidate, models.get("champion")),
         memorisation_rows=memorisation.rows_sampled if memorisation else 0,
         newly_memorised_rows=len(memorisation.newly_memorised) if memorisation else 0,
     )
@@ -242,6 +246,15 @@ def _memorisation_metrics(report: MemorisationReport | None) -> dict[str, float]
     # A share of no sampled row is not a number: left out rather than logged as 0.
     return {**{k: v for k, v in shares.items() if v is not None}, "canaries_exposed": report.canaries_exposed,
             "memorisation_seconds": report.seconds}
+
+
+def _admitted_rows(recent: Sequence[Example], admitted_labels: Collection[str], candidate: ModelEvaluation, champion: ModelEvaluation | None) -> dict:
+    """The candidate's and champion's right/wrong on the recent rows of `admitted_labels` (labels
+    admitted since any version trained): GateEvidence's completion of the holdout."""
+    if champion is None or not admitted_labels or candidate.recent is None or champion.recent is None:
+        return {}
+    rows = [i for i, example in enumerate(recent) if example.label in admitted_labels]
+    return {"admitted_candidate": [candidate.recent.correct[i] for i in rows], "admitted_champion": [champion.recent.correct[i] for i in rows]}
 
 
 def _probe(spec, probe_set: ProbeSet | None, model, tokenizer, answer, base_generated):
