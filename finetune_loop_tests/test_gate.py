@@ -195,8 +195,8 @@ def test_missing_probes_file_is_an_error_naming_it(tmp_path, tiny_base_model):
 
 
 def test_rows_of_an_admitted_label_complete_the_holdout_of_the_champion_comparison():
-    # Week 14 of the 24-week run: a candidate that learned an admitted intent, three holdout rows
-    # (of 120, the launch intents only) behind the champion, which never learned that intent.
+    # A candidate that learned an admitted label, three holdout rows (of 120, the old labels only)
+    # behind a champion that never learned it.
     base = _scores([1] * 30 + [0] * 90)
     champion = _scores([1] * 96 + [0] * 24)
     candidate = _scores([1] * 92 + [0] * 4 + [1] + [0] * 23)

@@ -55,9 +55,8 @@ One completion, not a pooling: a label admitted to the task after the holdout wa
 question the task now asks and the holdout cannot. The recent suite's judged rows of such labels
 (`RecentSuite.admitted_cutoffs`: admitted, and no registered version trained on them, so the
 champion never learned them) join the holdout rows of the champion comparison. Without them the
-test sees only what learning a new label may cost on the old ones, never what it gains, and a
-24-week run refused a candidate that had learned an intent the champion missed on 15 % of the
-traffic for 3 holdout rows of 120 (benchmarks/production_weeks.py, week 14).
+test sees only what learning a new label may cost on the old ones, never what it gains. Once any
+version has trained on the label, its rows train too and the holdout alone decides again.
 """
 
 from __future__ import annotations
