@@ -48,12 +48,13 @@ def tiny_rows(count_per_label: int = 16, seed: int = 0) -> list[dict]:
 
 def write_tiny_task(
     directory: Path, base_model: Path, *, min_accuracy: float = 0.0, must_beat_base: bool = False, gate: dict | None = None,
-    probes: str | None = None,
+    probes: str | None = None, settings: dict | None = None,
 ) -> Path:
     """A task file + data in `directory`: production traffic deliberately unlike the training text.
 
     A tiny random model's scores are noise, so the gate's thresholds default to off (a candidate
-    any worse than the champion, slice or regression case passes); tests of the gate set `gate`."""
+    any worse than the champion, slice or regression case passes); tests of the gate set `gate`.
+    `settings` merges into the task's sections ({"training": {"init": "champion"}})."""
     directory.mkdir(parents=True, exist_ok=True)
     rows = tiny_rows()
     (directory / "tickets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -81,6 +82,8 @@ def write_tiny_task(
     if probes is not None:
         (directory / "probes.yaml").write_text(probes)
         task["probes"] = "probes.yaml"
+    for section, values in (settings or {}).items():
+        task[section] = {**task.get(section, {}), **values}
     path = directory / "task.yaml"
     path.write_text(yaml.safe_dump(task))
     return path

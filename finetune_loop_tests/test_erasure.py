@@ -26,8 +26,8 @@ HER_ROWS = [
 ]
 
 
-def _task_with_her_rows(directory: Path, base_model: Path) -> Path:
-    task = write_tiny_task(directory, base_model)
+def _task_with_her_rows(directory: Path, base_model: Path, settings: dict | None = None) -> Path:
+    task = write_tiny_task(directory, base_model, settings=settings)
     with (directory / "tickets.jsonl").open("a") as handle:
         handle.write("".join(json.dumps(r) + "\n" for r in HER_ROWS))
     return task
@@ -137,12 +137,7 @@ def test_a_revoked_source_takes_the_same_path(tmp_path, tiny_base_model, monkeyp
 
 
 def test_archive_weights_keeps_the_weights_and_deletes_the_rows(tmp_path, tiny_base_model, monkeypatch, capsys):
-    import yaml
-
-    task = _task_with_her_rows(tmp_path / "task", tiny_base_model)
-    raw = yaml.safe_load(task.read_text())
-    raw["erasure"] = {"affected_artifacts": "archive_weights"}
-    task.write_text(yaml.safe_dump(raw))
+    task = _task_with_her_rows(tmp_path / "task", tiny_base_model, settings={"erasure": {"affected_artifacts": "archive_weights"}})
     home = tmp_path / "home"
     use_loop_home(monkeypatch, home)
     assert main(["run", "--task", str(task), "--home", str(home)]) == EXIT_OK

@@ -23,10 +23,8 @@ def test_a_new_base_retrains_afresh_and_is_gated_against_the_champion_on_its_own
     # A wider model, as a migration usually is: the old LoRA matrices do not even fit its layers.
     texts = [r["text"] for r in tiny_rows()] + [*TINY_LABELS, "Route the ticket. Labels:"]
     new_base = build_tiny_model(tmp_path / "new_base", texts, seed=1, hidden_size=96)
-    task = write_tiny_task(tmp_path / "task", tiny_base_model)
+    task = write_tiny_task(tmp_path / "task", tiny_base_model, settings={"training": {"init": "champion"}})
     raw = yaml.safe_load(task.read_text())
-    raw["training"]["init"] = "champion"
-    task.write_text(yaml.safe_dump(raw))
     home = tmp_path / "home"
     use_loop_home(monkeypatch, home)
     assert main(["run", "--task", str(task), "--home", str(home)]) == EXIT_OK

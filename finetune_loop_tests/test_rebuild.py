@@ -119,12 +119,7 @@ def test_a_label_may_move_by_one_of_its_rows_and_the_holdout_by_the_tolerance():
 
 
 def test_a_warm_started_version_rebuilds_from_its_parent_to_the_byte(tmp_path, tiny_base_model, monkeypatch, capsys):
-    import yaml
-
-    task = write_tiny_task(tmp_path / "task", tiny_base_model)
-    raw = yaml.safe_load(task.read_text())
-    raw["training"]["init"] = "champion"
-    task.write_text(yaml.safe_dump(raw))
+    task = write_tiny_task(tmp_path / "task", tiny_base_model, settings={"training": {"init": "champion"}})
     home = tmp_path / "home"
     use_loop_home(monkeypatch, home)
     assert main(["run", "--task", str(task), "--home", str(home)]) == EXIT_OK
