@@ -365,17 +365,19 @@ def feedback_rows(records: Sequence[ProductionRecord], fields: FieldMapping, *, 
     return rows
 
 
-def read_task_log(spec: TaskSpec, *, now: datetime | None = None, check_labels: bool = True) -> ProductionLog:
+def read_task_log(spec: TaskSpec, *, now: datetime | None = None, check_labels: bool = True, leave_out_erased: bool = True) -> ProductionLog:
     """The task's production log read with its own input field, clock-skew tolerance
     (`drift.max_clock_skew_hours`) and, with `check_labels`, its label set: how every stage reads
     it. Feedback for curation is read without the label check, so an unknown feedback label reaches
-    curation's quarantine with its did-you-mean instead of vanishing here."""
+    curation's quarantine with its did-you-mean instead of vanishing here. Requests of erased
+    records are left out and counted (`leave_out_erased=False`: kept, for the erasure's own scan
+    of what it must not find)."""
     log = read_production_log(
         spec.production_log_path, spec.fields.input, spec.labels if check_labels else None, now=now,
         max_clock_skew=timedelta(hours=spec.drift.max_clock_skew_hours),
     )
     ledger = ErasureLedger.load(spec.erasure_ledger_path)
-    if not ledger.requests:
+    if not leave_out_erased or not ledger.requests:
         return log
     # Requests of erased records leave every stage (drift, feedback, the recent suite), counted.
     kept = [r for r in log.records if ledger.erased(r.request_id, r.text) is None]

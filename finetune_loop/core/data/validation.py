@@ -86,8 +86,11 @@ def read_labeled_examples(spec: TaskSpec, path: Path | None = None, *, leave_out
             # Without an id column a row is named by its file and row number, so ids from a
             # designated suite file never collide with the training file's.
             example, problem = _validate_row(spec, row, f"{origin}:{line_no}", sources)
-        raw_text = row.get(spec.fields.input) if isinstance(row, dict) else None
-        erased_by = ledger.erased(example.id if example else None, example.text if example else raw_text if isinstance(raw_text, str) else None)
+        if example is not None:
+            erased_by = ledger.erased(example.id, example.text)
+        else:  # a rejected row has no id yet; its text still identifies it
+            raw_text = row.get(spec.fields.input) if isinstance(row, dict) else None
+            erased_by = ledger.erased(None, raw_text if isinstance(raw_text, str) else None)
         if erased_by is not None:
             # Left out with its reason and line only: the row itself is kept nowhere, not even as evidence.
             quarantine.append({"line": line_no, "reason": f"{ERASED_REASON}: erasure request {erased_by}", ERASED_REASON: True})

@@ -41,7 +41,7 @@ from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS, Tracker
 from finetune_loop.core.data.erasure import ErasureError, ErasureLedger, ErasureRequest
 from finetune_loop.core.data.pii import scrub_pii
-from finetune_loop.core.data.production_log import read_production_log
+from finetune_loop.core.data.production_log import read_task_log
 from finetune_loop.core.data.readers import read_examples
 from finetune_loop.core.data.suites import SUITE_NAMES, suite_paths
 from finetune_loop.core.data.validation import read_labeled_examples
@@ -86,9 +86,8 @@ def source_rows(spec: TaskSpec, *, leave_out_erased: bool = True) -> list[FoundR
             if isinstance(text, str):
                 rows.append(FoundRecord(f"{where} line {entry.get('line')}", text, where))
     if spec.production_log_path is not None and spec.production_log_path.exists():
-        log = read_production_log(spec.production_log_path, spec.fields.input, None)
-        ledger = ErasureLedger.load(spec.erasure_ledger_path) if leave_out_erased else ErasureLedger(spec.erasure_ledger_path)
-        rows += [FoundRecord(r.request_id, r.text, "production log") for r in log.records if ledger.erased(r.request_id, r.text) is None]
+        log = read_task_log(spec, check_labels=False, leave_out_erased=leave_out_erased)
+        rows += [FoundRecord(r.request_id, r.text, "production log") for r in log.records]
     return rows
 
 
@@ -141,9 +140,7 @@ def request_erasure(
         for version in affected:
             earlier = tags[version].get(ERASED_BY_TAG)
             tracker.tag_version(model_name, version, {ERASED_BY_TAG: f"{earlier},{request.request}" if earlier else request.request})
-        previous = tracker.version_by_alias(model_name, PREVIOUS_CHAMPION_ALIAS)
-        if previous is not None and previous.version in affected:
-            tracker.delete_alias(model_name, PREVIOUS_CHAMPION_ALIAS)
+        _clear_erased_rollback_target(tracker, model_name)
         champion = tracker.version_by_alias(model_name, CHAMPION_ALIAS)
     suites_deleted = _delete_suites_holding(spec, home, ledger)
     found: dict[str, int] = {}
@@ -151,6 +148,13 @@ def request_erasure(
         found[record.where] = found.get(record.where, 0) + 1
     return ErasureOutcome(request, found, suites_deleted, champion.version if champion else None,
                           champion is not None and champion.version in affected)
+
+
+def _clear_erased_rollback_target(tracker: Tracker, model_name: str) -> None:
+    """`previous-champion` never names a version tagged ERASED_BY_TAG (rollback would refuse it anyway)."""
+    previous = tracker.version_by_alias(model_name, PREVIOUS_CHAMPION_ALIAS)
+    if previous is not None and tracker.version_tags(model_name, previous.version).get(ERASED_BY_TAG):
+        tracker.delete_alias(model_name, PREVIOUS_CHAMPION_ALIAS)
 
 
 def _delete_suites_holding(spec: TaskSpec, home: LoopHome, ledger: ErasureLedger) -> list[str]:
@@ -161,7 +165,7 @@ def _delete_suites_holding(spec: TaskSpec, home: LoopHome, ledger: ErasureLedger
     for name in SUITE_NAMES:
         suite_path, manifest_path = suite_paths(suites_dir, name)
         for path in [suite_path, *sorted((suites_dir / "archive").glob(f"{name}.v*.jsonl"))]:
-            if path.is_file() and not path.name.endswith(".manifest.json") and any(ledger.erased(e.id, e.text) for e in read_examples(path)):
+            if path.is_file() and any(ledger.erased(e.id, e.text) for e in read_examples(path)):
                 path.unlink()
                 path.with_name(path.name.removesuffix(".jsonl") + ".manifest.json").unlink(missing_ok=True)
                 deleted.append(str(path.relative_to(suites_dir)))
@@ -244,22 +248,25 @@ def complete_erasures(spec: TaskSpec, home: LoopHome, tracker: Tracker) -> list[
     ledger = ErasureLedger.load(spec.erasure_ledger_path)
     model_name = spec.registered_model_name
     champion = tracker.version_by_alias(model_name, CHAMPION_ALIAS)
-    # The promotion that replaced an affected champion made it previous-champion: no rollback target.
-    previous = tracker.version_by_alias(model_name, PREVIOUS_CHAMPION_ALIAS)
-    if previous is not None and tracker.version_tags(model_name, previous.version).get(ERASED_BY_TAG):
-        tracker.delete_alias(model_name, PREVIOUS_CHAMPION_ALIAS)
+    # The promotion that replaced an affected champion made it previous-champion.
+    _clear_erased_rollback_target(tracker, model_name)
     outcomes = []
+    everything: list[FoundRecord] | None = None  # the sources, read once for every request
     for request in ledger.open_requests():
         if champion is not None and champion.version in request.affected_versions:
             outcomes.append({"request": request.request, "open": f"champion v{champion.version} trained on the records: waiting for its retrain to ship"})
             continue
         archive_dir = home.task_dir(spec.name, "erasure") / "archive" / request.request
         deleted = [path for version in request.affected_versions for path in purge_version(spec, home, tracker, version, archive_dir)]
-        texts = [r.text for r in find_records_of(spec, ledger, request)]
+        everything = source_rows(spec, leave_out_erased=False) if everything is None else everything
+        texts = [r.text for r in everything if ledger.record_hash(r.record_id) in request.record_hashes
+                 or ledger.text_hash(r.text) in request.text_hashes]
         if texts:
-            needles = scan_needles(texts)
-            deleted += _delete_row_copies_holding(home, scan_for(home.root, needles)["files_holding_text"])
-            scan = scan_for(home.root, needles)
+            scan = scan_for(home.root, scan_needles(texts))
+            # Deleting a file moves no text elsewhere: what the scan found, less the copies deleted, still holds it.
+            removed = _delete_row_copies_holding(home, scan["files_holding_text"])
+            deleted += removed
+            scan["files_holding_text"] = [path for path in scan["files_holding_text"] if path not in removed]
         else:
             scan = {"files": 0, "bytes": 0, "needles": 0, "files_holding_text": [], "note": "no text left at the source to scan for"}
         archived = sorted(str(p.relative_to(home.root)) for p in archive_dir.rglob("*") if p.is_file()) if archive_dir.is_dir() else []
@@ -290,8 +297,3 @@ def _delete_row_copies_holding(home: LoopHome, holding: Sequence[str]) -> list[s
             (home.root / relative).unlink()
             deleted.append(relative)
     return deleted
-
-
-def find_records_of(spec: TaskSpec, ledger: ErasureLedger, request: ErasureRequest) -> list[FoundRecord]:
-    """The rows of the task's sources that `request` erased (read back by their hashes)."""
-    return [r for r in source_rows(spec, leave_out_erased=False) if ledger.record_hash(r.record_id) in request.record_hashes or ledger.text_hash(r.text) in request.text_hashes]
