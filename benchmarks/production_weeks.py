@@ -19,9 +19,9 @@ requests are drawn from the pool under a seeded drift schedule:
 Every arm is served the same requests, in the same order, week by week:
 
 * `one-off`: the launch champion forever;
-* `loop`: the real Dagster definitions on a simulated clock (`FINETUNE_LOOP_NOW`): each week its
-  champion answers the requests, they are appended to the task's production log, and
-  `cli.automation_tick` runs what the daemon runs (monitor_job: drift_report and serving_quality;
+* `loop`: the real Dagster definitions on a simulated clock (`FINETUNE_LOOP_NOW`): each day its
+  champion answers that day's requests, they are appended to the task's production log, and at the
+  day's end `cli.automation_tick` runs what the daemon runs (monitor_job: drift_report and serving_quality;
   six_week_retrain_schedule; drift_retrain_sensor; feedback_retrain_sensor) and every retrain they
   request (curate, train, release gate, GGUF export and verification, promotion);
 * `loop-fresh`: the loop with `training.init: base` (every retrain a fresh LoRA on the base), the
@@ -63,9 +63,11 @@ sys.path.insert(0, str(REPO))
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77"
 # A Monday: the six-week schedule's cron ticks on Mondays, and ISO weeks start on them.
 LAUNCH = datetime(2026, 1, 5, 3, tzinfo=timezone.utc)
-WEEK = timedelta(days=7)
-# From the new_labels alert (the weekly tick) to the person's YAML edit admitting the label.
-ADMISSION_DELAY = timedelta(days=1)
+WEEK, DAY = timedelta(days=7), timedelta(days=1)
+# The daemon's rhythm: daily_drift_schedule reports every day and the sensors act on it, so each
+# simulated day is served by that day's champion and ends with a tick. A label the new_labels alert
+# names is admitted by a person the next day, before that day's tick.
+DAYS_PER_WEEK = 7
 TRUSTED_SOURCE, UNTRUSTED_SOURCE = "simulated_agent", "crowd_vote"
 ARMS = ("one-off", "loop", "loop-fresh", "weekly")
 # Task settings per arm, on top of the task written by `write_task`.
@@ -259,8 +261,9 @@ def write_task(directory: Path, data: Data, base_model: str, settings: dict) -> 
         # labels), the product fix for that first run; this override stays until a run without it
         # is measured.
         "drift": {"min_signal_rows": 100},
-        # About 30 trusted labels arrive a week: a feedback retrain every ~7 weeks.
-        "feedback": {"min_new_labels": 200, "rolling_window": 60},
+        # About 30 trusted labels arrive a week: a volume retrain every ~7 weeks. The accuracy rule
+        # judges the serving champion on its own answers only, so its window is a week of them.
+        "feedback": {"min_new_labels": 200, "rolling_window": 30},
         # A week (the default): an admitted label's feedback older than a week trains the next retrain.
         "recent_suite": {"days": 7, "max_rows": 150},
         "shadow": {"max_rows": 60},
@@ -313,13 +316,31 @@ class Server:
         _, model, tokenizer, labels = self.loaded
         return answer_requests(model, tokenizer, dataclasses.replace(spec, labels=labels), texts)
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The label set of the version answered last."""
+        return self.loaded[3]
 
-def log_rows(spec, requests: list[Request], answers: list[tuple[str, float]], version: str, start: datetime) -> list[dict]:
+
+def request_times(week_start: datetime, count: int) -> list[datetime]:
+    """A week's requests spread evenly over its seven days."""
+    return [week_start + i * WEEK / max(1, count) for i in range(count)]
+
+
+def requests_by_day(week_start: datetime, times: list[datetime]) -> list[list[int]]:
+    """The indices of each day's requests, days 1-7 in order."""
+    return [[i for i, at in enumerate(times) if (at - week_start) // DAY == day] for day in range(DAYS_PER_WEEK)]
+
+
+def day_tally(day: int, version: str, indices: list[int], requests: list[Request], predictions: list[str]) -> dict:
+    return {"day": day, "version": version, "requests": len(indices), "correct": sum(predictions[i] == requests[i].label for i in indices)}
+
+
+def log_rows(spec, requests: list[Request], answers: list[tuple[str, float]], version: str, times: list[datetime]) -> list[dict]:
     from finetune_loop.core.monitor.simulate import log_row
 
-    step = WEEK / max(1, len(requests))
-    return [log_row(spec, start + i * step, request.id, request.text, version, prediction, latency, feedback=request.feedback)
-            for i, (request, (prediction, latency)) in enumerate(zip(requests, answers))]
+    return [log_row(spec, at, request.id, request.text, version, prediction, latency, feedback=request.feedback)
+            for at, request, (prediction, latency) in zip(times, requests, answers)]
 
 
 @dataclass
@@ -328,8 +349,15 @@ class WeekRecord:
     arm: str
     accuracy: float
     feedback_accuracy: float | None
+    # The version that answered most of the week's requests; `days` says which answered each day.
     champion_version: str
     retrains: list[dict] = field(default_factory=list)
+    # Accuracy on the requests whose intent the answering version had in its label set, and the
+    # share of requests it had not: no model answers a label before its first labelled rows exist.
+    known_label_accuracy: float | None = None
+    unknown_label_share: float = 0.0
+    # Per simulated day: {"day", "version", "requests", "correct"}.
+    days: list[dict] = field(default_factory=list)
     requests: int = 0
     feedback_rows: int = 0
     phone_share: float = 0.0
@@ -359,7 +387,9 @@ class LoopArm:
         self.home = root / name / "home"
         self.task = write_task(root / name / "task", data, base_model, settings)
         self.cursors: dict[str, str] = {}
+        # Labels the new_labels alert named (admitted or about to be) and those waiting for the next day.
         self.admitted: set[str] = set()
+        self.pending_admission: list[str] = []
 
     def _enter(self):
         """Point the process at this arm's state (the CLI reads both variables)."""
@@ -398,9 +428,9 @@ class LoopArm:
         tracker = session.tracker()
         return session, tracker, tracker.version_by_alias(session.spec.registered_model_name, CHAMPION_ALIAS)
 
-    def _tick(self, session, serving_version: str, record: WeekRecord, when: str):
-        """What the daemon runs at the clock's time; each retrain it ran goes into `record`, with
-        `when` it ran ("weekly": the week's tick; "admission": the tick after a label was admitted)."""
+    def _tick(self, session, serving_version: str, retrains: list[dict], day: int):
+        """What the daemon runs at the clock's time; each retrain it ran goes into `retrains`, with
+        the `day` of the week (1-7) whose end it ran at."""
         from finetune_loop.cli import automation_tick
 
         with self.instance() as instance:
@@ -416,45 +446,68 @@ class LoopArm:
                 verdict = "refused"
             else:
                 verdict = "promoted" if retrain is passed[-1] and after.version != serving_version else "not shipped"
-            record.retrains.append({"trigger": retrain.trigger, "verdict": verdict, "run_id": retrain.run_id, "tick": when,
-                                    "evidence": retrain.evidence, "gate": retrain.gate_description[:300], "champion_after": after.version})
+            retrains.append({"trigger": retrain.trigger, "verdict": verdict, "run_id": retrain.run_id, "day": day,
+                             "evidence": retrain.evidence, "gate": retrain.gate_description[:300], "champion_after": after.version})
         return tick
 
     def serve_and_tick(self, week: int, requests: list[Request], server: Server) -> WeekRecord:
+        """Each day of the week: that day's champion answers that day's requests, they go into the
+        production log, the clock moves to the day's end, labels alerted the day before are
+        admitted, and the daemon ticks."""
         from finetune_loop.core.data.production_log import append_log_file
 
         started, cpu = time.perf_counter(), _cpu_seconds()
-        session, tracker, version = self.champion()
-        answers = server.answer(session.spec, tracker, version, [r.text for r in requests])
-        predictions = [label for label, _ in answers]
         week_start = LAUNCH + (week - 1) * WEEK
-        append_log_file(self.task.parent / "production_log", f"week-{week:02d}.jsonl", log_rows(session.spec, requests, answers, version.version, week_start))
-        record = score_week(week, self.name, requests, predictions, version.version)
-        _set_clock(week_start + WEEK)
-        tick = self._tick(session, version.version, record, "weekly")
-        record.drift_signals = tick.drift.signals_fired if tick.drift else ""
-        fired = [entry["label"] for entry in (tick.drift.new_labels.get("labels", []) if tick.drift else []) if entry["fired"]]
-        new = [label for label in fired if label not in self.admitted]
-        if new:
-            admit_labels(self.task, new)
-            self.admitted.update(new)
-            record.admitted_labels = new
-            # A person admits the label the day after the alert; the daemon's sensors tick every
-            # few minutes, so its labels_admitted retrain starts that day, not at the next weekly tick.
-            _set_clock(week_start + WEEK + ADMISSION_DELAY)
+        times = request_times(week_start, len(requests))
+        # Requests are answered in order, day by day: the lists are indexed like `requests`.
+        predictions: list[str] = []
+        knew: list[bool] = []
+        days: list[dict] = []
+        retrains: list[dict] = []
+        admitted: list[str] = []
+        signals: list[str] = []
+        for day, todays in enumerate(requests_by_day(week_start, times), start=1):
+            session, tracker, version = self.champion()
+            answers = server.answer(session.spec, tracker, version, [requests[i].text for i in todays]) if todays else []
+            append_log_file(self.task.parent / "production_log", f"week-{week:02d}-day-{day}.jsonl",
+                            log_rows(session.spec, [requests[i] for i in todays], answers, version.version, [times[i] for i in todays]))
+            predictions += [label for label, _ in answers]
+            knew += [requests[i].label in server.labels for i in todays] if todays else []
+            days.append(day_tally(day, version.version, todays, requests, predictions))
+            _set_clock(week_start + day * DAY)
+            if self.pending_admission:
+                admit_labels(self.task, self.pending_admission)
+                admitted += self.pending_admission
+                self.pending_admission = []
             session, _, serving = self.champion()
-            self._tick(session, serving.version, record, "admission")
+            tick = self._tick(session, serving.version, retrains, day)
+            if tick.drift and tick.drift.signals_fired not in ("", "none"):
+                signals += [s.strip() for s in tick.drift.signals_fired.split(",")]
+            fired = [entry["label"] for entry in (tick.drift.new_labels.get("labels", []) if tick.drift else []) if entry["fired"]]
+            self.pending_admission = [label for label in fired if label not in self.admitted]
+            self.admitted.update(self.pending_admission)
+        record = score_week(week, self.name, requests, predictions, days, knew)
+        record.retrains, record.admitted_labels = retrains, admitted
+        record.drift_signals = ", ".join(dict.fromkeys(signals)) or "none"
         record.cpu_s, record.wall_s = _cpu_seconds() - cpu, time.perf_counter() - started
         return record
 
 
-def score_week(week: int, arm: str, requests: list[Request], predictions: list[str], version: str) -> WeekRecord:
+def score_week(week: int, arm: str, requests: list[Request], predictions: list[str], days: list[dict], knew: list[bool]) -> WeekRecord:
+    """The week's record from every request's prediction, who answered each day, and whether the
+    answering version knew each request's label."""
     trusted = [(r, p) for r, p in zip(requests, predictions) if r.feedback and r.feedback["source"] == TRUSTED_SOURCE]
+    known = [p == r.label for r, p, k in zip(requests, predictions, knew) if k]
+    served: dict[str, int] = {}
+    for day in days:
+        served[day["version"]] = served.get(day["version"], 0) + day["requests"]
     return WeekRecord(
-        week=week, arm=arm, champion_version=version, requests=len(requests),
+        week=week, arm=arm, champion_version=max(served, key=served.get), requests=len(requests),
         accuracy=sum(p == r.label for r, p in zip(requests, predictions)) / len(requests),
         feedback_accuracy=sum(p == r.feedback["label"] for r, p in trusted) / len(trusted) if trusted else None,
         feedback_rows=len(trusted), phone_share=sum(r.phone_style for r in requests) / len(requests),
+        known_label_accuracy=sum(known) / len(known) if known else None, unknown_label_share=1 - len(known) / len(requests),
+        days=days,
     )
 
 
@@ -490,7 +543,9 @@ def run(
                 started, cpu = time.perf_counter(), _cpu_seconds()
                 session, tracker, _ = launchers[0].champion()
                 predictions = [label for label, _ in server.answer(session.spec, tracker, launch_version, [r.text for r in requests])]
-                record = score_week(week, arm, requests, predictions, launch_version.version)
+                by_day = requests_by_day(LAUNCH + (week - 1) * WEEK, request_times(LAUNCH + (week - 1) * WEEK, len(requests)))
+                days = [day_tally(day, launch_version.version, todays, requests, predictions) for day, todays in enumerate(by_day, start=1)]
+                record = score_week(week, arm, requests, predictions, days, [r.label in server.labels for r in requests])
                 record.cpu_s, record.wall_s = _cpu_seconds() - cpu, time.perf_counter() - started
             else:
                 record = next(a for a in loop_arms if a.name == arm).serve_and_tick(week, requests, server)
@@ -528,6 +583,8 @@ def summarize(records: list[WeekRecord], gate: float) -> dict:
             "mean_accuracy": sum(r.accuracy for r in mine) / len(mine),
             "last_week_accuracy": mine[-1].accuracy,
             "weeks_below_gate": [r.week for r in mine if r.accuracy < gate],
+            # The same weeks counted on the requests whose intent the answering version knew.
+            "weeks_below_gate_on_known_labels": [r.week for r in mine if r.known_label_accuracy is not None and r.known_label_accuracy < gate],
             "retrains": len(retrains),
             "promotions": sum(t["verdict"] == "promoted" for t in retrains),
             "verdicts": {v: sum(x["verdict"] == v for x in retrains) for v in dict.fromkeys(x["verdict"] for x in retrains)},
@@ -601,8 +658,9 @@ def markdown_table(records: list[WeekRecord]) -> str:
         cells = [str(week), f"{first.phone_share:.2f}", f"{first.new_intent_share:.2f}"]
         for a in arms:
             r = row[a]
-            retrains = ", ".join(f"{t['trigger']}:{t['verdict']}" for t in r.retrains) + (f" (+{', '.join(r.admitted_labels)})" if r.admitted_labels else "")
-            cells += [f"{r.accuracy:.3f}", f"v{r.champion_version}", retrains or "-"]
+            retrains = ", ".join(f"{t['trigger']}:{t['verdict']}" + (f" (day {t['day']})" if "day" in t else "") for t in r.retrains) + (f" (+{', '.join(r.admitted_labels)})" if r.admitted_labels else "")
+            serving = "→".join(f"v{v}" for v in dict.fromkeys(d["version"] for d in r.days)) or f"v{r.champion_version}"
+            cells += [f"{r.accuracy:.3f}", serving, retrains or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

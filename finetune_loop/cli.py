@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # Dagster loads only when a command runs the graph, not for -
 EXIT_OK, EXIT_FAILED, EXIT_GATE_REFUSED = 0, 1, 2
 CURATION_ASSETS = ("labeled_examples", "base_model", "holdout_suite", "regression_suite", "recent_suite", "curated_dataset")
 SENSOR_CURSORS_FILE = "monitor_sensor_cursors.json"
+# The cursors file also keeps the cron tick each schedule was last evaluated at, under its name plus this.
+SCHEDULE_TICK_SUFFIX = "@cron_tick"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,7 +503,17 @@ def run_trigger(session: Session, defs, instance, trigger, cursors: dict[str, st
     from finetune_loop.defs.resources import TRIGGER_TAG
 
     if isinstance(trigger, dg.ScheduleDefinition):
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=utc_now(), resources=defs.resources)
+        # The daemon evaluates a schedule once per cron tick, at the tick's time: a loop ticked
+        # daily must not retrain on cadence on a Wednesday because Monday's schedule would have.
+        # (Dagster's own cron arithmetic; it has no public name.)
+        from dagster._utils.schedules import get_latest_completed_cron_tick
+
+        due = get_latest_completed_cron_tick(trigger.cron_schedule, utc_now(), trigger.execution_timezone)
+        tick_key = f"{trigger.name}{SCHEDULE_TICK_SUFFIX}"
+        if cursors.get(tick_key) == due.isoformat():
+            return [], f"evaluated at its last cron tick ({trigger.cron_schedule}) {due.isoformat()} already"
+        cursors[tick_key] = due.isoformat()
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=due, resources=defs.resources)
     else:
         context = dg.build_sensor_context(instance=instance, cursor=cursors.get(trigger.name), definitions=defs, resources=defs.resources)
     with context:

@@ -17,7 +17,7 @@ from finetune_loop.definitions import build_definitions
 from finetune_loop.defs.metadata import DriftReportMetadata, MetadataContractError
 from finetune_loop.defs.monitor import drift_retrain_sensor, feedback_retrain_sensor, six_week_retrain_schedule
 from finetune_loop.defs.resources import TASK_TAG
-from finetune_loop_tests.conftest import write_tiny_task
+from finetune_loop_tests.conftest import use_loop_home, write_tiny_task
 
 T0 = datetime(2026, 11, 2, 6, tzinfo=timezone.utc)
 
@@ -322,3 +322,55 @@ def test_feedback_sensor_retrains_on_an_admitted_label(instance, task, monkeypat
     after = _sensor_tick(feedback_retrain_sensor, instance, task)
     [request] = after.run_requests
     assert request.tags["finetune_loop/trigger"] == "labels_admitted" and "refund 5" in request.tags["finetune_loop/evidence"]
+
+
+
+def test_the_accuracy_rule_judges_the_serving_champion_on_its_own_answers(task):
+    # v1 answered four requests wrong, then v2 (promoted after them) answered two right: the window
+    # of 4 holds only v2's answers, too few to judge v2, so no retrain on v1's mistakes.
+    from finetune_loop.core.common.spec import load_task_spec
+    from finetune_loop.core.data.production_log import read_task_log
+    from finetune_loop.core.monitor.triggers import FEEDBACK_ACCURACY, feedback_decision
+
+    task.write_text(task.read_text().replace("min_accuracy: 0.0", "min_accuracy: 0.7"))
+    log = task.parent / "production_log"
+    append_log_file(log, "v1.jsonl", _feedback_rows(T0, 4, correct=False, prefix="a"))
+    v2 = [{**row, "model_version": "2"} for row in _feedback_rows(T0 + timedelta(days=2), 2, correct=True, prefix="b")]
+    append_log_file(log, "v2.jsonl", v2)
+    spec = load_task_spec(task)
+    labelled = read_task_log(spec, now=T0 + timedelta(days=3)).labelled()
+    # Three labels are new (min_new_labels 5: no volume retrain); the last is a day past the cursor.
+    consumed = T0 + timedelta(minutes=2)
+    # Without a champion every answer counts (2 wrong of v1, 2 right of v2): 0.5 asks for a retrain.
+    unattributed = feedback_decision(spec, labelled, consumed)
+    assert unattributed.retrain and "accuracy 0.500 on the last 4 labelled requests < gate 0.700" in unattributed.evidence
+    judged_v2 = feedback_decision(spec, labelled, consumed, champion_version="2")
+    assert not judged_v2.retrain and "rolling accuracy 1.000 on 2" in judged_v2.evidence
+    # v1 still serving: its own four wrong answers fill the window and ask for a retrain.
+    judged_v1 = feedback_decision(spec, labelled, consumed, champion_version="1")
+    assert (judged_v1.retrain, judged_v1.trigger) == (True, FEEDBACK_ACCURACY)
+    assert "accuracy 0.000 on the last 4 labelled requests champion v1 answered < gate 0.700" in judged_v1.evidence
+
+
+def test_a_schedule_ticked_daily_is_evaluated_once_per_cron_tick(instance, task, monkeypatch):
+    # The six-week schedule's cron is Mondays 03:00: a loop ticked every day evaluates it on the
+    # Monday tick only, at the cron tick's time; the cursor says which tick it last saw.
+    from finetune_loop.cli import SCHEDULE_TICK_SUFFIX, Session, run_trigger
+    from finetune_loop.core.common.clock import CLOCK_ENV_VAR
+
+    monday = datetime(2026, 11, 2, 3, tzinfo=timezone.utc)
+    use_loop_home(monkeypatch, task.parent / "home")
+    session = Session.open(task, None)
+    defs = session.definitions()
+    cursors: dict[str, str] = {}
+    running = _start_retrain(instance, "tiny_triage")  # the schedule then skips instead of training
+    reasons = []
+    for day in range(9):
+        monkeypatch.setenv(CLOCK_ENV_VAR, (monday + timedelta(days=day, hours=1)).isoformat())
+        ran, reason = run_trigger(session, defs, instance, six_week_retrain_schedule, cursors, lambda *a, **k: None)
+        assert ran == []
+        reasons.append(reason)
+    evaluated = [day for day, reason in enumerate(reasons) if running in reason]
+    assert evaluated == [0, 7]
+    assert all("already" in reasons[day] for day in range(9) if day not in evaluated)
+    assert cursors[f"{six_week_retrain_schedule.name}{SCHEDULE_TICK_SUFFIX}"] == (monday + timedelta(days=7)).isoformat()

@@ -94,25 +94,32 @@ def test_the_one_off_never_changes_and_the_loop_retrains_on_the_simulated_clock(
     assert {r.champion_version for r in one_off} == {"1"} and all(r.retrains == [] for r in one_off)
     loop = [r for r in records if r.arm == "loop"]
     retrains = [t for r in loop for t in r.retrains]
-    # A one-week cadence on a simulated clock: the schedule retrains at the end of every week
-    # (the champion promoted at the end of week N is exactly 7 simulated days old a week later).
-    assert [t["trigger"] for r in loop for t in r.retrains if t["trigger"] == "cadence"] == ["cadence"] * 3
+    # A one-week cadence on a simulated clock ticked daily: the schedule is evaluated once per cron
+    # tick (Mondays), so it retrains at the end of every week, never on the other six days.
+    cadence = [(r.week, t["day"]) for r in loop for t in r.retrains if t["trigger"] == "cadence"]
+    assert cadence == [(1, 7), (2, 7), (3, 7)]
     # A tiny random model's constrained answers may miss the GGUF checks: "not shipped" is a verdict.
     assert {t["verdict"] for t in retrains} <= {"promoted", "refused", "not shipped"}
-    # The champion after a week's retrains serves the next week; it changes only by a promotion.
-    for this, following in zip(loop, loop[1:]):
-        expected = this.retrains[-1]["champion_after"] if this.retrains else this.champion_version
-        assert following.champion_version == expected
-        promoted = any(t["verdict"] == "promoted" for t in this.retrains)
-        assert (expected != this.champion_version) == promoted
-    # The registry stamps promotions with the simulated time, not the wall clock.
+    # Each day is answered by the champion after the previous day's retrains; it changes only by a promotion.
+    served = [(r.week, d["day"], d["version"]) for r in loop for d in r.days]
+    assert len(served) == 3 * 7 and sum(d["requests"] for r in loop for d in r.days) == 3 * 30
+    for (week, day, version), (_, _, following) in zip(served, served[1:]):
+        ticked = [t for r in loop if r.week == week for t in r.retrains if t["day"] == day]
+        expected = ticked[-1]["champion_after"] if ticked else version
+        assert following == expected
+        assert (expected != version) == any(t["verdict"] == "promoted" for t in ticked)
+    for r in loop:
+        assert r.accuracy == sum(d["correct"] for d in r.days) / r.requests
+        assert r.champion_version in {d["version"] for d in r.days}
+        assert 0.0 <= r.unknown_label_share <= 1.0
+    # The registry stamps promotions with the simulated time (a day's end), not the wall clock.
     home = LoopHome(weeks["root"] / "arms" / "loop" / "home")
     client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
     launch = weeks["bench"].LAUNCH
     stamps = sorted(v.tags.get("finetune_loop.champion_since", "") for v in client.search_model_versions("name = 'banking_weeks-adapter'"))
     promoted = [s for s in stamps if s]
     assert promoted[0] == launch.isoformat(timespec="seconds")
-    allowed = {(launch + timedelta(days=7 * w)).isoformat(timespec="seconds") for w in range(4)}
+    allowed = {(launch + timedelta(days=d)).isoformat(timespec="seconds") for d in range(22)}
     assert set(promoted) <= allowed
 
 
@@ -130,9 +137,9 @@ def test_a_new_intent_is_admitted_through_the_new_label_signal_and_learned(weeks
 
     home = LoopHome(weeks["root"] / "arms" / "loop" / "home")
     client = MlflowClient(home.mlflow_tracking_uri, registry_uri=home.mlflow_tracking_uri)
-    week = next(r.week for r in loop if r.admitted_labels)
-    # The admission's own tick (a simulated day after the alert) or any later week.
-    later = [t["run_id"] for r in loop for t in r.retrains if r.week > week or (r.week == week and t["tick"] == "admission")]
+    # Admitted a simulated day after the alert, before that day's tick: that tick or any later one retrains with it.
+    alerted = next(r for r in loop if r.admitted_labels)
+    later = [t["run_id"] for r in loop for t in r.retrains if r.week >= alerted.week]
     assert later, "no retrain after the label was admitted"
     newest = max(client.search_model_versions("name = 'banking_weeks-adapter'"), key=lambda v: int(v.version))
     bundled = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{newest.source}/task_spec.yaml", tracking_uri=home.mlflow_tracking_uri))

@@ -149,7 +149,7 @@ def test_a_new_label_is_counted_until_the_task_admits_it(tmp_path, tiny_base_mod
     assert (tmp_path / "suites" / "holdout.jsonl").read_bytes() == holdout_before
 
 
-def test_an_admitted_label_no_version_trained_on_trains_on_its_oldest_window_rows(tmp_path, tiny_base_model):
+def test_an_admitted_label_the_champion_never_trained_on_trains_on_its_oldest_window_rows(tmp_path, tiny_base_model):
     rows = [_request(i, day=i, label="billing") for i in range(10)]
     # Nine refunds, all inside the 3-day window: without a share of them no retrain could learn refund.
     rows += [{**_request(10 + i, day=7 + i * 0.25, label="billing"), "feedback": {"label": "refund", "source": "agent"}} for i in range(9)]
@@ -170,7 +170,7 @@ def test_an_admitted_label_no_version_trained_on_trains_on_its_oldest_window_row
     # FEEDBACK_UNTIL_TAG, and so the next window's start.
     assert value.trained_until == T0 + timedelta(days=7.75) > value.training_cutoff
     assert "refund until" in value.note
-    # Once a version trained on refund (it is no longer untrained) the window is split by time alone.
+    # Once the champion trained on refund (it is no longer untrained) the window is split by time alone.
     assert _freeze(task, tmp_path)[2].admitted_cutoffs == {}
     # A share of 0 keeps every window row judged.
     raw["recent_suite"]["admitted_label_train_share"] = 0

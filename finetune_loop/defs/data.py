@@ -90,9 +90,15 @@ def _champion_feedback_until(loop: LoopResource) -> datetime | None:
     return datetime.fromisoformat(until) if until else None
 
 
-def _untrained_labels(loop: LoopResource) -> list[str]:
+def _labels_the_champion_never_trained(loop: LoopResource) -> list[str]:
+    """Admitted labels the serving champion does not know. A version that trained on one and was
+    refused (or not shipped) does not end the carve-out: until a champion knows the label, its rows
+    inside the recent window are all the training rows it has."""
     spec = loop.spec()
-    return untrained_labels(spec.labels, trained_label_sets(loop.tracker().all_version_tags(spec.registered_model_name).values()))
+    tracker = loop.tracker()
+    champion = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
+    tags = tracker.version_tags(spec.registered_model_name, champion.version) if champion else {}
+    return untrained_labels(spec.labels, trained_label_sets([tags]))
 
 
 @dg.asset(
@@ -108,7 +114,7 @@ def recent_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite, regressi
         log = production.read_task_log(spec, check_labels=False)
         value = recent.freeze_recent_suite(
             spec, log, loop.task_dir("suites"), champion_feedback_until=_champion_feedback_until(loop),
-            untrained_labels=_untrained_labels(loop), exclude=[holdout_suite, regression_suite], token_length=loop.token_length(),
+            untrained_labels=_labels_the_champion_never_trained(loop), exclude=[holdout_suite, regression_suite], token_length=loop.token_length(),
         )
         # The same read of the log gives curated_dataset the feedback older than the suite.
         cutoff = value.training_cutoff.timestamp() if value.training_cutoff else "none"

@@ -347,7 +347,8 @@ def task_automation(wiring: TaskWiring) -> TaskAutomation:
         version_tags = loop.tracker().all_version_tags(spec.registered_model_name).values()
         seen = [v[FEEDBACK_SEEN_TAG] for v in version_tags if FEEDBACK_SEEN_TAG in v]
         consumed = triggers.newest_consumed(consumed, max((datetime.fromisoformat(s) for s in seen), default=None))
-        decision = triggers.feedback_decision(spec, labelled, consumed)
+        champion = loop.tracker().version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
+        decision = triggers.feedback_decision(spec, labelled, consumed, champion.version if champion else None)
         if not decision.retrain:
             # A label a person admitted (new_labels) is a task change no volume count waits for.
             admitted = triggers.labels_admitted_decision(spec, trained_label_sets(version_tags), labelled)

@@ -375,7 +375,7 @@ class RecentSuiteSettings:
     # rest to judge the candidate on that label.
     admitted_label_train_share: float = Field(
         0.5, ge=0, lt=1,
-        description="of a label admitted to the task that no registered version trained on, this share of its window rows (the oldest) trains; the rest is judged",
+        description="of a label admitted to the task that the champion did not train on, this share of its window rows (the oldest) trains; the rest is judged",
     )
 
 

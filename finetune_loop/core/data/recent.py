@@ -11,7 +11,8 @@ The split is by time, and no model is ever judged on a row it trained on:
   champion is not judged on its own training rows either;
 * labelled feedback at or before the window's start (`training_cutoff`) may become training data;
   every row after it (in the suite or left out of it) may not, with one exception: a label admitted
-  to the task that no registered version trained on yet. Its feedback is mostly new, so nearly all
+  to the task that the serving champion did not train on (a refused candidate that did leaves the
+  champion as ignorant as before). Its feedback is mostly new, so nearly all
   of it would sit in the window, judged but never learned, while that label's traffic grows. The
   oldest `recent_suite.admitted_label_train_share` of its window rows train (a cutoff of its own,
   `admitted_cutoffs`); the newer rest is judged. The split is still by time, per label, and the
@@ -160,7 +161,7 @@ def freeze_recent_suite(
     """Split the log's trusted labelled feedback by time and freeze the recent part (see the module
     docstring). `log` is read without the label check: a label the task does not know is counted
     (`excluded["label not in the task yet: X"]`) and joins the suite once the task admits it.
-    `untrained_labels`: task labels no registered version trained on (their window rows are split)."""
+    `untrained_labels`: task labels the champion did not train on (their window rows are split)."""
     feedback = labelled_feedback(spec, log)
     records = feedback.records
     if not records:

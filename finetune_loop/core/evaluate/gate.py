@@ -53,10 +53,10 @@ guard. Requiring both costs power: the chance to pass is about the product of th
 
 One completion, not a pooling: a label admitted to the task after the holdout was frozen is a
 question the task now asks and the holdout cannot. The recent suite's judged rows of such labels
-(`RecentSuite.admitted_cutoffs`: admitted, and no registered version trained on them, so the
-champion never learned them) join the holdout rows of the champion comparison. Without them the
-test sees only what learning a new label may cost on the old ones, never what it gains. Once any
-version has trained on the label, its rows train too and the holdout alone decides again.
+(`RecentSuite.admitted_cutoffs`: admitted, and the champion never trained on them) join the
+holdout rows of the champion comparison. Without them the test sees only what learning a new label
+may cost on the old ones, never what it gains. Once a champion has trained on the label, its rows
+train too and the holdout alone decides again.
 """
 
 from __future__ import annotations

@@ -107,16 +107,23 @@ def newest_consumed(cursor: datetime | None, seen_by_retrain: datetime | None) -
     return max((t for t in (cursor, seen_by_retrain) if t is not None), default=None)
 
 
-def feedback_decision(spec: TaskSpec, labelled: Sequence[ProductionRecord], consumed: datetime | None) -> FeedbackDecision:
+def feedback_decision(
+    spec: TaskSpec, labelled: Sequence[ProductionRecord], consumed: datetime | None, champion_version: str | None = None
+) -> FeedbackDecision:
     """Retrain on `feedback.min_new_labels` labelled requests newer than `consumed`, or when
-    accuracy over the last `feedback.rolling_window` labelled requests is below
-    `gate.min_accuracy` (then at most once per `drift.cooldown_hours` of feedback time)."""
+    accuracy over the last `feedback.rolling_window` labelled requests the serving champion
+    answered is below `gate.min_accuracy` (then at most once per `drift.cooldown_hours` of
+    feedback time). Requests logged without a model version count as the champion's."""
     if not labelled:
         return FeedbackDecision(False, FEEDBACK_VOLUME, "no labelled feedback in the production log")
     labelled = sorted(labelled, key=lambda r: r.timestamp)
     new = [r for r in labelled if consumed is None or r.timestamp > consumed]
     newest = labelled[-1].timestamp
-    rolling = [r for r in labelled[-spec.feedback.rolling_window :] if r.prediction is not None]
+    # A champion promoted yesterday is not judged on its predecessor's mistakes: with sensors
+    # ticking daily those would ask for a retrain of the new champion every day until the window
+    # had turned over.
+    answered = [r for r in labelled if r.prediction is not None and (champion_version is None or r.model_version in (None, champion_version))]
+    rolling = answered[-spec.feedback.rolling_window :]
     accuracy = sum(r.prediction == r.feedback_label for r in rolling) / len(rolling) if rolling else None
     if len(new) >= spec.feedback.min_new_labels:
         evidence = f"{len(new)} new labelled requests (min_new_labels {spec.feedback.min_new_labels}), newest {newest.isoformat()}"
@@ -127,7 +134,8 @@ def feedback_decision(spec: TaskSpec, labelled: Sequence[ProductionRecord], cons
         and accuracy < spec.gate.min_accuracy
         and (consumed is None or newest - consumed >= timedelta(hours=spec.drift.cooldown_hours))
     ):
-        evidence = f"accuracy {accuracy:.3f} on the last {len(rolling)} labelled requests < gate {spec.gate.min_accuracy:.3f}"
+        answered_by = f" champion v{champion_version} answered" if champion_version else ""
+        evidence = f"accuracy {accuracy:.3f} on the last {len(rolling)} labelled requests{answered_by} < gate {spec.gate.min_accuracy:.3f}"
         return FeedbackDecision(True, FEEDBACK_ACCURACY, evidence, newest)
     accuracy_text = f"{accuracy:.3f} on {len(rolling)}" if accuracy is not None else "n/a"
     evidence = f"{len(new)} new labelled requests (need {spec.feedback.min_new_labels}); rolling accuracy {accuracy_text}"
