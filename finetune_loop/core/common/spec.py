@@ -352,7 +352,7 @@ class FeedbackSettings:
     min_new_labels: int = Field(200, ge=1, description="feedback_retrain_sensor retrains once this many new labelled requests arrived")
     # Judged only once the window is full, so a handful of early mistakes cannot trigger a retrain.
     rolling_window: int = Field(
-        100, ge=1, description="... or when accuracy over the last this many labelled requests is below gate.min_accuracy"
+        100, ge=1, description="... or when accuracy over the last this many labelled requests the serving champion answered is below gate.min_accuracy"
     )
     # A label is a claim about the truth; only people (or processes) the team trusts make it.
     # Feedback from any other source stays in the log, is counted and quarantined, never trained on.
