@@ -472,7 +472,7 @@ class LoopArm:
             append_log_file(self.task.parent / "production_log", f"week-{week:02d}-day-{day}.jsonl",
                             log_rows(session.spec, [requests[i] for i in todays], answers, version.version, [times[i] for i in todays]))
             predictions += [label for label, _ in answers]
-            knew += [requests[i].label in server.labels for i in todays] if todays else []
+            knew += [requests[i].label in server.labels for i in todays]
             days.append(day_tally(day, version.version, todays, requests, predictions))
             _set_clock(week_start + day * DAY)
             if self.pending_admission:
@@ -543,7 +543,8 @@ def run(
                 started, cpu = time.perf_counter(), _cpu_seconds()
                 session, tracker, _ = launchers[0].champion()
                 predictions = [label for label, _ in server.answer(session.spec, tracker, launch_version, [r.text for r in requests])]
-                by_day = requests_by_day(LAUNCH + (week - 1) * WEEK, request_times(LAUNCH + (week - 1) * WEEK, len(requests)))
+                week_start = LAUNCH + (week - 1) * WEEK
+                by_day = requests_by_day(week_start, request_times(week_start, len(requests)))
                 days = [day_tally(day, launch_version.version, todays, requests, predictions) for day, todays in enumerate(by_day, start=1)]
                 record = score_week(week, arm, requests, predictions, days, [r.label in server.labels for r in requests])
                 record.cpu_s, record.wall_s = _cpu_seconds() - cpu, time.perf_counter() - started

@@ -9,6 +9,7 @@ from datetime import datetime
 import dagster as dg
 
 from finetune_loop.core.common.files import write_jsonl
+from finetune_loop.core.common.spec import TaskSpec
 from finetune_loop.core.common.tracker import CHAMPION_ALIAS
 from finetune_loop.core.data import curation, readers, recent, suites
 from finetune_loop.core.data import production_log as production
@@ -82,23 +83,24 @@ def regression_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite) -> d
     return _freeze(loop, "regression", exclude=[holdout_suite])
 
 
-def _champion_feedback_until(loop: LoopResource) -> datetime | None:
+def _champion_tags(loop: LoopResource) -> dict[str, str]:
+    """The serving champion's registry tags; none without a champion."""
     spec = loop.spec()
     tracker = loop.tracker()
     champion = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
-    until = tracker.version_tags(spec.registered_model_name, champion.version).get(recent.FEEDBACK_UNTIL_TAG) if champion else None
+    return tracker.version_tags(spec.registered_model_name, champion.version) if champion else {}
+
+
+def _feedback_until(champion_tags: dict[str, str]) -> datetime | None:
+    until = champion_tags.get(recent.FEEDBACK_UNTIL_TAG)
     return datetime.fromisoformat(until) if until else None
 
 
-def _labels_the_champion_never_trained(loop: LoopResource) -> list[str]:
+def _labels_never_trained(spec: TaskSpec, champion_tags: dict[str, str]) -> list[str]:
     """Admitted labels the serving champion does not know. A version that trained on one and was
     refused (or not shipped) does not end the carve-out: until a champion knows the label, its rows
     inside the recent window are all the training rows it has."""
-    spec = loop.spec()
-    tracker = loop.tracker()
-    champion = tracker.version_by_alias(spec.registered_model_name, CHAMPION_ALIAS)
-    tags = tracker.version_tags(spec.registered_model_name, champion.version) if champion else {}
-    return untrained_labels(spec.labels, trained_label_sets([tags]))
+    return untrained_labels(spec.labels, trained_label_sets([champion_tags]))
 
 
 @dg.asset(
@@ -112,9 +114,10 @@ def recent_suite(loop: LoopResource, holdout_suite: suites.FrozenSuite, regressi
         value = recent.RecentSuite(None, None, None, 0, note="the task names no data.production_log")
     else:
         log = production.read_task_log(spec, check_labels=False)
+        champion_tags = _champion_tags(loop)
         value = recent.freeze_recent_suite(
-            spec, log, loop.task_dir("suites"), champion_feedback_until=_champion_feedback_until(loop),
-            untrained_labels=_labels_the_champion_never_trained(loop), exclude=[holdout_suite, regression_suite], token_length=loop.token_length(),
+            spec, log, loop.task_dir("suites"), champion_feedback_until=_feedback_until(champion_tags),
+            untrained_labels=_labels_never_trained(spec, champion_tags), exclude=[holdout_suite, regression_suite], token_length=loop.token_length(),
         )
         # The same read of the log gives curated_dataset the feedback older than the suite.
         cutoff = value.training_cutoff.timestamp() if value.training_cutoff else "none"
